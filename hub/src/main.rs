@@ -1,1 +1,116 @@
-fn main() {}
+//! `iothub`: the composition root. It reads the configuration, builds the engine, binds the
+//! listeners and the HTTP API, and wires them together; it is the only crate that knows every
+//! other one. Nothing depends on it.
+//!
+//! Exit codes: 0 after a clean shutdown, 1 when the hub cannot start or run (a port that cannot
+//! be bound, for example), 2 for a configuration mistake.
+
+mod config;
+mod serve;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "iothub", version, about = "A self-hosted, multi-tenant IoT hub (MQTT 3.1.1 and 5)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the hub. Without --config it runs on the embedded default configuration
+    /// (`iothub generate-config` prints it): one development hub admitting any MQTT client
+    /// on 127.0.0.1:1883, the API and /metrics on 127.0.0.1:8080.
+    Serve(ServeArgs),
+    /// Print the embedded default configuration (YAML) to stdout, to start a config file from.
+    GenerateConfig,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Configuration file (YAML). Unknown keys are errors.
+    #[arg(long, short, env = "IOTHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Bind address of the first MQTT listener, overriding the config (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", env = "IOTHUB_MQTT_ADDR")]
+    mqtt_addr: Option<SocketAddr>,
+    /// Bind address of the HTTP API and /metrics, overriding the config.
+    #[arg(long, value_name = "ADDR", env = "IOTHUB_API_ADDR")]
+    api_addr: Option<SocketAddr>,
+    /// Log filter, e.g. `info`, `debug`, `iothub_engine=trace` (RUST_LOG syntax).
+    #[arg(long, value_name = "FILTER", env = "IOTHUB_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::GenerateConfig => {
+            print!("{}", config::EMBEDDED_DEFAULT);
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => serve_command(args),
+    }
+}
+
+fn serve_command(args: ServeArgs) -> ExitCode {
+    if let Err(e) = init_logging(&args.log) {
+        eprintln!("iothub: invalid --log filter {:?}: {e}", args.log);
+        return ExitCode::from(2);
+    }
+    let mut config = match config::Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("iothub: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(addr) = args.mqtt_addr {
+        match config.listeners.mqtt.first_mut() {
+            Some(l) => l.bind = addr,
+            None => {
+                eprintln!(
+                    "iothub: configuration error: --mqtt-addr given but the configuration declares no MQTT listener"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(addr) = args.api_addr {
+        config.api.bind = addr;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("iothub: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve::run(config, serve::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iothub: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    Ok(())
+}

@@ -1,1 +1,77 @@
-//! MQTT listeners.
+//! iothub's MQTT listeners.
+//!
+//! One connection task ([`connection::run`]) speaks MQTT 3.1.1 and 5.0 over any
+//! `AsyncRead + AsyncWrite` stream and drives the engine through its session handle; the TCP
+//! listener here feeds it plain sockets, and TLS, WebSocket and QUIC will feed it their
+//! streams. This crate is the only one that knows the MQTT wire format (through
+//! `iothub-mqtt-codec`) and transports; it never reaches into the engine's internals, only its
+//! link API (connect -> session -> publish/subscribe/ack). It must never depend on the control
+//! plane, HTTP or wasm.
+
+mod aliases;
+pub mod connection;
+mod convert;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use iothub_engine::Engine;
+use iothub_model::HubId;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+/// What one MQTT listener needs besides its socket.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// The listener's name, used in logs and metric labels.
+    pub name: String,
+    /// The hub that clients which are not registered devices join, if any.
+    pub anonymous_hub: Option<HubId>,
+    /// How long a client may take between opening the connection and sending CONNECT.
+    pub connect_timeout: Duration,
+    /// Largest packet accepted from a client (fixed header included); announced in CONNACK.
+    pub max_packet_size: u32,
+    /// Longest keep-alive granted to MQTT 5 clients (a longer one is lowered with Server Keep
+    /// Alive); the anonymous hub's `max_keep_alive_secs`.
+    pub max_keep_alive_secs: u16,
+}
+
+/// Accepts TCP connections until `stop` is cancelled, running each on `tracker` so the caller
+/// can wait for them to finish at shutdown.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    engine: Engine,
+    settings: ListenerSettings,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let settings = Arc::new(settings);
+    let transport = connection::Transport::new("tcp", &settings.name);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        debug!(message = "cannot set TCP_NODELAY", %peer, %e);
+                    }
+                    tracker.spawn(connection::run(
+                        stream,
+                        peer,
+                        engine.clone(),
+                        settings.clone(),
+                        transport.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors or a similar resource error: back off instead of
+                    // spinning on accept.
+                    warn!(message = "accept failed", listener = %settings.name, %e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}

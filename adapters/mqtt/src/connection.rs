@@ -1,0 +1,950 @@
+//! One MQTT connection, from the first byte to the close, over any `AsyncRead + AsyncWrite`.
+//!
+//! The task reads and decodes packets, turns each into one call on the engine's session
+//! handle, and writes what the session hands back (acknowledgements, deliveries, a server
+//! DISCONNECT). Writes are batched: everything produced while handling one read, or one
+//! wake-up of the session, goes out in one write.
+//!
+//! Protocol decisions that the engine cannot make live here: the CONNECT handshake, keep-alive,
+//! topic aliases, maximum packet size in both directions, and the mapping of every refusal to the
+//! reason code of the client's protocol version (MQTT 5 reason codes; MQTT 3.1.1 has only
+//! CONNACK return codes and SUBACK 0x80, so other refusals close the connection or, for a
+//! refused PUBLISH, acknowledge and drop it [MQTT-3.3.5-2]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use iothub_engine::{
+    ConnectRequest, Connected, DisconnectKind, Engine, Outgoing, OutgoingPublish, PublishAck,
+    PublishError, Session, SubscribeError, SubscribeRequest, Will,
+};
+use iothub_model::{ClientId, Message, Origin, SubscriptionFilter, TopicName};
+use iothub_mqtt_codec::{self as codec, Packet, ProtocolVersion, ReasonCode};
+use metrics::{Counter, Gauge};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::aliases::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
+use crate::convert;
+use crate::ListenerSettings;
+
+/// A write that makes no progress for this long means the client stopped reading: the
+/// connection is closed rather than holding its task and buffers forever.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Outgoing items taken from the session per wake-up before writing.
+const OUTGOING_BATCH: usize = 256;
+/// Flush the write buffer once it holds this much, even in the middle of a batch.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Where responses to a client's requests may be published (MQTT 5 Response Information).
+const RESPONSE_TOPIC_BASE: &str = "response";
+
+/// Per-transport metric handles, resolved once per listener rather than once per packet.
+#[derive(Clone)]
+pub struct Transport {
+    name: &'static str,
+    connections: Gauge,
+    connections_total: Counter,
+    packets_in: Counter,
+    packets_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl Transport {
+    pub fn new(transport: &'static str, listener: &str) -> Self {
+        let labels = [
+            ("transport", transport.to_string()),
+            ("listener", listener.to_string()),
+        ];
+        Self {
+            name: transport,
+            connections: metrics::gauge!("iothub_connections", &labels),
+            connections_total: metrics::counter!("iothub_connections_total", &labels),
+            packets_in: metrics::counter!("iothub_packets_received_total", &labels),
+            packets_out: metrics::counter!("iothub_packets_sent_total", &labels),
+            bytes_in: metrics::counter!("iothub_bytes_received_total", &labels),
+            bytes_out: metrics::counter!("iothub_bytes_sent_total", &labels),
+        }
+    }
+}
+
+/// Why a connection ended; decides the will and what the client is told.
+#[derive(Debug)]
+enum Close {
+    /// The client sent DISCONNECT.
+    Client(DisconnectKind),
+    /// We end it with this reason: MQTT 5 clients get a DISCONNECT first; the will is published.
+    Server(ReasonCode, &'static str),
+    /// The engine ended the session's connection (takeover, shutdown, ...): told, then closed.
+    Kicked(ReasonCode),
+    /// The network went away (EOF, I/O error, stalled writes): the will is published.
+    Network,
+}
+
+/// Runs one connection to the end. Never panics on input; every outcome is logged at debug.
+pub async fn run<S>(
+    stream: S,
+    peer: SocketAddr,
+    engine: Engine,
+    settings: Arc<ListenerSettings>,
+    transport: Transport,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    transport.connections.increment(1.0);
+    transport.connections_total.increment(1);
+    let mut conn = Conn {
+        stream,
+        peer,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(4096),
+        transport: transport.clone(),
+        settings,
+    };
+    conn.serve(&engine).await;
+    transport.connections.decrement(1.0);
+}
+
+struct Conn<S> {
+    stream: S,
+    peer: SocketAddr,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    transport: Transport,
+    settings: Arc<ListenerSettings>,
+}
+
+/// State of an established MQTT connection.
+struct Established {
+    version: ProtocolVersion,
+    session: Session,
+    client_id: ClientId,
+    keep_alive: Option<Duration>,
+    /// Session expiry the client asked for at CONNECT (0 may not be raised at DISCONNECT).
+    connect_session_expiry: u32,
+    inbound_aliases: InboundAliases,
+    outbound_aliases: OutboundAliases,
+    /// The client's Maximum Packet Size: larger packets are not sent to it [MQTT-3.1.2-24].
+    client_max_packet: Option<u32>,
+    max_qos: iothub_model::QoS,
+    retain_available: bool,
+    outgoing: Vec<Outgoing>,
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn serve(&mut self, engine: &Engine) {
+        let connect = match tokio::time::timeout(self.settings.connect_timeout, self.read_connect())
+            .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(_) => {
+                debug!(message = "no CONNECT in time; closing", peer = %self.peer);
+                return;
+            }
+        };
+        let Some(mut est) = self.handshake(engine, *connect).await else {
+            return;
+        };
+        let close = self.established(&mut est).await;
+        self.finish(est, close).await;
+    }
+
+    /// Reads until a CONNECT is decoded. `None` when the connection must close (already
+    /// answered where the protocol says so).
+    async fn read_connect(&mut self) -> Option<Box<codec::Connect>> {
+        loop {
+            match codec::decode(&mut self.rbuf, None, self.settings.max_packet_size) {
+                Ok(Some(Packet::Connect(c))) => {
+                    self.transport.packets_in.increment(1);
+                    return Some(c);
+                }
+                Ok(Some(other)) => {
+                    debug!(message = "first packet is not CONNECT; closing", peer = %self.peer, packet = ?packet_name(&other));
+                    return None;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if let codec::DecodeError::UnsupportedProtocolVersion(level) = e {
+                        // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 form, which
+                        // every protocol level can read, then close.
+                        debug!(message = "unsupported protocol level", peer = %self.peer, level);
+                        self.wbuf.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
+                        let _ = self.flush().await;
+                    } else {
+                        debug!(message = "malformed CONNECT; closing", peer = %self.peer, error = %e);
+                    }
+                    return None;
+                }
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.transport.bytes_in.increment(n as u64),
+            }
+        }
+    }
+
+    /// Validates the CONNECT, opens the session and answers CONNACK.
+    async fn handshake(&mut self, engine: &Engine, c: codec::Connect) -> Option<Established> {
+        let version = c.protocol;
+        let v5 = version == ProtocolVersion::V5;
+        let refuse = |code: ReasonCode, why: &'static str| (code, why);
+
+        let result: Result<(Connected, ConnectRequestInfo), (ReasonCode, &'static str)> = (|| {
+            if c.properties.authentication_method.is_some() {
+                return Err(refuse(
+                    ReasonCode::BAD_AUTHENTICATION_METHOD,
+                    "enhanced authentication is not supported",
+                ));
+            }
+            let client_id = if c.client_id.is_empty() {
+                if !v5 && !c.clean_start {
+                    // [MQTT-3.1.3-8]
+                    return Err(refuse(
+                        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                        "an empty client id needs clean session",
+                    ));
+                }
+                None
+            } else {
+                Some(ClientId::new(&c.client_id).map_err(|_| {
+                    refuse(
+                        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                        "client identifier not valid",
+                    )
+                })?)
+            };
+            let hub = self
+                .settings
+                .anonymous_hub
+                .ok_or_else(|| refuse(ReasonCode::NOT_AUTHORIZED, "not authorized"))?;
+            let will = match &c.will {
+                None => None,
+                Some(w) => {
+                    let topic = TopicName::new(&w.topic).map_err(|_| {
+                        refuse(ReasonCode::TOPIC_NAME_INVALID, "the will topic is not valid")
+                    })?;
+                    let p = &w.properties;
+                    let properties = convert::message_properties(
+                        p.payload_format_indicator,
+                        p.message_expiry_interval,
+                        p.content_type.as_ref(),
+                        p.response_topic.as_ref(),
+                        p.correlation_data.as_ref(),
+                        &p.user_properties,
+                    )
+                    .ok_or_else(|| {
+                        refuse(ReasonCode::PROTOCOL_ERROR, "the will's response topic is not valid")
+                    })?;
+                    if properties.payload_is_utf8 && std::str::from_utf8(&w.payload).is_err() {
+                        return Err(refuse(
+                            ReasonCode::PAYLOAD_FORMAT_INVALID,
+                            "the will payload is not UTF-8 as its format indicator says",
+                        ));
+                    }
+                    Some(Will {
+                        message: Message {
+                            topic,
+                            payload: w.payload.clone(),
+                            qos: convert::qos_in(w.qos),
+                            retain: w.retain,
+                            properties,
+                            origin: client_id.clone().map_or(Origin::Hub, Origin::Client),
+                        },
+                        delay_secs: p.will_delay_interval.unwrap_or(0),
+                    })
+                }
+            };
+            let session_expiry_secs = if v5 {
+                c.properties.session_expiry_interval.unwrap_or(0)
+            } else if c.clean_start {
+                0
+            } else {
+                u32::MAX
+            };
+            let connected = engine
+                .connect(ConnectRequest {
+                    hub,
+                    client_id,
+                    clean_start: c.clean_start,
+                    session_expiry_secs,
+                    receive_maximum: c.properties.receive_maximum.unwrap_or(u16::MAX),
+                    will,
+                })
+                .map_err(|e| convert::connect_refusal(&e))?;
+            Ok((connected, ConnectRequestInfo { session_expiry_secs }))
+        })();
+
+        let (connected, info) = match result {
+            Ok(ok) => ok,
+            Err((code, why)) => {
+                debug!(message = "connection refused", peer = %self.peer, reason = why, code = code.0);
+                let ack = codec::ConnAck {
+                    session_present: false,
+                    reason_code: code,
+                    properties: codec::ConnAckProperties {
+                        reason_string: if v5 { Some(why.to_string()) } else { None },
+                        ..Default::default()
+                    },
+                };
+                self.send(&Packet::ConnAck(ack), version);
+                let _ = self.flush().await;
+                return None;
+            }
+        };
+
+        let client_id = connected.client_id.clone();
+        let caps = connected.caps.clone();
+        let requested_keep_alive = c.keep_alive;
+        let max_keep_alive = self.settings.max_keep_alive_secs;
+        let keep_alive_secs = if v5 && (requested_keep_alive > max_keep_alive) {
+            max_keep_alive
+        } else {
+            requested_keep_alive
+        };
+        let mut props = codec::ConnAckProperties::default();
+        if v5 {
+            if connected.session_expiry_secs != info.session_expiry_secs {
+                props.session_expiry_interval = Some(connected.session_expiry_secs);
+            }
+            props.receive_maximum = Some(caps.receive_maximum);
+            if caps.maximum_qos < iothub_model::QoS::ExactlyOnce {
+                props.maximum_qos = Some(convert::qos_out(caps.maximum_qos));
+            }
+            if !caps.retain_available {
+                props.retain_available = Some(false);
+            }
+            props.maximum_packet_size = Some(self.settings.max_packet_size);
+            if connected.assigned {
+                props.assigned_client_identifier = Some(client_id.to_string());
+            }
+            props.topic_alias_maximum = Some(caps.topic_alias_maximum);
+            if !caps.wildcard_available {
+                props.wildcard_subscription_available = Some(false);
+            }
+            if !caps.subscription_ids_available {
+                props.subscription_identifiers_available = Some(false);
+            }
+            if !caps.shared_available {
+                props.shared_subscription_available = Some(false);
+            }
+            if keep_alive_secs != requested_keep_alive {
+                props.server_keep_alive = Some(keep_alive_secs);
+            }
+            if c.properties.request_response_information == Some(true) {
+                props.response_information = Some(format!("{RESPONSE_TOPIC_BASE}/{client_id}"));
+            }
+        }
+        let ack = codec::ConnAck {
+            session_present: connected.session_present,
+            reason_code: ReasonCode::SUCCESS,
+            properties: props,
+        };
+        self.send(&Packet::ConnAck(ack), version);
+        debug!(message = "connected", peer = %self.peer, client_id = %client_id, ?version, session_present = connected.session_present);
+
+        Some(Established {
+            version,
+            client_id,
+            keep_alive: (keep_alive_secs > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
+            connect_session_expiry: info.session_expiry_secs,
+            inbound_aliases: InboundAliases::new(if v5 { caps.topic_alias_maximum } else { 0 }),
+            outbound_aliases: OutboundAliases::new(if v5 {
+                c.properties.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            }),
+            client_max_packet: c.properties.maximum_packet_size,
+            max_qos: caps.maximum_qos,
+            retain_available: caps.retain_available,
+            session: connected.session,
+            outgoing: Vec::with_capacity(OUTGOING_BATCH),
+        })
+    }
+
+    /// The established connection's loop: until the client, the server or the network ends it.
+    async fn established(&mut self, est: &mut Established) -> Close {
+        // CONNACK first, then anything a resumed session has pending.
+        if let Some(close) = self.drain_outgoing(est) {
+            return close;
+        }
+        if self.flush().await.is_err() {
+            return Close::Network;
+        }
+        let keep_alive = est.keep_alive;
+        let mut last_read = Instant::now();
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let deadline = tokio::time::sleep(keep_alive.unwrap_or(far));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                read = self.stream.read_buf(&mut self.rbuf) => {
+                    match read {
+                        Ok(0) => return Close::Network,
+                        Err(e) => {
+                            debug!(message = "read error", peer = %self.peer, %e);
+                            return Close::Network;
+                        }
+                        Ok(n) => {
+                            self.transport.bytes_in.increment(n as u64);
+                            last_read = Instant::now();
+                        }
+                    }
+                    if let Some(close) = self.handle_input(est) {
+                        return close;
+                    }
+                    if let Some(close) = self.drain_outgoing(est) {
+                        return close;
+                    }
+                }
+                () = est.session.ready() => {
+                    if let Some(close) = self.drain_outgoing(est) {
+                        return close;
+                    }
+                }
+                () = &mut deadline => {
+                    if let Some(ka) = keep_alive {
+                        let due = last_read + ka;
+                        if Instant::now() >= due {
+                            debug!(message = "keep-alive timeout", peer = %self.peer, client_id = %est.client_id);
+                            return Close::Server(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                        }
+                        deadline.as_mut().reset(due);
+                    } else {
+                        deadline.as_mut().reset(Instant::now() + far);
+                    }
+                }
+            }
+            if self.flush().await.is_err() {
+                return Close::Network;
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    fn handle_input(&mut self, est: &mut Established) -> Option<Close> {
+        loop {
+            let packet = match codec::decode(
+                &mut self.rbuf,
+                Some(est.version),
+                self.settings.max_packet_size,
+            ) {
+                Ok(Some(p)) => p,
+                Ok(None) => return None,
+                Err(e) => {
+                    debug!(message = "bad packet", peer = %self.peer, client_id = %est.client_id, error = %e);
+                    return Some(Close::Server(e.reason_code(), "malformed or invalid packet"));
+                }
+            };
+            self.transport.packets_in.increment(1);
+            if let Some(close) = self.handle_packet(est, packet) {
+                return Some(close);
+            }
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                // Answers pile up faster than we write them: let the loop flush first.
+                return None;
+            }
+        }
+    }
+
+    fn handle_packet(&mut self, est: &mut Established, packet: Packet) -> Option<Close> {
+        let v5 = est.version == ProtocolVersion::V5;
+        match packet {
+            Packet::Publish(p) => return self.handle_publish(est, p),
+            Packet::PubAck(a) | Packet::PubComp(a) => {
+                est.session.acknowledge(a.packet_id);
+            }
+            Packet::PubRec(r) => {
+                if r.reason_code.is_error() {
+                    // The client refused the message: the exchange ends here.
+                    est.session.acknowledge(r.packet_id);
+                } else {
+                    let code = if est.session.received(r.packet_id) {
+                        ReasonCode::SUCCESS
+                    } else {
+                        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                    };
+                    self.send_ack(est, AckKind::PubRel, r.packet_id, code);
+                }
+            }
+            Packet::PubRel(r) => {
+                let code = if est.session.release(r.packet_id) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send_ack(est, AckKind::PubComp, r.packet_id, code);
+            }
+            Packet::Subscribe(s) => return self.handle_subscribe(est, s),
+            Packet::Unsubscribe(u) => {
+                let mut codes = Vec::with_capacity(u.filters.len());
+                let mut valid = Vec::with_capacity(u.filters.len());
+                let mut slots = Vec::with_capacity(u.filters.len());
+                for f in &u.filters {
+                    match SubscriptionFilter::parse(f) {
+                        Ok(sf) => {
+                            slots.push(Some(valid.len()));
+                            valid.push(sf);
+                        }
+                        Err(_) => slots.push(None),
+                    }
+                }
+                let found = est.session.unsubscribe(&valid);
+                for slot in slots {
+                    codes.push(match slot {
+                        None => ReasonCode::TOPIC_FILTER_INVALID,
+                        Some(i) if found.get(i).copied().unwrap_or(false) => ReasonCode::SUCCESS,
+                        Some(_) => ReasonCode::NO_SUBSCRIPTION_EXISTED,
+                    });
+                }
+                let ack = codec::UnsubAck {
+                    packet_id: u.packet_id,
+                    reason_codes: if v5 { codes } else { Vec::new() },
+                    properties: codec::AckProperties::default(),
+                };
+                self.send(&Packet::UnsubAck(ack), est.version);
+            }
+            Packet::PingReq => self.send(&Packet::PingResp, est.version),
+            Packet::Disconnect(d) => {
+                let expiry = d.properties.session_expiry_interval;
+                if let Some(e) = expiry {
+                    if est.connect_session_expiry == 0 && e != 0 {
+                        // [MQTT-3.14.2-2]
+                        return Some(Close::Server(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "session expiry cannot be set at DISCONNECT when it was 0 at CONNECT",
+                        ));
+                    }
+                }
+                let kind = if d.reason_code == ReasonCode::SUCCESS {
+                    DisconnectKind::Normal {
+                        session_expiry_secs: expiry,
+                    }
+                } else {
+                    DisconnectKind::WithWill {
+                        session_expiry_secs: expiry,
+                    }
+                };
+                return Some(Close::Client(kind));
+            }
+            Packet::Connect(_) => {
+                // [MQTT-3.1.0-2]
+                return Some(Close::Server(ReasonCode::PROTOCOL_ERROR, "second CONNECT"));
+            }
+            Packet::Auth(_) => {
+                return Some(Close::Server(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "AUTH without enhanced authentication",
+                ));
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Some(Close::Server(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "a packet only a server may send",
+                ));
+            }
+        }
+        None
+    }
+
+    fn handle_publish(&mut self, est: &mut Established, p: codec::Publish) -> Option<Close> {
+        let v5 = est.version == ProtocolVersion::V5;
+        if !p.properties.subscription_identifiers.is_empty() {
+            // [MQTT-3.3.4-6]
+            return Some(Close::Server(
+                ReasonCode::PROTOCOL_ERROR,
+                "a client PUBLISH must not carry subscription identifiers",
+            ));
+        }
+        let qos = convert::qos_in(p.qos);
+        if v5 {
+            // MQTT 5 names these refusals with a DISCONNECT [MQTT-3.2.2-11, MQTT-3.2.2-14];
+            // MQTT 3.1.1 has no such code: the engine refuses and the message is acknowledged
+            // and dropped below.
+            if qos > est.max_qos {
+                return Some(Close::Server(ReasonCode::QOS_NOT_SUPPORTED, "QoS not supported"));
+            }
+            if p.retain && !est.retain_available {
+                return Some(Close::Server(
+                    ReasonCode::RETAIN_NOT_SUPPORTED,
+                    "retain not supported",
+                ));
+            }
+        }
+        let named = if p.topic.is_empty() {
+            None
+        } else {
+            match TopicName::new(&p.topic) {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    return Some(Close::Server(ReasonCode::TOPIC_NAME_INVALID, "topic name invalid"));
+                }
+            }
+        };
+        let topic = match (p.properties.topic_alias, named) {
+            (Some(alias), named) => match est.inbound_aliases.resolve(alias, named) {
+                Ok(t) => t,
+                Err(AliasError::OutOfRange) => {
+                    return Some(Close::Server(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias invalid"));
+                }
+                Err(AliasError::Unknown) => {
+                    return Some(Close::Server(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "topic alias used before it was set",
+                    ));
+                }
+            },
+            (None, Some(t)) => t,
+            (None, None) => {
+                return Some(Close::Server(ReasonCode::PROTOCOL_ERROR, "empty topic without alias"));
+            }
+        };
+        let pp = &p.properties;
+        let Some(properties) = convert::message_properties(
+            pp.payload_format_indicator,
+            pp.message_expiry_interval,
+            pp.content_type.as_ref(),
+            pp.response_topic.as_ref(),
+            pp.correlation_data.as_ref(),
+            &pp.user_properties,
+        ) else {
+            return Some(Close::Server(
+                ReasonCode::PROTOCOL_ERROR,
+                "response topic is not a valid topic name",
+            ));
+        };
+        let packet_id = p.packet_id;
+        let result = if properties.payload_is_utf8 && std::str::from_utf8(&p.payload).is_err() {
+            Err(ReasonCode::PAYLOAD_FORMAT_INVALID)
+        } else {
+            let message = Message {
+                topic,
+                payload: p.payload,
+                qos,
+                retain: p.retain,
+                properties,
+                origin: Origin::Client(est.client_id.clone()),
+            };
+            match est.session.publish(message, packet_id) {
+                Ok(PublishAck::Delivered { matched }) => Ok(if matched || !v5 {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_MATCHING_SUBSCRIBERS
+                }),
+                Ok(PublishAck::Duplicate) => Ok(ReasonCode::SUCCESS),
+                Err(e) => match e {
+                    PublishError::ReceiveMaximumExceeded => {
+                        return Some(Close::Server(
+                            ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                            "receive maximum exceeded",
+                        ));
+                    }
+                    PublishError::QosNotSupported if v5 => {
+                        return Some(Close::Server(ReasonCode::QOS_NOT_SUPPORTED, "QoS not supported"));
+                    }
+                    PublishError::RetainNotSupported if v5 => {
+                        return Some(Close::Server(
+                            ReasonCode::RETAIN_NOT_SUPPORTED,
+                            "retain not supported",
+                        ));
+                    }
+                    other => Err(publish_refusal(&other)),
+                },
+            }
+        };
+        let code = match result {
+            Ok(code) => code,
+            Err(code) => {
+                debug!(message = "publish refused", peer = %self.peer, client_id = %est.client_id, code = code.0);
+                // MQTT 3.1.1 cannot say no to a PUBLISH: acknowledge and drop [MQTT-3.3.5-2].
+                if v5 { code } else { ReasonCode::SUCCESS }
+            }
+        };
+        match (qos, packet_id) {
+            (iothub_model::QoS::AtLeastOnce, Some(id)) => self.send_ack(est, AckKind::PubAck, id, code),
+            (iothub_model::QoS::ExactlyOnce, Some(id)) => self.send_ack(est, AckKind::PubRec, id, code),
+            _ => {}
+        }
+        None
+    }
+
+    fn handle_subscribe(&mut self, est: &mut Established, s: codec::Subscribe) -> Option<Close> {
+        let v5 = est.version == ProtocolVersion::V5;
+        let subscription_id = s.properties.subscription_identifier;
+        let mut requests = Vec::with_capacity(s.filters.len());
+        let mut slots: Vec<Result<usize, ReasonCode>> = Vec::with_capacity(s.filters.len());
+        for (filter, opts) in &s.filters {
+            match SubscriptionFilter::parse(filter) {
+                Ok(sf) => {
+                    if sf.is_shared() && opts.no_local {
+                        // [MQTT-3.8.3-4]
+                        return Some(Close::Server(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "no local on a shared subscription",
+                        ));
+                    }
+                    slots.push(Ok(requests.len()));
+                    requests.push(SubscribeRequest {
+                        filter: sf,
+                        qos: convert::qos_in(opts.qos),
+                        no_local: opts.no_local,
+                        retain_as_published: opts.retain_as_published,
+                        retain_handling: convert::retain_handling_in(opts.retain_handling),
+                        subscription_id,
+                    });
+                }
+                Err(_) => slots.push(Err(ReasonCode::TOPIC_FILTER_INVALID)),
+            }
+        }
+        let results = est.session.subscribe(&requests);
+        let mut codes = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let code = match slot {
+                Err(code) => code,
+                Ok(i) => match results.get(i) {
+                    Some(Ok(q)) => ReasonCode(u8::from(*q)),
+                    Some(Err(e)) => subscribe_refusal(e),
+                    None => ReasonCode::UNSPECIFIED_ERROR,
+                },
+            };
+            codes.push(if v5 || !code.is_error() {
+                code
+            } else {
+                ReasonCode(0x80)
+            });
+        }
+        let ack = codec::SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            properties: codec::AckProperties::default(),
+        };
+        self.send(&Packet::SubAck(ack), est.version);
+        None
+    }
+
+    /// Takes what the session has ready and encodes it. `Some` when the session was kicked.
+    fn drain_outgoing(&mut self, est: &mut Established) -> Option<Close> {
+        loop {
+            est.outgoing.clear();
+            est.session.poll_outgoing(&mut est.outgoing, OUTGOING_BATCH);
+            if est.outgoing.is_empty() {
+                return None;
+            }
+            let n = est.outgoing.len();
+            let items = std::mem::take(&mut est.outgoing);
+            for item in &items {
+                match item {
+                    Outgoing::Publish(p) => self.send_publish(est, p),
+                    Outgoing::PubRel(id) => {
+                        self.send_ack(est, AckKind::PubRel, *id, ReasonCode::SUCCESS)
+                    }
+                    Outgoing::Disconnect(reason) => {
+                        est.outgoing = items;
+                        return Some(Close::Kicked(convert::kick_reason(*reason)));
+                    }
+                }
+            }
+            est.outgoing = items;
+            if n < OUTGOING_BATCH || self.wbuf.len() >= WRITE_HIGH_WATER {
+                return None;
+            }
+        }
+    }
+
+    fn send_publish(&mut self, est: &mut Established, p: &OutgoingPublish) {
+        let m = &p.message;
+        let mut properties = codec::PublishProperties::default();
+        let mut topic = m.topic.as_str().to_string();
+        if est.version == ProtocolVersion::V5 {
+            let mp = &m.properties;
+            properties.payload_format_indicator = mp.payload_is_utf8.then_some(1);
+            properties.message_expiry_interval = p.message_expiry_remaining;
+            properties.content_type = mp.content_type.clone();
+            properties.response_topic = mp.response_topic.as_ref().map(|t| t.as_str().to_string());
+            properties.correlation_data = mp.correlation_data.clone();
+            properties.user_properties = mp.user_properties.clone();
+            properties.subscription_identifiers = p.subscription_ids.to_vec();
+            match est.outbound_aliases.lookup(&m.topic) {
+                OutboundTopic::Plain => {}
+                OutboundTopic::Establish(a) => properties.topic_alias = Some(a),
+                OutboundTopic::Alias(a) => {
+                    properties.topic_alias = Some(a);
+                    topic.clear();
+                }
+            }
+        }
+        let packet = Packet::Publish(codec::Publish {
+            dup: p.dup,
+            qos: convert::qos_out(p.qos),
+            retain: p.retain,
+            topic,
+            packet_id: p.packet_id,
+            properties,
+            payload: m.payload.clone(),
+        });
+        if let Some(max) = est.client_max_packet {
+            let too_large = codec::encoded_len(&packet, est.version)
+                .map_or(true, |len| len > max as usize);
+            if too_large {
+                // [MQTT-3.1.2-25]: discard it as if it had been delivered.
+                debug!(message = "delivery larger than the client's maximum packet size dropped", client_id = %est.client_id);
+                if let Some(id) = p.packet_id {
+                    est.session.acknowledge(id);
+                }
+                return;
+            }
+        }
+        self.send(&packet, est.version);
+    }
+
+    fn send_ack(&mut self, est: &Established, kind: AckKind, packet_id: u16, code: ReasonCode) {
+        let r = codec::PubResponse {
+            packet_id,
+            reason_code: code,
+            properties: codec::AckProperties::default(),
+        };
+        let packet = match kind {
+            AckKind::PubAck => Packet::PubAck(r),
+            AckKind::PubRec => Packet::PubRec(r),
+            AckKind::PubRel => Packet::PubRel(r),
+            AckKind::PubComp => Packet::PubComp(r),
+        };
+        self.send(&packet, est.version);
+    }
+
+    fn send(&mut self, packet: &Packet, version: ProtocolVersion) {
+        match codec::encode(packet, version, &mut self.wbuf) {
+            Ok(()) => self.transport.packets_out.increment(1),
+            Err(e) => {
+                debug!(message = "cannot encode packet; not sent", peer = %self.peer, error = %e, packet = ?packet_name(packet));
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let n = self.wbuf.len();
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(WRITE_STALL_TIMEOUT, write).await {
+            Ok(Ok(())) => {
+                self.transport.bytes_out.increment(n as u64);
+                self.wbuf.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client has not read for too long",
+            )),
+        }
+    }
+
+    /// Ends the connection: tells the client why where the protocol allows, settles the
+    /// session (will, expiry) and closes the stream.
+    async fn finish(&mut self, est: Established, close: Close) {
+        let v5 = est.version == ProtocolVersion::V5;
+        let kind = match close {
+            Close::Client(kind) => kind,
+            Close::Server(code, why) => {
+                if v5 {
+                    self.send_disconnect(code, Some(why));
+                }
+                info!(message = "closing connection", peer = %self.peer, client_id = %est.client_id, reason = why);
+                DisconnectKind::Abnormal
+            }
+            Close::Kicked(code) => {
+                if v5 {
+                    self.send_disconnect(code, None);
+                }
+                debug!(message = "connection ended by the server", peer = %self.peer, client_id = %est.client_id, code = code.0);
+                DisconnectKind::Abnormal
+            }
+            Close::Network => DisconnectKind::Abnormal,
+        };
+        est.session.disconnect(kind);
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// A server DISCONNECT (MQTT 5 only). Acknowledgements never carry reason strings, so
+    /// Request Problem Information = 0 needs no special case [MQTT-3.1.2-29]: DISCONNECT may.
+    fn send_disconnect(&mut self, code: ReasonCode, why: Option<&str>) {
+        let d = codec::Disconnect {
+            reason_code: code,
+            properties: codec::DisconnectProperties {
+                reason_string: why.map(str::to_string),
+                ..Default::default()
+            },
+        };
+        self.send(&Packet::Disconnect(d), ProtocolVersion::V5);
+    }
+}
+
+struct ConnectRequestInfo {
+    session_expiry_secs: u32,
+}
+
+#[derive(Clone, Copy)]
+enum AckKind {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+}
+
+fn publish_refusal(e: &PublishError) -> ReasonCode {
+    match e {
+        PublishError::PayloadTooLarge | PublishError::QuotaExceeded => ReasonCode::QUOTA_EXCEEDED,
+        PublishError::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
+        PublishError::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
+        PublishError::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
+        PublishError::PacketIdInUse => ReasonCode::PACKET_IDENTIFIER_IN_USE,
+        PublishError::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+    }
+}
+
+fn subscribe_refusal(e: &SubscribeError) -> ReasonCode {
+    match e {
+        SubscribeError::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
+        SubscribeError::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
+        SubscribeError::SharedNotSupported => ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+        SubscribeError::WildcardNotSupported => ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
+        SubscribeError::SubscriptionIdsNotSupported => {
+            ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED
+        }
+        SubscribeError::QuotaExceeded => ReasonCode::QUOTA_EXCEEDED,
+    }
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect(_) => "DISCONNECT",
+        Packet::Auth(_) => "AUTH",
+    }
+}

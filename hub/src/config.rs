@@ -1,0 +1,377 @@
+//! The `iothub.yaml` configuration: its schema, the embedded default, loading and validation.
+//!
+//! Every mistake is reported with the file, line and column it sits at, before anything is
+//! bound or started, so a bad config never half-starts a hub.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use iothub_model::{HubLimits, Plan};
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+/// The default configuration compiled into the binary (`iothub generate-config` prints it).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../configs/iothub.yaml");
+
+/// Where the configuration came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Embedded,
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Embedded => f.write_str("<embedded default config>"),
+            Source::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A configuration mistake, with where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{source_name}:{line}:{column}: {message}")]
+    At {
+        source_name: String,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("{source_name}: {message}")]
+    Invalid {
+        source_name: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default = "default_hubs")]
+    pub hubs: Vec<HubConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    #[serde(default)]
+    pub mqtt: Vec<MqttListenerConfig>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            mqtt: vec![MqttListenerConfig {
+                name: "mqtt".into(),
+                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+                anonymous_hub: Some(unlocated("default".into())),
+            }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttListenerConfig {
+    #[serde(default = "default_mqtt_name")]
+    pub name: String,
+    pub bind: SocketAddr,
+    /// Clients that are not registered devices join this hub (it must allow anonymous clients).
+    #[serde(default)]
+    pub anonymous_hub: Option<Spanned<String>>,
+}
+
+fn default_mqtt_name() -> String {
+    "mqtt".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub bind: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Seconds a client may take between opening a connection and sending CONNECT.
+    pub connect_timeout_secs: u32,
+    /// Largest packet accepted from a client, fixed header included.
+    pub max_packet_size: u32,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 10,
+            max_packet_size: 4 * 1024 * 1024 + 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub plan: Plan,
+    #[serde(default = "unlocated_false")]
+    pub allow_anonymous: Spanned<bool>,
+    #[serde(default)]
+    pub limits: HubLimits,
+}
+
+fn unlocated<T>(value: T) -> Spanned<T> {
+    Spanned::new(value, Location::UNKNOWN, Location::UNKNOWN)
+}
+
+fn unlocated_false() -> Spanned<bool> {
+    unlocated(false)
+}
+
+fn default_hubs() -> Vec<HubConfig> {
+    vec![HubConfig {
+        name: unlocated("default".into()),
+        plan: Plan::Dedicated,
+        allow_anonymous: unlocated(true),
+        limits: HubLimits::default(),
+    }]
+}
+
+impl Config {
+    /// Loads `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Self::parse(EMBEDDED_DEFAULT, &Source::Embedded),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text, &Source::File(p.to_path_buf()))
+            }
+        }
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str, source: &Source) -> Result<Config, ConfigError> {
+        let source_name = source.to_string();
+        // An empty file means "all defaults"; serde-saphyr reads it as a null document.
+        let config: Config = if text.trim().is_empty() {
+            serde_saphyr::from_str("{}")
+        } else {
+            serde_saphyr::from_str(text)
+        }
+        .map_err(|e| {
+            let message = first_line(&e.to_string());
+            match e.location() {
+                Some(loc) => ConfigError::At {
+                    source_name: source_name.clone(),
+                    line: loc.line(),
+                    column: loc.column(),
+                    message,
+                },
+                None => ConfigError::Invalid {
+                    source_name: source_name.clone(),
+                    message,
+                },
+            }
+        })?;
+        config.validate(&source_name)?;
+        Ok(config)
+    }
+
+    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let at = |loc: Location, message: String| {
+            if loc == Location::UNKNOWN {
+                ConfigError::Invalid {
+                    source_name: source_name.to_string(),
+                    message,
+                }
+            } else {
+                ConfigError::At {
+                    source_name: source_name.to_string(),
+                    line: loc.line(),
+                    column: loc.column(),
+                    message,
+                }
+            }
+        };
+        let plain = |message: String| ConfigError::Invalid {
+            source_name: source_name.to_string(),
+            message,
+        };
+
+        let mut names = HashSet::new();
+        for hub in &self.hubs {
+            let name = hub.name.value.as_str();
+            if name.is_empty() || name.len() > 255 {
+                return Err(at(
+                    hub.name.referenced,
+                    "hubs[].name must be 1 to 255 characters".into(),
+                ));
+            }
+            if !names.insert(name) {
+                return Err(at(
+                    hub.name.referenced,
+                    format!("hub name {name:?} is declared twice"),
+                ));
+            }
+            if hub.allow_anonymous.value && hub.plan == Plan::Shared {
+                return Err(at(
+                    hub.allow_anonymous.referenced,
+                    format!("hub {name:?}: allow_anonymous is not available on plan_shared"),
+                ));
+            }
+            let l = &hub.limits;
+            for (field, value) in [
+                ("max_payload_bytes", u64::from(l.max_payload_bytes)),
+                ("budget_bytes", l.budget_bytes),
+                (
+                    "max_session_queue_messages",
+                    u64::from(l.max_session_queue_messages),
+                ),
+                ("max_session_queue_bytes", l.max_session_queue_bytes),
+                ("max_inflight_messages", u64::from(l.max_inflight_messages)),
+                ("receive_maximum", u64::from(l.receive_maximum)),
+            ] {
+                if value == 0 {
+                    return Err(at(
+                        hub.name.referenced,
+                        format!("hub {name:?}: limits.{field} must be greater than 0"),
+                    ));
+                }
+            }
+        }
+
+        let mut listener_names = HashSet::new();
+        for l in &self.listeners.mqtt {
+            if !listener_names.insert(l.name.as_str()) {
+                return Err(plain(format!(
+                    "listeners.mqtt: the name {:?} is used twice",
+                    l.name
+                )));
+            }
+            if let Some(hub_name) = &l.anonymous_hub {
+                let Some(hub) = self.hubs.iter().find(|h| h.name.value == hub_name.value) else {
+                    return Err(at(
+                        hub_name.referenced,
+                        format!(
+                            "listener {:?}: anonymous_hub {:?} is not declared under hubs",
+                            l.name, hub_name.value
+                        ),
+                    ));
+                };
+                if !hub.allow_anonymous.value {
+                    return Err(at(
+                        hub_name.referenced,
+                        format!(
+                            "listener {:?}: hub {:?} does not allow anonymous clients \
+                             (set allow_anonymous: true on it)",
+                            l.name, hub_name.value
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.mqtt.connect_timeout_secs == 0 {
+            return Err(plain(
+                "mqtt.connect_timeout_secs must be greater than 0".into(),
+            ));
+        }
+        if self.mqtt.max_packet_size < 128 {
+            return Err(plain(
+                "mqtt.max_packet_size must be at least 128 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// serde-saphyr renders a snippet of the document after the message; the first line is the
+/// message itself, which is what a terminal user needs next to file:line:column.
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_matches_the_built_in_defaults() {
+        let c = Config::parse(EMBEDDED_DEFAULT, &Source::Embedded).unwrap();
+        let d = Config::parse("", &Source::Embedded).unwrap();
+        assert_eq!(c.listeners.mqtt.len(), 1);
+        assert_eq!(c.listeners.mqtt[0].bind, d.listeners.mqtt[0].bind);
+        assert_eq!(c.api.bind, d.api.bind);
+        assert_eq!(c.mqtt.connect_timeout_secs, d.mqtt.connect_timeout_secs);
+        assert_eq!(c.mqtt.max_packet_size, d.mqtt.max_packet_size);
+        assert_eq!(c.hubs.len(), 1);
+        assert_eq!(c.hubs[0].name.value, "default");
+        assert_eq!(c.hubs[0].limits, HubLimits::default());
+        assert!(c.hubs[0].allow_anonymous.value);
+    }
+
+    #[test]
+    fn mistakes_name_line_and_column() {
+        let table: &[(&str, &str)] = &[
+            ("api:\n  bnd: 1.2.3.4:5\n", "f.yaml:2:3"),
+            ("mqtt:\n  connect_timeout_secs: soon\n", "f.yaml:2:"),
+            (
+                "hubs:\n  - name: a\n    plan: plan_gold\n",
+                "f.yaml:3:",
+            ),
+            (
+                "listeners:\n  mqtt:\n    - bind: 127.0.0.1:1\n      anonymous_hub: nope\n",
+                "f.yaml:4:",
+            ),
+            (
+                "hubs:\n  - name: a\n  - name: a\n",
+                "f.yaml:3:",
+            ),
+            (
+                "hubs:\n  - name: s\n    plan: plan_shared\n    allow_anonymous: true\n",
+                "f.yaml:4:",
+            ),
+        ];
+        for (yaml, expect) in table {
+            let err = Config::parse(yaml, &Source::File("f.yaml".into()))
+                .expect_err(yaml)
+                .to_string();
+            assert!(err.starts_with(expect), "{yaml:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn listener_must_name_an_anonymous_hub() {
+        let yaml = "hubs:\n  - name: closed\n    allow_anonymous: false\nlisteners:\n  mqtt:\n    - bind: 127.0.0.1:0\n      anonymous_hub: closed\n";
+        let err = Config::parse(yaml, &Source::File("f.yaml".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not allow anonymous"), "{err}");
+    }
+}
