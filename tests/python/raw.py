@@ -277,6 +277,13 @@ class RawClient:
             raise AssertionError(f"expected packet type {packet_type}, got {pkt!r}")
         return pkt
 
+    def packet_within(self, timeout: float) -> Packet | None:
+        """The next packet if one arrives within ``timeout``, else None (silence or close)."""
+        try:
+            return self.read(timeout)
+        except (TimeoutError, socket.timeout):
+            return None
+
     def closed_within(self, timeout: float) -> bool:
         """True if the server closes the connection within ``timeout`` (packets before that are skipped)."""
         deadline = time.monotonic() + timeout
