@@ -261,3 +261,71 @@ impl RawClient {
         self.stream.shutdown(Shutdown::Both).ok();
     }
 }
+
+impl RawClient {
+    /// Reads PUBLISH packets (acknowledging each as its QoS requires) until one arrives on
+    /// `sentinel`; returns those received before it. Publishers send the sentinel last: MQTT
+    /// keeps one publisher's order on a topic filter [MQTT-4.6.0-5], so whatever should have
+    /// arrived before the sentinel has arrived by then — a negative check without a sleep.
+    pub fn publishes_until(&mut self, sentinel: &str) -> Vec<Received> {
+        let mut before = Vec::new();
+        loop {
+            match self.next_publish(WAIT) {
+                Ok(r) if r.topic == sentinel => return before,
+                Ok(r) => before.push(r),
+                Err(e) => panic!("no PUBLISH on the sentinel {sentinel} ({e:?}); before it: {before:?}"),
+            }
+        }
+    }
+
+    /// Collects PUBLISH packets until nothing arrives for `quiet`.
+    pub fn publishes_for(&mut self, quiet: Duration) -> Vec<Received> {
+        let mut got = Vec::new();
+        loop {
+            match self.next_publish(quiet) {
+                Ok(r) => got.push(r),
+                Err(ReadError::Timeout) => return got,
+                Err(e) => panic!("connection failed while collecting PUBLISH packets: {e:?}"),
+            }
+        }
+    }
+
+    /// The next PUBLISH, acknowledged at once (PUBACK, or PUBREC then PUBCOMP when the hub's
+    /// PUBREL comes, whenever that is); other packet types fail the test.
+    pub fn next_publish(&mut self, timeout: Duration) -> Result<Received, ReadError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.read_packet(deadline.saturating_duration_since(Instant::now()))?;
+            match p.kind() {
+                kind::PUBLISH => {
+                    let r = frames::parse_publish(p.first_byte, &p.body, self.v5)
+                        .unwrap_or_else(|| panic!("malformed PUBLISH {:02x?}", p.body));
+                    match r.qos {
+                        1 => self.send_ok(&frames::ack(kind::PUBACK, r.packet_id)),
+                        2 => self.send_ok(&frames::ack(kind::PUBREC, r.packet_id)),
+                        _ => {}
+                    }
+                    return Ok(r);
+                }
+                kind::PUBREL => {
+                    let id = u16::from_be_bytes([p.body[0], p.body[1]]);
+                    self.send_ok(&frames::ack(kind::PUBCOMP, id));
+                }
+                _ => panic!("expected a PUBLISH, got type {} body {:02x?}", p.kind(), p.body),
+            }
+        }
+    }
+}
+
+/// After bad input on one connection, the hub must keep serving everyone else: a fresh
+/// 3.1.1 client subscribes, publishes at QoS 1 and receives its own message.
+pub fn assert_serving(addr: SocketAddr) {
+    let id = crate::unique("alive");
+    let topic = format!("{id}/alive");
+    let (mut sub, _) = RawClient::connected(addr, &Connect::v4(&id, true));
+    assert_eq!(sub.subscribe(1, &[(&topic, 1)]), vec![1], "SUBACK of the liveness check");
+    let (mut publisher, _) = RawClient::connected(addr, &Connect::v4(&crate::unique("alive"), true));
+    publisher.publish(&frames::Publish::v4(&topic, b"still serving").qos(1, 2));
+    let r = sub.expect_publish_acked();
+    assert_eq!((r.topic.as_str(), r.payload.as_slice()), (topic.as_str(), &b"still serving"[..]));
+}
