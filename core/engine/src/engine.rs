@@ -1,11 +1,15 @@
 //! The [`Engine`]: the registry of hubs and the entry point of every connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use iothub_model::{ClientId, DeviceId, HubId, HubLimits, Message, Plan, QoS};
+use parking_lot::RwLock;
 
 use crate::clock::{Clock, SystemClock};
-use crate::session::Session;
+use crate::hub::Hub;
+use crate::session::{KickReason, Session};
 
 /// How the engine is built. Only the clock today; tests pass a `ManualClock`.
 #[derive(Clone)]
@@ -165,34 +169,83 @@ pub struct Engine {
 }
 
 struct EngineInner {
-    _config: EngineConfig,
+    clock: Arc<dyn Clock>,
+    /// The hub registry: first in the lock order, held only to find or change hubs.
+    hubs: RwLock<Hubs>,
+}
+
+#[derive(Default)]
+struct Hubs {
+    by_id: HashMap<HubId, Arc<Hub>>,
+    by_name: HashMap<String, HubId>,
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
-            inner: Arc::new(EngineInner { _config: config }),
+            inner: Arc::new(EngineInner {
+                clock: config.clock,
+                hubs: RwLock::new(Hubs::default()),
+            }),
         }
     }
 
-    pub fn create_hub(&self, _spec: HubSpec) -> Result<(), EngineError> {
-        todo!()
+    fn hub(&self, id: HubId) -> Option<Arc<Hub>> {
+        self.inner.hubs.read().by_id.get(&id).cloned()
+    }
+
+    fn all_hubs(&self) -> Vec<Arc<Hub>> {
+        self.inner.hubs.read().by_id.values().cloned().collect()
+    }
+
+    /// Starts serving a hub. Ids and names are unique.
+    pub fn create_hub(&self, spec: HubSpec) -> Result<(), EngineError> {
+        let mut hubs = self.inner.hubs.write();
+        if hubs.by_id.contains_key(&spec.id) {
+            return Err(EngineError::HubExists(spec.id));
+        }
+        if hubs.by_name.contains_key(&spec.name) {
+            return Err(EngineError::HubNameTaken(spec.name));
+        }
+        let (id, name) = (spec.id, spec.name.clone());
+        let hub = Arc::new(Hub::new(spec, self.inner.clock.clone()));
+        hub.update_gauges();
+        hubs.by_id.insert(id, hub);
+        hubs.by_name.insert(name, id);
+        tracing::debug!(message = "hub created", hub_id = %id);
+        Ok(())
     }
 
     /// Removes a hub: its sessions are kicked with `KickReason::AdministrativeAction` and
-    /// everything it holds is freed.
-    pub fn remove_hub(&self, _id: HubId) -> Result<(), EngineError> {
-        todo!()
+    /// everything it holds (sessions, subscriptions, retained messages, wills) is freed.
+    /// Wills are not published: there is no hub left to publish them to.
+    pub fn remove_hub(&self, id: HubId) -> Result<(), EngineError> {
+        let hub = {
+            let mut hubs = self.inner.hubs.write();
+            let hub = hubs.by_id.remove(&id).ok_or(EngineError::UnknownHub(id))?;
+            hubs.by_name.remove(&hub.name);
+            hub
+        };
+        hub.enabled.store(false, Ordering::Release);
+        hub.remove_all(KickReason::AdministrativeAction);
+        tracing::debug!(message = "hub removed", hub_id = %id);
+        Ok(())
     }
 
-    /// Enables or disables a hub. Disabling kicks its sessions with
-    /// `KickReason::AdministrativeAction`; a disabled hub refuses CONNECT with `HubDisabled`.
-    pub fn set_hub_enabled(&self, _id: HubId, _enabled: bool) -> Result<(), EngineError> {
-        todo!()
+    /// Enables or disables a hub. Disabling kicks its live connections with
+    /// `KickReason::AdministrativeAction` (sessions stay); a disabled hub refuses CONNECT
+    /// with `HubDisabled`.
+    pub fn set_hub_enabled(&self, id: HubId, enabled: bool) -> Result<(), EngineError> {
+        let hub = self.hub(id).ok_or(EngineError::UnknownHub(id))?;
+        hub.enabled.store(enabled, Ordering::Release);
+        if !enabled {
+            hub.kick_all(KickReason::AdministrativeAction);
+        }
+        Ok(())
     }
 
-    pub fn hub_by_name(&self, _name: &str) -> Option<HubId> {
-        todo!()
+    pub fn hub_by_name(&self, name: &str) -> Option<HubId> {
+        self.inner.hubs.read().by_name.get(name).copied()
     }
 
     /// An anonymous client connects (`connect_as(Identity::Anonymous, ..)`).
@@ -200,32 +253,55 @@ impl Engine {
         self.connect_as(Identity::Anonymous, req)
     }
 
+    /// A client connects. Anonymous clients need a hub with `allow_anonymous` and not on the
+    /// shared plan; a device must use its device id as client id (or an empty one, which
+    /// then becomes the device id). An existing session of the client id is resumed, or
+    /// discarded with `clean_start` [MQTT-3.1.2-4]; a live connection to it is taken over
+    /// [MQTT-3.1.4-3].
     pub fn connect_as(
         &self,
-        _identity: Identity,
-        _req: ConnectRequest,
+        identity: Identity,
+        req: ConnectRequest,
     ) -> Result<Connected, ConnectError> {
-        todo!()
+        let hub = self.hub(req.hub).ok_or(ConnectError::UnknownHub)?;
+        hub.connect(identity, req)
     }
 
-    /// Publishes a message the hub itself produces (events, `$SYS`), bypassing client rules.
-    /// Returns whether any subscriber matched.
-    pub fn publish(&self, _hub: HubId, _message: Message) -> Result<bool, EngineError> {
-        todo!()
+    /// Publishes a message the hub itself produces (events, `$SYS`), bypassing client rules
+    /// (a retained one is stored if the budget allows). Returns whether any subscriber
+    /// matched.
+    pub fn publish(&self, hub: HubId, message: Message) -> Result<bool, EngineError> {
+        let hub = self.hub(hub).ok_or(EngineError::UnknownHub(hub))?;
+        let now = hub.now();
+        let message = Arc::new(message);
+        if message.retain {
+            // Refused only for lack of budget; the message is still delivered.
+            let _ = hub.store_retained(&message, now);
+        }
+        let matched = hub.route(&message, None, now);
+        hub.metrics.received.increment(1);
+        Ok(matched)
     }
 
     /// Called by the binary every ~250 ms (and by tests with a manual clock): fires delayed
-    /// wills, ends expired sessions, drops expired messages, refreshes gauges.
+    /// wills, ends expired sessions (dropping their subscriptions and queued messages,
+    /// freeing budget), drops expired messages of offline sessions and expired retained
+    /// messages, refreshes gauges.
     pub fn tick(&self) {
-        todo!()
+        let now = self.inner.clock.now();
+        for hub in self.all_hubs() {
+            hub.tick(now);
+        }
     }
 
     /// Server shutdown: every live session gets `Outgoing::Disconnect(ServerShuttingDown)`.
     pub fn shutdown(&self) {
-        todo!()
+        for hub in self.all_hubs() {
+            hub.kick_all(KickReason::ServerShuttingDown);
+        }
     }
 
-    pub fn hub_stats(&self, _id: HubId) -> Option<HubStats> {
-        todo!()
+    pub fn hub_stats(&self, id: HubId) -> Option<HubStats> {
+        self.hub(id).map(|hub| hub.stats())
     }
 }

@@ -5,7 +5,12 @@
 
 mod clock;
 mod engine;
+mod hub;
+mod metrics;
+mod retained;
 mod session;
+mod state;
+mod trie;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{

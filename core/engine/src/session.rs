@@ -1,8 +1,18 @@
 //! [`Session`]: the handle one connection task holds, and the types of its operations.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use iothub_model::{ClientId, HubId, Message, QoS, SubscriptionFilter};
+use parking_lot::MutexGuard;
+
+use crate::engine::HubCaps;
+use crate::hub::{Hub, reserved_topic};
+use crate::metrics::DropReason;
+use crate::state::{
+    Conn, Inflight, InflightState, Inner, Queued, SessionState, SubEntry, SubOptions,
+};
+use crate::trie::too_deep;
 
 /// The result of an accepted PUBLISH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,65 +132,387 @@ pub enum Outgoing {
 
 /// The session of one connection. Owned by that connection's task; not `Clone`.
 /// Dropping it without [`Session::disconnect`] is `DisconnectKind::Abnormal`.
+///
+/// Once the connection is no longer the session's current one (taken over, hub removed),
+/// every call is a no-op: `false`, an empty result or `Delivered { matched: false }`.
 pub struct Session {
+    hub: Arc<Hub>,
+    state: Arc<SessionState>,
+    conn: Arc<Conn>,
+    generation: u64,
     client_id: ClientId,
-    hub: HubId,
+    done: bool,
 }
 
 impl Session {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        state: Arc<SessionState>,
+        conn: Arc<Conn>,
+        generation: u64,
+        client_id: ClientId,
+    ) -> Self {
+        Self {
+            hub,
+            state,
+            conn,
+            generation,
+            client_id,
+            done: false,
+        }
+    }
+
     pub fn client_id(&self) -> &ClientId {
         &self.client_id
     }
 
     pub fn hub(&self) -> HubId {
-        self.hub
+        self.hub.id
+    }
+
+    /// What the hub offers (the same as `Connected::caps`).
+    pub fn caps(&self) -> HubCaps {
+        self.hub.caps
+    }
+
+    /// The session state, locked, if this connection still owns it.
+    fn live(&self) -> Option<MutexGuard<'_, Inner>> {
+        let inner = self.state.inner.lock();
+        (inner.generation == self.generation && !inner.ended).then_some(inner)
     }
 
     /// An application message from this client. `packet_id` is Some for QoS 1/2.
+    ///
+    /// The message goes to every matching subscriber's queue before this returns; a slow
+    /// subscriber never makes it wait. With `retain`, the message is stored as the topic's
+    /// retained message, or an empty payload deletes it [MQTT-3.3.1-5..7]. Clients may not
+    /// publish to `$SYS/..` or `$SCW/..` (hub events): `NotAuthorized`.
     pub fn publish(
         &self,
-        _message: Message,
-        _packet_id: Option<u16>,
+        message: Message,
+        packet_id: Option<u16>,
     ) -> Result<PublishAck, PublishError> {
-        todo!()
+        let caps = &self.hub.caps;
+        if message.payload.len() > caps.max_payload_bytes as usize {
+            return Err(PublishError::PayloadTooLarge);
+        }
+        if message.qos > caps.maximum_qos {
+            return Err(PublishError::QosNotSupported);
+        }
+        if message.retain && !caps.retain_available {
+            return Err(PublishError::RetainNotSupported);
+        }
+        if reserved_topic(&message.topic) {
+            return Err(PublishError::NotAuthorized);
+        }
+        let qos2_id = match (message.qos, packet_id) {
+            (QoS::ExactlyOnce, Some(id)) => Some(id),
+            _ => None,
+        };
+        {
+            let Some(inner) = self.live() else {
+                return Ok(PublishAck::Delivered { matched: false });
+            };
+            if let Some(id) = packet_id {
+                if inner.inbound_qos2.contains(&id) {
+                    // [MQTT-4.3.3-9]: the same QoS 2 message again; a QoS 1 message may
+                    // not reuse an id still in use [MQTT-2.2.1-3].
+                    return match qos2_id {
+                        Some(_) => Ok(PublishAck::Duplicate),
+                        None => Err(PublishError::PacketIdInUse),
+                    };
+                }
+                if qos2_id.is_some()
+                    && inner.inbound_qos2.len() >= usize::from(caps.receive_maximum)
+                {
+                    return Err(PublishError::ReceiveMaximumExceeded);
+                }
+            }
+        }
+        let now = self.hub.now();
+        let message = Arc::new(message);
+        if message.retain {
+            self.hub.store_retained(&message, now)?;
+        }
+        let matched = self.hub.route(&message, Some(&self.state), now);
+        self.hub.metrics.received.increment(1);
+        if let Some(id) = qos2_id
+            && let Some(mut inner) = self.live()
+        {
+            inner.inbound_qos2.insert(id);
+        }
+        Ok(PublishAck::Delivered { matched })
     }
 
     /// PUBREL from the client: forgets the QoS 2 packet id. `false` = unknown id (PUBCOMP
     /// 0x92).
-    pub fn release(&self, _packet_id: u16) -> bool {
-        todo!()
+    pub fn release(&self, packet_id: u16) -> bool {
+        self.live()
+            .is_some_and(|mut inner| inner.inbound_qos2.remove(&packet_id))
     }
 
-    pub fn subscribe(&self, _requests: &[SubscribeRequest]) -> Vec<Result<QoS, SubscribeError>> {
-        todo!()
+    /// Adds or replaces subscriptions, one result per request, in order.
+    ///
+    /// Granted QoS = min(requested, the plan's maximum) (the shared plan grants QoS 0). A
+    /// subscription to a filter the session already has replaces it and keeps its queued
+    /// messages [MQTT-3.8.4-3]. Matching retained messages are queued right away per the
+    /// Retain Handling option [MQTT-3.3.1-9..11], with RETAIN set [MQTT-3.3.1-8]; never for
+    /// shared subscriptions. The adapter sends SUBACK before draining, so SUBACK comes first.
+    pub fn subscribe(&self, requests: &[SubscribeRequest]) -> Vec<Result<QoS, SubscribeError>> {
+        let now = self.hub.now();
+        requests
+            .iter()
+            .map(|r| self.subscribe_one(r, now))
+            .collect()
     }
 
-    /// `true` per filter that existed.
-    pub fn unsubscribe(&self, _filters: &[SubscriptionFilter]) -> Vec<bool> {
-        todo!()
+    fn subscribe_one(&self, req: &SubscribeRequest, now: Instant) -> Result<QoS, SubscribeError> {
+        let caps = &self.hub.caps;
+        let filter = &req.filter;
+        if filter.is_shared() && !caps.shared_available {
+            return Err(SubscribeError::SharedNotSupported);
+        }
+        if filter.filter.has_wildcards() && !caps.wildcard_available {
+            return Err(SubscribeError::WildcardNotSupported);
+        }
+        if req.subscription_id.is_some() && !caps.subscription_ids_available {
+            return Err(SubscribeError::SubscriptionIdsNotSupported);
+        }
+        if too_deep(filter.filter.as_str()) {
+            return Err(SubscribeError::QuotaExceeded);
+        }
+        let opts = SubOptions {
+            qos: req.qos.min(self.hub.max_subscribe_qos()),
+            // No Local on a shared subscription is a protocol error the adapter rejects
+            // [MQTT-3.8.3-4]; the engine ignores it there.
+            no_local: req.no_local && !filter.is_shared(),
+            retain_as_published: req.retain_as_published,
+            subscription_id: req.subscription_id,
+        };
+        let existed = {
+            let mut subs = self.hub.subs().write();
+            let Some(mut inner) = self.live() else {
+                return Err(SubscribeError::NotAuthorized);
+            };
+            let entry = SubEntry {
+                session: self.state.clone(),
+                opts,
+            };
+            let old = subs.insert(filter, self.client_id.clone(), entry);
+            inner.subscriptions.insert(filter.clone(), opts);
+            old.is_some()
+        };
+        let send_retained = !filter.is_shared()
+            && match req.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNewSubscription => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+        if send_retained {
+            let store = self.hub.retained().read();
+            store.for_each_match(&filter.filter, |r| {
+                if r.expires_at.is_some_and(|at| at <= now) {
+                    return;
+                }
+                let entry = Queued {
+                    message: r.message.clone(),
+                    qos: r.message.qos.min(opts.qos),
+                    retain: true,
+                    subscription_ids: opts.subscription_id.into_iter().collect(),
+                    expires_at: r.expires_at,
+                    weight: r.weight,
+                    shared: None,
+                };
+                self.hub.enqueue(&self.state, entry, now, false);
+            });
+        }
+        Ok(opts.qos)
     }
 
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for one of our outbound messages.
-    pub fn acknowledge(&self, _packet_id: u16) -> bool {
-        todo!()
+    /// Removes subscriptions; `true` per filter that existed. Queued messages stay.
+    pub fn unsubscribe(&self, filters: &[SubscriptionFilter]) -> Vec<bool> {
+        let mut subs = self.hub.subs().write();
+        let Some(mut inner) = self.live() else {
+            return vec![false; filters.len()];
+        };
+        filters
+            .iter()
+            .map(|f| {
+                inner.subscriptions.remove(f);
+                subs.remove(f, &self.client_id).is_some()
+            })
+            .collect()
     }
 
-    /// PUBREC for our outbound QoS 2: the adapter answers PUBREL.
-    pub fn received(&self, _packet_id: u16) -> bool {
-        todo!()
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for one of our outbound messages: frees its
+    /// inflight slot. `false` = unknown packet id.
+    pub fn acknowledge(&self, packet_id: u16) -> bool {
+        let Some(mut inner) = self.live() else {
+            return false;
+        };
+        let Some(done) = inner.inflight.remove(&packet_id) else {
+            return false;
+        };
+        if let InflightState::Sent(q) = done.state {
+            inner.bytes -= q.weight;
+            self.hub.release(q.weight);
+        }
+        if !inner.queue.is_empty() {
+            self.conn.notify.notify_one();
+        }
+        true
     }
 
-    /// Moves ready work to the connection, at most `max` items.
-    pub fn poll_outgoing(&self, _out: &mut Vec<Outgoing>, _max: usize) {
-        todo!()
+    /// PUBREC for our outbound QoS 2: the message is delivered (and freed); the packet id
+    /// awaits PUBCOMP and the adapter answers PUBREL. `false` = unknown id, or not QoS 2.
+    pub fn received(&self, packet_id: u16) -> bool {
+        let Some(mut inner) = self.live() else {
+            return false;
+        };
+        let Some(flight) = inner.inflight.get_mut(&packet_id) else {
+            return false;
+        };
+        let weight = match &flight.state {
+            InflightState::AwaitingComp => return true,
+            InflightState::Sent(q) if q.qos == QoS::ExactlyOnce => q.weight,
+            InflightState::Sent(_) => return false,
+        };
+        flight.state = InflightState::AwaitingComp;
+        inner.bytes -= weight;
+        self.hub.release(weight);
+        true
     }
 
-    /// Resolves when `poll_outgoing` has something new. Cancel-safe.
+    /// Moves ready work to the connection: first, after a reconnect to a present session,
+    /// the unacknowledged PUBLISHes again (same packet ids, dup) and pending PUBRELs in
+    /// their original order [MQTT-4.4.0-1]; then queued messages in order, QoS 1/2 ones only
+    /// while the inflight window has room (packet ids 1..=65535, skipping ids in use).
+    /// Expired messages are dropped here, before onward delivery starts [MQTT-3.3.2-5].
+    /// Pushes at most `max` items; if more is ready, `ready()` resolves at once.
+    /// When the connection was kicked, pushes `Outgoing::Disconnect(reason)` once and
+    /// nothing after it.
+    pub fn poll_outgoing(&self, out: &mut Vec<Outgoing>, max: usize) {
+        if let Some(reason) = self.conn.kicked() {
+            if self.conn.take_kick_report() && max > 0 {
+                out.push(Outgoing::Disconnect(reason));
+            }
+            return;
+        }
+        let Some(mut inner) = self.live() else {
+            return;
+        };
+        let now = self.hub.now();
+        let (mut pushed, mut delivered, mut expired, mut freed) = (0, 0, 0, 0);
+        while pushed < max {
+            if let Some(id) = inner.resend.pop_front() {
+                match inner.inflight.get(&id).map(|f| &f.state) {
+                    Some(InflightState::Sent(q)) => {
+                        out.push(Outgoing::Publish(outgoing(q, Some(id), true, now)));
+                        pushed += 1;
+                    }
+                    Some(InflightState::AwaitingComp) => {
+                        out.push(Outgoing::PubRel(id));
+                        pushed += 1;
+                    }
+                    None => {}
+                }
+                continue;
+            }
+            let Some(front) = inner.queue.front() else {
+                break;
+            };
+            if front.expired(now) {
+                if let Some(q) = inner.queue.pop_front() {
+                    expired += 1;
+                    freed += q.weight;
+                }
+                continue;
+            }
+            if front.qos == QoS::AtMostOnce {
+                if let Some(q) = inner.queue.pop_front() {
+                    freed += q.weight;
+                    out.push(Outgoing::Publish(outgoing(&q, None, false, now)));
+                }
+            } else {
+                if inner.inflight.len() >= usize::from(inner.window) {
+                    break;
+                }
+                let Some(q) = inner.queue.pop_front() else {
+                    break;
+                };
+                let id = inner.allocate_packet_id();
+                out.push(Outgoing::Publish(outgoing(&q, Some(id), false, now)));
+                let seq = inner.next_seq;
+                inner.next_seq += 1;
+                inner.inflight.insert(
+                    id,
+                    Inflight {
+                        seq,
+                        state: InflightState::Sent(q),
+                    },
+                );
+            }
+            pushed += 1;
+            delivered += 1;
+        }
+        inner.bytes -= freed;
+        let more = !inner.resend.is_empty()
+            || inner.queue.front().is_some_and(|q| {
+                q.qos == QoS::AtMostOnce || inner.inflight.len() < usize::from(inner.window)
+            });
+        drop(inner);
+        self.hub.release(freed);
+        if expired > 0 {
+            self.hub.metrics.dropped(DropReason::Expired, expired);
+        }
+        if delivered > 0 {
+            self.hub.metrics.delivered.increment(delivered);
+        }
+        if more {
+            self.conn.notify.notify_one();
+        }
+    }
+
+    /// Resolves when `poll_outgoing` has something new: a message, a freed window slot
+    /// with messages waiting, or a kick. Cancel-safe: a wake-up that happens between
+    /// `poll_outgoing` and `ready` is kept as a permit, not lost.
     pub async fn ready(&self) {
-        todo!()
+        self.conn.notify.notified().await;
     }
 
-    pub fn disconnect(self, _how: DisconnectKind) {
-        todo!()
+    /// Ends the connection. See [`DisconnectKind`] for what happens to the will; the
+    /// session then lives for its expiry interval (a new one from DISCONNECT replaces
+    /// the old one).
+    pub fn disconnect(mut self, how: DisconnectKind) {
+        self.done = true;
+        self.hub.disconnect(&self.state, self.generation, how);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.done {
+            self.hub
+                .disconnect(&self.state, self.generation, DisconnectKind::Abnormal);
+        }
+    }
+}
+
+/// The PUBLISH to send for `q`, with the expiry interval left [MQTT-3.3.2-6], rounded up
+/// so a message never claims to have expired early.
+fn outgoing(q: &Queued, packet_id: Option<u16>, dup: bool, now: Instant) -> OutgoingPublish {
+    let message_expiry_remaining = q.expires_at.map(|at| {
+        let left = at.saturating_duration_since(now);
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        u32::try_from(secs).unwrap_or(u32::MAX)
+    });
+    OutgoingPublish {
+        packet_id,
+        dup,
+        qos: q.qos,
+        retain: q.retain,
+        message: q.message.clone(),
+        subscription_ids: q.subscription_ids.clone(),
+        message_expiry_remaining,
     }
 }

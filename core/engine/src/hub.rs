@@ -1,0 +1,1048 @@
+//! One hub: an isolated namespace with its own sessions, subscription trie, retained store,
+//! timers and byte budget. Nothing in here ever refers to another hub.
+//!
+//! Lock order (see the crate docs): `sessions` (registry) -> `subs` (trie) -> `retained`
+//! -> a session's `inner` -> `timers`. Every function below takes locks only in that order
+//! and never routes a message (which takes `subs` then session locks) while holding a
+//! session lock.
+
+use std::cell::Cell;
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use iothub_model::{ClientId, HubId, HubLimits, Message, Plan, QoS, TopicName};
+use parking_lot::{Mutex, RwLock};
+
+use crate::clock::Clock;
+use crate::engine::{
+    ConnectError, ConnectRequest, Connected, HubCaps, HubSpec, HubStats, Identity,
+};
+use crate::metrics::{DropReason, HubMetrics};
+use crate::retained::{Retained, RetainedStore};
+use crate::session::{DisconnectKind, KickReason, PublishError, Session};
+use crate::state::{
+    Conn, Inflight, InflightState, Inner, Queued, SessionState, SharedOrigin, StoredWill, SubEntry,
+    SubOptions,
+};
+use crate::trie::{SharedGroup, SubTrie, too_deep};
+
+/// Prefix of client ids the engine assigns to clients that sent an empty one.
+const ASSIGNED_PREFIX: &str = "auto-";
+
+/// Whether clients may publish to `topic`. `$SYS` and `$SCW` (hub events) are written
+/// by the hub only, so a client can never fake them.
+pub(crate) fn reserved_topic(topic: &TopicName) -> bool {
+    let first = topic.levels().next().unwrap_or_default();
+    first == "$SYS" || first == "$SCW"
+}
+
+/// The expiry instant of a message published at `now` [MQTT-3.3.2-5].
+pub(crate) fn expiry_of(message: &Message, now: Instant) -> Option<Instant> {
+    message
+        .properties
+        .message_expiry_interval
+        .map(|secs| now + Duration::from_secs(secs.into()))
+}
+
+enum TimerKind {
+    /// A delayed will of a disconnected session.
+    Will { client: ClientId, generation: u64 },
+    /// The end of a disconnected session.
+    Expiry { client: ClientId, generation: u64 },
+    /// Drop expired messages queued for a disconnected session.
+    Purge { client: ClientId },
+    /// A retained message's expiry.
+    Retained { topic: TopicName },
+}
+
+struct Timer {
+    at: Instant,
+    seq: u64,
+    kind: TimerKind,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timer {
+    /// Reversed, so the max-heap pops the earliest deadline first.
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// A subscriber chosen by routing, before overlapping subscriptions are merged.
+struct Target {
+    session: Arc<SessionState>,
+    opts: SubOptions,
+    shared: Option<SharedOrigin>,
+}
+
+thread_local! {
+    /// Reused by `route` so a publish allocates no target list of its own.
+    static TARGETS: Cell<Vec<Target>> = const { Cell::new(Vec::new()) };
+}
+
+/// What is left of a session that just ended.
+#[derive(Default)]
+pub(crate) struct Ended {
+    /// The pending will, still reserved in the budget.
+    will: Option<(StoredWill, Arc<SessionState>)>,
+    /// Messages that came through shared subscriptions, still reserved in the budget,
+    /// to hand to another member of their group.
+    shared: Vec<Queued>,
+}
+
+pub(crate) struct Hub {
+    pub(crate) id: HubId,
+    pub(crate) name: String,
+    pub(crate) plan: Plan,
+    pub(crate) limits: HubLimits,
+    pub(crate) allow_anonymous: bool,
+    pub(crate) caps: HubCaps,
+    pub(crate) enabled: AtomicBool,
+    clock: Arc<dyn Clock>,
+    sessions: Mutex<HashMap<ClientId, Arc<SessionState>>>,
+    subs: RwLock<SubTrie<SubEntry>>,
+    retained: RwLock<RetainedStore>,
+    timers: Mutex<BinaryHeap<Timer>>,
+    timer_seq: AtomicU64,
+    generation: AtomicU64,
+    budget_used: AtomicU64,
+    connected: AtomicUsize,
+    pub(crate) metrics: HubMetrics,
+}
+
+impl Hub {
+    pub(crate) fn new(spec: HubSpec, clock: Arc<dyn Clock>) -> Self {
+        let caps = caps_for(spec.plan, &spec.limits);
+        Self {
+            metrics: HubMetrics::new(spec.id),
+            id: spec.id,
+            name: spec.name,
+            plan: spec.plan,
+            limits: spec.limits,
+            allow_anonymous: spec.allow_anonymous,
+            caps,
+            enabled: AtomicBool::new(true),
+            clock,
+            sessions: Mutex::new(HashMap::new()),
+            subs: RwLock::new(SubTrie::default()),
+            retained: RwLock::new(RetainedStore::default()),
+            timers: Mutex::new(BinaryHeap::new()),
+            timer_seq: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            budget_used: AtomicU64::new(0),
+            connected: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// Highest QoS granted to a subscription. The shared plan has "no QoS 1/2 subscribe":
+    /// such requests are granted QoS 0, the downgrade MQTT allows [MQTT-3.8.4-7].
+    pub(crate) fn max_subscribe_qos(&self) -> QoS {
+        match self.plan {
+            Plan::Shared => QoS::AtMostOnce,
+            Plan::Dedicated | Plan::Ha => QoS::ExactlyOnce,
+        }
+    }
+
+    // ---- budget -------------------------------------------------------------------------
+
+    /// Reserves `weight` bytes of the hub budget; false (and nothing reserved) when the
+    /// budget would be exceeded.
+    pub(crate) fn try_reserve(&self, weight: u64) -> bool {
+        let before = self.budget_used.fetch_add(weight, Ordering::AcqRel);
+        if before + weight > self.limits.budget_bytes {
+            self.budget_used.fetch_sub(weight, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn release(&self, weight: u64) {
+        if weight > 0 {
+            self.budget_used.fetch_sub(weight, Ordering::AcqRel);
+        }
+    }
+
+    fn schedule(&self, at: Instant, kind: TimerKind) {
+        let seq = self.timer_seq.fetch_add(1, Ordering::Relaxed);
+        self.timers.lock().push(Timer { at, seq, kind });
+    }
+
+    // ---- connect / disconnect -----------------------------------------------------------
+
+    pub(crate) fn connect(
+        self: &Arc<Self>,
+        identity: Identity,
+        req: ConnectRequest,
+    ) -> Result<Connected, ConnectError> {
+        if !self.enabled.load(Ordering::Acquire) {
+            return Err(ConnectError::HubDisabled);
+        }
+        let (client_id, assigned) = match identity {
+            Identity::Anonymous => {
+                if !self.allow_anonymous || self.plan == Plan::Shared {
+                    return Err(ConnectError::NotAuthorized);
+                }
+                match req.client_id {
+                    Some(id) => (id, false),
+                    None => {
+                        let id = format!("{ASSIGNED_PREFIX}{}", uuid::Uuid::new_v4());
+                        let id = ClientId::new(&id).map_err(|_| ConnectError::ClientIdInvalid)?;
+                        (id, true)
+                    }
+                }
+            }
+            Identity::Device(device) => {
+                let own = ClientId::from(device);
+                match req.client_id {
+                    Some(id) if id == own => (id, false),
+                    Some(_) => return Err(ConnectError::ClientIdInvalid),
+                    None => (own, true),
+                }
+            }
+        };
+        if self.plan == Plan::Shared && (!req.clean_start || req.session_expiry_secs > 0) {
+            return Err(ConnectError::CleanStartRequired);
+        }
+        if let Some(will) = &req.will {
+            let m = &will.message;
+            if m.payload.len() > self.caps.max_payload_bytes as usize {
+                return Err(ConnectError::PayloadTooLarge);
+            }
+            if m.qos > self.caps.maximum_qos {
+                return Err(ConnectError::QosNotSupported);
+            }
+            if m.retain && !self.caps.retain_available {
+                return Err(ConnectError::RetainNotSupported);
+            }
+            if reserved_topic(&m.topic) {
+                return Err(ConnectError::NotAuthorized);
+            }
+        }
+        let expiry = req
+            .session_expiry_secs
+            .min(self.limits.max_session_expiry_secs);
+        let window = req
+            .receive_maximum
+            .min(self.limits.max_inflight_messages)
+            .max(1);
+        let mut will = match req.will {
+            Some(will) => {
+                let weight = will.message.weight() as u64;
+                if !self.try_reserve(weight) {
+                    return Err(ConnectError::QuotaExceeded);
+                }
+                Some(StoredWill { will, weight })
+            }
+            None => None,
+        };
+        let now = self.now();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let conn = Arc::new(Conn::default());
+        let mut wills: Vec<(StoredWill, Arc<SessionState>)> = Vec::new();
+        let mut moved: Vec<Queued> = Vec::new();
+        let (state, session_present) = {
+            let mut registry = self.sessions.lock();
+            let resumed = match registry.get(&client_id).cloned() {
+                Some(old) if req.clean_start => {
+                    // [MQTT-3.1.2-4]: discard the session; it ends, so its will goes out.
+                    let ended = self.end_session_locked(
+                        &mut registry,
+                        &old,
+                        Some(KickReason::SessionTakenOver),
+                    );
+                    wills.extend(ended.will);
+                    moved = ended.shared;
+                    None
+                }
+                Some(old) => {
+                    let mut inner = old.inner.lock();
+                    let took_over = match inner.conn.take() {
+                        Some(previous) => {
+                            // [MQTT-3.1.4-3]: the existing connection is closed.
+                            previous.kick(KickReason::SessionTakenOver);
+                            self.connected.fetch_sub(1, Ordering::AcqRel);
+                            true
+                        }
+                        None => false,
+                    };
+                    if let Some(w) = inner.will.take() {
+                        // The session continues: a will with a delay is not sent
+                        // [MQTT-3.1.3-9]; a will without one is, for the closed connection.
+                        if took_over && w.will.delay_secs == 0 {
+                            wills.push((w, old.clone()));
+                        } else {
+                            self.release(w.weight);
+                        }
+                    }
+                    inner.generation = generation;
+                    inner.conn = Some(conn.clone());
+                    inner.expiry_secs = expiry;
+                    inner.expires_at = None;
+                    inner.window = window;
+                    inner.will = will.take();
+                    inner.purge_at = None;
+                    inner.schedule_resend();
+                    old.connected.store(true, Ordering::Release);
+                    drop(inner);
+                    Some(old)
+                }
+                None => None,
+            };
+            let present = resumed.is_some();
+            let state = match resumed {
+                Some(state) => state,
+                None => {
+                    let state = Arc::new(SessionState::new(
+                        client_id.clone(),
+                        generation,
+                        conn.clone(),
+                    ));
+                    {
+                        let mut inner = state.inner.lock();
+                        inner.expiry_secs = expiry;
+                        inner.window = window;
+                        inner.will = will;
+                    }
+                    registry.insert(client_id.clone(), state.clone());
+                    state
+                }
+            };
+            self.connected.fetch_add(1, Ordering::AcqRel);
+            (state, present)
+        };
+        for (w, from) in wills {
+            self.publish_will(w, &from, now);
+        }
+        self.hand_over_shared(moved, now);
+        Ok(Connected {
+            session: Session::new(self.clone(), state, conn, generation, client_id.clone()),
+            session_present,
+            client_id,
+            assigned,
+            session_expiry_secs: expiry,
+            caps: self.caps,
+        })
+    }
+
+    /// Ends the connection `generation` of `state`. A stale generation (taken over, hub
+    /// removed) changes nothing.
+    pub(crate) fn disconnect(
+        &self,
+        state: &Arc<SessionState>,
+        generation: u64,
+        how: DisconnectKind,
+    ) {
+        let now = self.now();
+        let mut will_now = None;
+        let ended = {
+            let mut registry = self.sessions.lock();
+            let mut inner = state.inner.lock();
+            if inner.generation != generation || inner.ended || inner.conn.is_none() {
+                return;
+            }
+            inner.conn = None;
+            state.connected.store(false, Ordering::Release);
+            self.connected.fetch_sub(1, Ordering::AcqRel);
+            inner.resend.clear();
+            let (expiry, publish_will) = match how {
+                DisconnectKind::Normal {
+                    session_expiry_secs,
+                } => (session_expiry_secs, false),
+                DisconnectKind::WithWill {
+                    session_expiry_secs,
+                } => (session_expiry_secs, true),
+                DisconnectKind::Abnormal => (None, true),
+            };
+            if let Some(expiry) = expiry {
+                inner.expiry_secs = expiry.min(self.limits.max_session_expiry_secs);
+            }
+            let expiry = inner.expiry_secs;
+            // QoS 0 is never kept for an offline session (see the queue policy).
+            let mut freed = 0;
+            inner.queue.retain(|q| {
+                let keep = q.qos != QoS::AtMostOnce;
+                if !keep {
+                    freed += q.weight;
+                }
+                keep
+            });
+            inner.bytes -= freed;
+            self.release(freed);
+            if let Some(w) = inner.will.take() {
+                if !publish_will {
+                    // [MQTT-3.1.2-10]: a normal DISCONNECT discards the will.
+                    self.release(w.weight);
+                } else if w.will.delay_secs == 0 {
+                    will_now = Some(w);
+                } else {
+                    // Sent after the delay, or at session end if that comes first
+                    // [MQTT-3.1.3-9]; a reconnect before then cancels it.
+                    if expiry == u32::MAX || w.will.delay_secs < expiry {
+                        self.schedule(
+                            now + Duration::from_secs(w.will.delay_secs.into()),
+                            TimerKind::Will {
+                                client: state.client_id.clone(),
+                                generation,
+                            },
+                        );
+                    }
+                    inner.will = Some(w);
+                }
+            }
+            if expiry == 0 {
+                drop(inner);
+                Some(self.end_session_locked(&mut registry, state, None))
+            } else {
+                if expiry != u32::MAX {
+                    let at = now + Duration::from_secs(expiry.into());
+                    inner.expires_at = Some(at);
+                    self.schedule(
+                        at,
+                        TimerKind::Expiry {
+                            client: state.client_id.clone(),
+                            generation,
+                        },
+                    );
+                }
+                self.schedule_purge(state, &mut inner);
+                None
+            }
+        };
+        if let Some(w) = will_now {
+            self.publish_will(w, state, now);
+        }
+        match ended {
+            Some(ended) => self.finish_ended(ended, now),
+            None => self.redistribute_shared(state, now),
+        }
+    }
+
+    /// Ends `state` while the caller holds the registry: removes it from the registry and
+    /// its subscriptions from the trie, frees its queue, kicks its connection with `kick`.
+    /// The will and the shared-subscription messages are returned, still reserved.
+    fn end_session_locked(
+        &self,
+        registry: &mut HashMap<ClientId, Arc<SessionState>>,
+        state: &Arc<SessionState>,
+        kick: Option<KickReason>,
+    ) -> Ended {
+        if registry
+            .get(&state.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, state))
+        {
+            registry.remove(&state.client_id);
+        }
+        let mut subs = self.subs.write();
+        let mut inner = state.inner.lock();
+        if inner.ended {
+            return Ended::default();
+        }
+        inner.ended = true;
+        if let Some(conn) = inner.conn.take() {
+            if let Some(reason) = kick {
+                conn.kick(reason);
+            }
+            state.connected.store(false, Ordering::Release);
+            self.connected.fetch_sub(1, Ordering::AcqRel);
+        }
+        for (filter, _) in inner.subscriptions.drain() {
+            subs.remove(&filter, &state.client_id);
+        }
+        drop(subs);
+        let mut ended = Ended::default();
+        let mut freed = 0;
+        let inflight = std::mem::take(&mut inner.inflight);
+        let sent = inflight.into_values().filter_map(|f| match f.state {
+            InflightState::Sent(q) => Some(q),
+            InflightState::AwaitingComp => None,
+        });
+        for q in inner.queue.drain(..).chain(sent) {
+            if q.shared.is_some() {
+                ended.shared.push(q);
+            } else {
+                freed += q.weight;
+            }
+        }
+        inner.bytes = 0;
+        inner.resend.clear();
+        inner.inbound_qos2.clear();
+        self.release(freed);
+        ended.will = inner.will.take().map(|w| (w, state.clone()));
+        ended
+    }
+
+    fn finish_ended(&self, ended: Ended, now: Instant) {
+        if let Some((w, from)) = ended.will {
+            self.publish_will(w, &from, now);
+        }
+        self.hand_over_shared(ended.shared, now);
+    }
+
+    /// Schedules a purge of expiring messages queued for a disconnected session.
+    fn schedule_purge(&self, state: &SessionState, inner: &mut Inner) {
+        let next = inner.queue.iter().filter_map(|q| q.expires_at).min();
+        if let Some(at) = next
+            && inner.purge_at.is_none_or(|p| at < p)
+        {
+            inner.purge_at = Some(at);
+            self.schedule(
+                at,
+                TimerKind::Purge {
+                    client: state.client_id.clone(),
+                },
+            );
+        }
+    }
+
+    // ---- shared subscriptions -----------------------------------------------------------
+
+    /// Picks the member of `group` that gets the next message: round robin, preferring
+    /// connected members, never `exclude`. With `connected_only`, an offline member is
+    /// never chosen.
+    fn pick_member<'a>(
+        group: &'a SharedGroup<SubEntry>,
+        exclude: Option<&Arc<SessionState>>,
+        connected_only: bool,
+    ) -> Option<&'a SubEntry> {
+        let n = group.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = group.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        let mut fallback = None;
+        for k in 0..n {
+            let (_, member) = &group.members[(start + k) % n];
+            if exclude.is_some_and(|e| Arc::ptr_eq(e, &member.session)) {
+                continue;
+            }
+            if member.session.is_connected() {
+                return Some(member);
+            }
+            fallback.get_or_insert(member);
+        }
+        if connected_only { None } else { fallback }
+    }
+
+    /// Re-targets `q` (a shared-subscription message moving to `member`).
+    fn retarget(mut q: Queued, opts: &SubOptions) -> Queued {
+        q.qos = q.message.qos.min(opts.qos);
+        q.retain = q.message.retain && opts.retain_as_published;
+        q.subscription_ids = opts.subscription_id.into_iter().collect();
+        q
+    }
+
+    /// Hands messages of an ended session to other members of their shared groups,
+    /// connected ones first; a message whose group has no member left is freed.
+    fn hand_over_shared(&self, entries: Vec<Queued>, now: Instant) {
+        for q in entries {
+            let target = q.shared.as_ref().and_then(|origin| {
+                let subs = self.subs.read();
+                let group = subs.shared_group(&origin.group, &origin.filter)?;
+                Self::pick_member(group, None, false).map(|m| (m.session.clone(), m.opts))
+            });
+            match target {
+                Some((session, opts)) => {
+                    self.enqueue(&session, Self::retarget(q, &opts), now, true)
+                }
+                None => self.release(q.weight),
+            }
+        }
+    }
+
+    /// The connection of `state` ended but the session lives on: its unacknowledged
+    /// shared-subscription messages (queued, or sent without PUBACK/PUBREC) move to a
+    /// connected member of their group if there is one; otherwise they stay.
+    fn redistribute_shared(&self, state: &Arc<SessionState>, now: Instant) {
+        let origins: Vec<SharedOrigin> = {
+            let inner = state.inner.lock();
+            if inner.ended || inner.conn.is_some() {
+                return;
+            }
+            let sent = inner.inflight.values().filter_map(|f| match &f.state {
+                InflightState::Sent(q) => q.shared.as_ref(),
+                InflightState::AwaitingComp => None,
+            });
+            let mut origins: Vec<SharedOrigin> = Vec::new();
+            for origin in inner
+                .queue
+                .iter()
+                .filter_map(|q| q.shared.as_ref())
+                .chain(sent)
+            {
+                if !origins.contains(origin) {
+                    origins.push(origin.clone());
+                }
+            }
+            origins
+        };
+        if origins.is_empty() {
+            return;
+        }
+        let targets: HashMap<SharedOrigin, (Arc<SessionState>, SubOptions)> = {
+            let subs = self.subs.read();
+            origins
+                .into_iter()
+                .filter_map(|origin| {
+                    let group = subs.shared_group(&origin.group, &origin.filter)?;
+                    let member = Self::pick_member(group, Some(state), true)?;
+                    Some((origin, (member.session.clone(), member.opts)))
+                })
+                .collect()
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let moving = |q: &Queued| q.shared.as_ref().is_some_and(|o| targets.contains_key(o));
+        let moved: Vec<Queued> = {
+            let mut inner = state.inner.lock();
+            if inner.ended || inner.conn.is_some() {
+                return;
+            }
+            let mut moved = Vec::new();
+            let mut kept = std::collections::VecDeque::with_capacity(inner.queue.len());
+            for q in inner.queue.drain(..) {
+                if moving(&q) {
+                    moved.push(q);
+                } else {
+                    kept.push_back(q);
+                }
+            }
+            inner.queue = kept;
+            let ids: Vec<u16> = inner
+                .inflight
+                .iter()
+                .filter(|(_, f)| matches!(&f.state, InflightState::Sent(q) if moving(q)))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Some(Inflight {
+                    state: InflightState::Sent(q),
+                    ..
+                }) = inner.inflight.remove(&id)
+                {
+                    moved.push(q);
+                }
+            }
+            let weight: u64 = moved.iter().map(|q| q.weight).sum();
+            inner.bytes -= weight;
+            moved
+        };
+        for q in moved {
+            let target = q.shared.as_ref().and_then(|o| targets.get(o));
+            match target {
+                Some((session, opts)) => {
+                    let q = Self::retarget(q, opts);
+                    self.enqueue(session, q, now, true);
+                }
+                None => self.release(q.weight),
+            }
+        }
+    }
+
+    // ---- publish ------------------------------------------------------------------------
+
+    /// Stores, replaces or deletes (empty payload) the retained message of `message.topic`
+    /// [MQTT-3.3.1-5..7]. The store counts against the hub budget.
+    pub(crate) fn store_retained(
+        &self,
+        message: &Arc<Message>,
+        now: Instant,
+    ) -> Result<(), PublishError> {
+        let topic = message.topic.as_str();
+        if message.payload.is_empty() {
+            let removed = self.retained.write().remove(topic);
+            if let Some(old) = removed {
+                self.release(old.weight);
+            }
+            return Ok(());
+        }
+        if too_deep(topic) {
+            return Err(PublishError::QuotaExceeded);
+        }
+        let weight = message.weight() as u64;
+        let expires_at = expiry_of(message, now);
+        {
+            let mut store = self.retained.write();
+            let old = store.get(topic).map_or(0, |r| r.weight);
+            if weight > old {
+                if !self.try_reserve(weight - old) {
+                    return Err(PublishError::QuotaExceeded);
+                }
+            } else {
+                self.release(old - weight);
+            }
+            store.set(
+                topic,
+                Retained {
+                    message: message.clone(),
+                    weight,
+                    expires_at,
+                },
+            );
+        }
+        if let Some(at) = expires_at {
+            self.schedule(
+                at,
+                TimerKind::Retained {
+                    topic: message.topic.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Delivers `message` to every matching subscription of the hub. `publisher` is the
+    /// publishing session, for No Local [MQTT-3.8.3-3]. A client with several matching
+    /// subscriptions gets one copy with the highest QoS and all their subscription
+    /// identifiers [MQTT-3.3.4-2..5]; each shared group matching gets one copy for one member.
+    /// Returns whether any subscriber matched. Never waits for a subscriber.
+    pub(crate) fn route(
+        &self,
+        message: &Arc<Message>,
+        publisher: Option<&Arc<SessionState>>,
+        now: Instant,
+    ) -> bool {
+        let mut targets = TARGETS.with(Cell::take);
+        {
+            let subs = self.subs.read();
+            subs.for_each_match(message.topic.as_str(), |leaf| {
+                for entry in leaf.direct.values() {
+                    if entry.opts.no_local
+                        && publisher.is_some_and(|p| Arc::ptr_eq(p, &entry.session))
+                    {
+                        continue;
+                    }
+                    targets.push(Target {
+                        session: entry.session.clone(),
+                        opts: entry.opts,
+                        shared: None,
+                    });
+                }
+                for (name, group) in &leaf.shared {
+                    if let Some(member) = Self::pick_member(group, None, false) {
+                        targets.push(Target {
+                            session: member.session.clone(),
+                            opts: member.opts,
+                            shared: Some(SharedOrigin {
+                                group: name.clone(),
+                                filter: group.filter.clone(),
+                            }),
+                        });
+                    }
+                }
+            });
+        }
+        let matched = !targets.is_empty();
+        if targets.len() > 1 {
+            targets
+                .sort_unstable_by_key(|t| (Arc::as_ptr(&t.session) as usize, t.shared.is_some()));
+        }
+        let expires_at = expiry_of(message, now);
+        let weight = message.weight() as u64;
+        let mut rest = targets.drain(..).peekable();
+        while let Some(first) = rest.next() {
+            let mut qos = first.opts.qos;
+            let mut retain_as_published = first.opts.retain_as_published;
+            let mut subscription_ids: Vec<u32> = first.opts.subscription_id.into_iter().collect();
+            if first.shared.is_none() {
+                while let Some(next) =
+                    rest.next_if(|t| t.shared.is_none() && Arc::ptr_eq(&t.session, &first.session))
+                {
+                    qos = qos.max(next.opts.qos);
+                    retain_as_published |= next.opts.retain_as_published;
+                    subscription_ids.extend(next.opts.subscription_id);
+                }
+            }
+            let entry = Queued {
+                message: message.clone(),
+                qos: qos.min(message.qos),
+                retain: message.retain && retain_as_published,
+                subscription_ids,
+                expires_at,
+                weight,
+                shared: first.shared,
+            };
+            self.enqueue(&first.session, entry, now, false);
+        }
+        drop(rest);
+        TARGETS.with(|cell| cell.set(targets));
+        matched
+    }
+
+    /// Queues `entry` for `session`, applying the queue policy and the hub budget.
+    /// `reserved` = the entry's weight is already held in the budget (a message moving
+    /// between sessions); it is released if the entry is not queued.
+    pub(crate) fn enqueue(
+        &self,
+        session: &SessionState,
+        entry: Queued,
+        now: Instant,
+        reserved: bool,
+    ) {
+        let weight = entry.weight;
+        let dropped = {
+            let mut inner = session.inner.lock();
+            if inner.ended || (entry.qos == QoS::AtMostOnce && inner.conn.is_none()) {
+                None
+            } else if entry.expired(now) {
+                Some(DropReason::Expired)
+            } else if inner.queue.len() >= self.limits.max_session_queue_messages.max(1) as usize
+                || inner.bytes + weight > self.limits.max_session_queue_bytes
+            {
+                if entry.qos != QoS::AtMostOnce
+                    && let Some(conn) = &inner.conn
+                {
+                    // The consumer does not keep up: tell it (DESIGN.md, memory).
+                    conn.kick(KickReason::QuotaExceeded);
+                }
+                Some(DropReason::QueueFull)
+            } else if !reserved && !self.try_reserve(weight) {
+                self.metrics.dropped(DropReason::HubBudget, 1);
+                return;
+            } else {
+                let expires_at = entry.expires_at;
+                inner.queue.push_back(entry);
+                inner.bytes += weight;
+                match &inner.conn {
+                    Some(conn) => conn.notify.notify_one(),
+                    None => {
+                        if expires_at.is_some() {
+                            self.schedule_purge(session, &mut inner);
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        if reserved {
+            self.release(weight);
+        }
+        if let Some(reason) = dropped {
+            self.metrics.dropped(reason, 1);
+        }
+    }
+
+    fn publish_will(&self, stored: StoredWill, from: &Arc<SessionState>, now: Instant) {
+        let StoredWill { will, weight } = stored;
+        self.release(weight);
+        let message = Arc::new(will.message);
+        if message.retain {
+            // A will that cannot be retained (budget) is still delivered.
+            let _ = self.store_retained(&message, now);
+        }
+        self.route(&message, Some(from), now);
+        self.metrics.received.increment(1);
+    }
+
+    // ---- time, administration, stats ----------------------------------------------------
+
+    pub(crate) fn tick(&self, now: Instant) {
+        let due: Vec<Timer> = {
+            let mut timers = self.timers.lock();
+            let mut due = Vec::new();
+            while let Some(timer) = timers.peek_mut() {
+                if timer.at > now {
+                    break;
+                }
+                due.push(std::collections::binary_heap::PeekMut::pop(timer));
+            }
+            due
+        };
+        for timer in due {
+            match timer.kind {
+                TimerKind::Will { client, generation } => self.fire_will(&client, generation, now),
+                TimerKind::Expiry { client, generation } => {
+                    self.fire_expiry(&client, generation, now)
+                }
+                TimerKind::Purge { client } => self.fire_purge(&client, now),
+                TimerKind::Retained { topic } => self.fire_retained(&topic, now),
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn session(&self, client: &ClientId) -> Option<Arc<SessionState>> {
+        self.sessions.lock().get(client).cloned()
+    }
+
+    fn fire_will(&self, client: &ClientId, generation: u64, now: Instant) {
+        let Some(state) = self.session(client) else {
+            return;
+        };
+        let will = {
+            let mut inner = state.inner.lock();
+            if inner.generation != generation || inner.conn.is_some() || inner.ended {
+                return;
+            }
+            inner.will.take()
+        };
+        if let Some(w) = will {
+            self.publish_will(w, &state, now);
+        }
+    }
+
+    fn fire_expiry(&self, client: &ClientId, generation: u64, now: Instant) {
+        let ended = {
+            let mut registry = self.sessions.lock();
+            let Some(state) = registry.get(client).cloned() else {
+                return;
+            };
+            {
+                let inner = state.inner.lock();
+                if inner.generation != generation
+                    || inner.conn.is_some()
+                    || inner.ended
+                    || inner.expires_at.is_none_or(|at| at > now)
+                {
+                    return;
+                }
+            }
+            self.end_session_locked(&mut registry, &state, None)
+        };
+        self.finish_ended(ended, now);
+    }
+
+    fn fire_purge(&self, client: &ClientId, now: Instant) {
+        let Some(state) = self.session(client) else {
+            return;
+        };
+        let mut inner = state.inner.lock();
+        inner.purge_at = None;
+        if inner.ended || inner.conn.is_some() {
+            return;
+        }
+        let (mut freed, mut count) = (0, 0);
+        inner.queue.retain(|q| {
+            let keep = !q.expired(now);
+            if !keep {
+                freed += q.weight;
+                count += 1;
+            }
+            keep
+        });
+        inner.bytes -= freed;
+        self.release(freed);
+        if count > 0 {
+            self.metrics.dropped(DropReason::Expired, count);
+        }
+        self.schedule_purge(&state, &mut inner);
+    }
+
+    fn fire_retained(&self, topic: &TopicName, now: Instant) {
+        let mut store = self.retained.write();
+        let expired = store
+            .get(topic.as_str())
+            .is_some_and(|r| r.expires_at.is_some_and(|at| at <= now));
+        if expired && let Some(old) = store.remove(topic.as_str()) {
+            self.release(old.weight);
+        }
+    }
+
+    /// Kicks every live connection with `reason`; the sessions stay.
+    pub(crate) fn kick_all(&self, reason: KickReason) {
+        let registry = self.sessions.lock();
+        for state in registry.values() {
+            if let Some(conn) = &state.inner.lock().conn {
+                conn.kick(reason);
+            }
+        }
+    }
+
+    /// Ends every session (kicking live ones with `reason`) and drops every retained
+    /// message: the hub is being removed. Wills are not published.
+    pub(crate) fn remove_all(&self, reason: KickReason) {
+        {
+            let mut registry = self.sessions.lock();
+            let states: Vec<Arc<SessionState>> = registry.values().cloned().collect();
+            for state in states {
+                let ended = self.end_session_locked(&mut registry, &state, Some(reason));
+                if let Some((w, _)) = ended.will {
+                    self.release(w.weight);
+                }
+                for q in ended.shared {
+                    self.release(q.weight);
+                }
+            }
+        }
+        let freed = self.retained.write().clear();
+        self.release(freed);
+        self.timers.lock().clear();
+        self.update_gauges();
+    }
+
+    pub(crate) fn update_gauges(&self) {
+        let sessions = self.sessions.lock().len();
+        let retained = self.retained.read().len();
+        self.metrics.sessions.set(sessions as f64);
+        self.metrics.retained.set(retained as f64);
+        self.metrics
+            .budget
+            .set(self.budget_used.load(Ordering::Acquire) as f64);
+    }
+
+    pub(crate) fn stats(&self) -> HubStats {
+        let sessions = self.sessions.lock().len();
+        let subscriptions = self.subs.read().len();
+        let (retained_messages, retained_bytes) = {
+            let store = self.retained.read();
+            (store.len(), store.bytes())
+        };
+        HubStats {
+            sessions,
+            connected: self.connected.load(Ordering::Acquire),
+            subscriptions,
+            retained_messages,
+            retained_bytes,
+            budget_used_bytes: self.budget_used.load(Ordering::Acquire),
+            dropped: self.metrics.dropped_counts(),
+        }
+    }
+
+    // ---- used by the session handle -----------------------------------------------------
+
+    pub(crate) fn subs(&self) -> &RwLock<SubTrie<SubEntry>> {
+        &self.subs
+    }
+
+    pub(crate) fn retained(&self) -> &RwLock<RetainedStore> {
+        &self.retained
+    }
+}
+
+/// What a plan and its limits offer (SCALEWAY-API.md: the shared plan has no retained
+/// publish and no QoS 2 publish; QoS 0 and 1 publish remain).
+pub(crate) fn caps_for(plan: Plan, limits: &HubLimits) -> HubCaps {
+    let shared = plan == Plan::Shared;
+    HubCaps {
+        maximum_qos: if shared {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        },
+        retain_available: !shared,
+        wildcard_available: true,
+        shared_available: true,
+        subscription_ids_available: true,
+        receive_maximum: limits.receive_maximum.max(1),
+        topic_alias_maximum: limits.topic_alias_maximum,
+        max_payload_bytes: limits.max_payload_bytes,
+    }
+}

@@ -1,0 +1,228 @@
+//! The state of one MQTT session, shared between its connection's [`crate::Session`]
+//! handle, the subscription trie (publishers push into its queue) and the hub's registry.
+//!
+//! All of it sits behind one short `parking_lot::Mutex` per session: a publisher holds it
+//! only to push one queue entry, the connection only to move a batch out.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Instant;
+
+use iothub_model::{ClientId, Message, QoS, SubscriptionFilter, TopicFilter};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::engine::Will;
+use crate::session::KickReason;
+
+/// The options of one subscription, as granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOptions {
+    pub(crate) qos: QoS,
+    pub(crate) no_local: bool,
+    pub(crate) retain_as_published: bool,
+    pub(crate) subscription_id: Option<u32>,
+}
+
+/// What the trie stores per subscriber: the session to deliver to and the options.
+pub(crate) struct SubEntry {
+    pub(crate) session: Arc<SessionState>,
+    pub(crate) opts: SubOptions,
+}
+
+/// Which shared subscription a queued message came through, so it can move to another
+/// member of the group when this member's connection ends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SharedOrigin {
+    pub(crate) group: Arc<str>,
+    pub(crate) filter: TopicFilter,
+}
+
+/// One message waiting in (or sent from) a session's queue. Its `weight` is reserved in
+/// the hub budget and in the session's byte count until the entry is freed.
+#[derive(Debug, Clone)]
+pub(crate) struct Queued {
+    pub(crate) message: Arc<Message>,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) subscription_ids: Vec<u32>,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) weight: u64,
+    pub(crate) shared: Option<SharedOrigin>,
+}
+
+impl Queued {
+    pub(crate) fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// An outbound QoS 1/2 message the client has not completed.
+#[derive(Debug)]
+pub(crate) enum InflightState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2). Holds the message for
+    /// redelivery after a reconnect.
+    Sent(Queued),
+    /// QoS 2 after PUBREC: the message is delivered and freed; only PUBREL/PUBCOMP remain.
+    AwaitingComp,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    /// Send order, so a reconnect resends in the original order.
+    pub(crate) seq: u64,
+    pub(crate) state: InflightState,
+}
+
+/// A will stored with its accounting.
+#[derive(Debug)]
+pub(crate) struct StoredWill {
+    pub(crate) will: Will,
+    pub(crate) weight: u64,
+}
+
+const NOT_KICKED: u8 = 0;
+
+fn kick_code(reason: KickReason) -> u8 {
+    match reason {
+        KickReason::SessionTakenOver => 1,
+        KickReason::AdministrativeAction => 2,
+        KickReason::ServerShuttingDown => 3,
+        KickReason::QuotaExceeded => 4,
+    }
+}
+
+fn kick_from_code(code: u8) -> Option<KickReason> {
+    match code {
+        1 => Some(KickReason::SessionTakenOver),
+        2 => Some(KickReason::AdministrativeAction),
+        3 => Some(KickReason::ServerShuttingDown),
+        4 => Some(KickReason::QuotaExceeded),
+        _ => None,
+    }
+}
+
+/// One network connection of a session. Each connection has its own, so a wake-up or a
+/// kick meant for an old connection never reaches the one that replaced it.
+#[derive(Debug, Default)]
+pub(crate) struct Conn {
+    kick: AtomicU8,
+    told: AtomicBool,
+    pub(crate) notify: Notify,
+}
+
+impl Conn {
+    /// Asks the connection to close with `reason`; the first reason wins.
+    pub(crate) fn kick(&self, reason: KickReason) {
+        let won = self
+            .kick
+            .compare_exchange(
+                NOT_KICKED,
+                kick_code(reason),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if won {
+            self.notify.notify_one();
+        }
+    }
+
+    pub(crate) fn kicked(&self) -> Option<KickReason> {
+        kick_from_code(self.kick.load(Ordering::Acquire))
+    }
+
+    /// Whether the kick still has to be reported (true once).
+    pub(crate) fn take_kick_report(&self) -> bool {
+        !self.told.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// A session, alive from CONNECT until it ends (clean start, expiry, hub removal).
+pub(crate) struct SessionState {
+    pub(crate) client_id: ClientId,
+    /// Mirrors `inner.conn.is_some()`, readable without the lock, so shared-subscription
+    /// routing can prefer connected members cheaply.
+    pub(crate) connected: AtomicBool,
+    pub(crate) inner: Mutex<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// The connection generation owning the session (unique per hub). A handle whose
+    /// generation differs is stale: its calls are no-ops.
+    pub(crate) generation: u64,
+    pub(crate) conn: Option<Arc<Conn>>,
+    /// Set once the session ended; nothing is queued into it any more.
+    pub(crate) ended: bool,
+    pub(crate) expiry_secs: u32,
+    pub(crate) expires_at: Option<Instant>,
+    /// Outbound QoS 1/2 window of the current connection.
+    pub(crate) window: u16,
+    pub(crate) queue: VecDeque<Queued>,
+    /// Weight of queued and inflight messages (the session's byte bound).
+    pub(crate) bytes: u64,
+    pub(crate) inflight: HashMap<u16, Inflight>,
+    pub(crate) next_seq: u64,
+    pub(crate) next_packet_id: u16,
+    /// Packet ids to resend first after a reconnect [MQTT-4.4.0-1].
+    pub(crate) resend: VecDeque<u16>,
+    /// Inbound QoS 2 packet ids routed and awaiting PUBREL.
+    pub(crate) inbound_qos2: HashSet<u16>,
+    pub(crate) subscriptions: HashMap<SubscriptionFilter, SubOptions>,
+    pub(crate) will: Option<StoredWill>,
+    /// The earliest purge timer scheduled for expiring messages queued while offline.
+    pub(crate) purge_at: Option<Instant>,
+}
+
+impl SessionState {
+    pub(crate) fn new(client_id: ClientId, generation: u64, conn: Arc<Conn>) -> Self {
+        Self {
+            client_id,
+            connected: AtomicBool::new(true),
+            inner: Mutex::new(Inner {
+                generation,
+                conn: Some(conn),
+                ended: false,
+                expiry_secs: 0,
+                expires_at: None,
+                window: 1,
+                queue: VecDeque::new(),
+                bytes: 0,
+                inflight: HashMap::new(),
+                next_seq: 0,
+                next_packet_id: 1,
+                resend: VecDeque::new(),
+                inbound_qos2: HashSet::new(),
+                subscriptions: HashMap::new(),
+                will: None,
+                purge_at: None,
+            }),
+        }
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+}
+
+impl Inner {
+    /// The next free outbound packet id, 1..=65535 [MQTT-2.2.1-3]. The caller guarantees a
+    /// free id exists (inflight is smaller than the window, at most 65535).
+    pub(crate) fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Rebuilds the resend list from the inflight messages in their send order.
+    pub(crate) fn schedule_resend(&mut self) {
+        let mut ids: Vec<(u64, u16)> = self.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
+        ids.sort_unstable();
+        self.resend = ids.into_iter().map(|(_, id)| id).collect();
+    }
+}
