@@ -341,18 +341,12 @@ mod tests {
         let table: &[(&str, &str)] = &[
             ("api:\n  bnd: 1.2.3.4:5\n", "f.yaml:2:3"),
             ("mqtt:\n  connect_timeout_secs: soon\n", "f.yaml:2:"),
-            (
-                "hubs:\n  - name: a\n    plan: plan_gold\n",
-                "f.yaml:3:",
-            ),
+            ("hubs:\n  - name: a\n    plan: plan_gold\n", "f.yaml:3:"),
             (
                 "listeners:\n  mqtt:\n    - bind: 127.0.0.1:1\n      anonymous_hub: nope\n",
                 "f.yaml:4:",
             ),
-            (
-                "hubs:\n  - name: a\n  - name: a\n",
-                "f.yaml:3:",
-            ),
+            ("hubs:\n  - name: a\n  - name: a\n", "f.yaml:3:"),
             (
                 "hubs:\n  - name: s\n    plan: plan_shared\n    allow_anonymous: true\n",
                 "f.yaml:4:",

@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "iothub", version, about = "A self-hosted, multi-tenant IoT hub (MQTT 3.1.1 and 5)")]
+#[command(
+    name = "iothub",
+    version,
+    about = "A self-hosted, multi-tenant IoT hub (MQTT 3.1.1 and 5)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +48,12 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR", env = "IOTHUB_API_ADDR")]
     api_addr: Option<SocketAddr>,
     /// Log filter, e.g. `info`, `debug`, `iothub_engine=trace` (RUST_LOG syntax).
-    #[arg(long, value_name = "FILTER", env = "IOTHUB_LOG", default_value = "info")]
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "IOTHUB_LOG",
+        default_value = "info"
+    )]
     log: String,
 }
 

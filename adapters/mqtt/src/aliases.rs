@@ -27,7 +27,11 @@ impl InboundAliases {
     }
 
     /// Sets (`topic` given) or resolves (`topic` `None`) an alias.
-    pub fn resolve(&mut self, alias: u16, topic: Option<TopicName>) -> Result<TopicName, AliasError> {
+    pub fn resolve(
+        &mut self,
+        alias: u16,
+        topic: Option<TopicName>,
+    ) -> Result<TopicName, AliasError> {
         let idx = usize::from(alias);
         if alias == 0 || idx >= self.slots.len() {
             return Err(AliasError::OutOfRange);
@@ -127,6 +131,9 @@ mod tests {
         assert_eq!(a.lookup(&t("c")), OutboundTopic::Establish(1));
         assert_eq!(a.lookup(&t("a")), OutboundTopic::Establish(2));
         assert_eq!(a.lookup(&t("c")), OutboundTopic::Alias(1));
-        assert_eq!(OutboundAliases::new(0).lookup(&t("a")), OutboundTopic::Plain);
+        assert_eq!(
+            OutboundAliases::new(0).lookup(&t("a")),
+            OutboundTopic::Plain
+        );
     }
 }

@@ -27,9 +27,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::ListenerSettings;
 use crate::aliases::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
 use crate::convert;
-use crate::ListenerSettings;
 
 /// A write that makes no progress for this long means the client stopped reading: the
 /// connection is closed rather than holding its task and buffers forever.
@@ -44,7 +44,6 @@ const RESPONSE_TOPIC_BASE: &str = "response";
 /// Per-transport metric handles, resolved once per listener rather than once per packet.
 #[derive(Clone)]
 pub struct Transport {
-    name: &'static str,
     connections: Gauge,
     connections_total: Counter,
     packets_in: Counter,
@@ -60,7 +59,6 @@ impl Transport {
             ("listener", listener.to_string()),
         ];
         Self {
-            name: transport,
             connections: metrics::gauge!("iothub_connections", &labels),
             connections_total: metrics::counter!("iothub_connections_total", &labels),
             packets_in: metrics::counter!("iothub_packets_received_total", &labels),
@@ -139,16 +137,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async fn serve(&mut self, engine: &Engine) {
-        let connect = match tokio::time::timeout(self.settings.connect_timeout, self.read_connect())
-            .await
-        {
-            Ok(Some(c)) => c,
-            Ok(None) => return,
-            Err(_) => {
-                debug!(message = "no CONNECT in time; closing", peer = %self.peer);
-                return;
-            }
-        };
+        let connect =
+            match tokio::time::timeout(self.settings.connect_timeout, self.read_connect()).await {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(_) => {
+                    debug!(message = "no CONNECT in time; closing", peer = %self.peer);
+                    return;
+                }
+            };
         let Some(mut est) = self.handshake(engine, *connect).await else {
             return;
         };
@@ -228,7 +225,10 @@ where
                 None => None,
                 Some(w) => {
                     let topic = TopicName::new(&w.topic).map_err(|_| {
-                        refuse(ReasonCode::TOPIC_NAME_INVALID, "the will topic is not valid")
+                        refuse(
+                            ReasonCode::TOPIC_NAME_INVALID,
+                            "the will topic is not valid",
+                        )
                     })?;
                     let p = &w.properties;
                     let properties = convert::message_properties(
@@ -240,7 +240,10 @@ where
                         &p.user_properties,
                     )
                     .ok_or_else(|| {
-                        refuse(ReasonCode::PROTOCOL_ERROR, "the will's response topic is not valid")
+                        refuse(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "the will's response topic is not valid",
+                        )
                     })?;
                     if properties.payload_is_utf8 && std::str::from_utf8(&w.payload).is_err() {
                         return Err(refuse(
@@ -278,8 +281,14 @@ where
                     will,
                 })
                 .map_err(|e| convert::connect_refusal(&e))?;
-            Ok((connected, ConnectRequestInfo { session_expiry_secs }))
-        })();
+            Ok((
+                connected,
+                ConnectRequestInfo {
+                    session_expiry_secs,
+                },
+            ))
+        })(
+        );
 
         let (connected, info) = match result {
             Ok(ok) => ok,
@@ -441,7 +450,10 @@ where
                 Ok(None) => return None,
                 Err(e) => {
                     debug!(message = "bad packet", peer = %self.peer, client_id = %est.client_id, error = %e);
-                    return Some(Close::Server(e.reason_code(), "malformed or invalid packet"));
+                    return Some(Close::Server(
+                        e.reason_code(),
+                        "malformed or invalid packet",
+                    ));
                 }
             };
             self.transport.packets_in.increment(1);
@@ -570,7 +582,10 @@ where
             // MQTT 3.1.1 has no such code: the engine refuses and the message is acknowledged
             // and dropped below.
             if qos > est.max_qos {
-                return Some(Close::Server(ReasonCode::QOS_NOT_SUPPORTED, "QoS not supported"));
+                return Some(Close::Server(
+                    ReasonCode::QOS_NOT_SUPPORTED,
+                    "QoS not supported",
+                ));
             }
             if p.retain && !est.retain_available {
                 return Some(Close::Server(
@@ -585,7 +600,10 @@ where
             match TopicName::new(&p.topic) {
                 Ok(t) => Some(t),
                 Err(_) => {
-                    return Some(Close::Server(ReasonCode::TOPIC_NAME_INVALID, "topic name invalid"));
+                    return Some(Close::Server(
+                        ReasonCode::TOPIC_NAME_INVALID,
+                        "topic name invalid",
+                    ));
                 }
             }
         };
@@ -593,7 +611,10 @@ where
             (Some(alias), named) => match est.inbound_aliases.resolve(alias, named) {
                 Ok(t) => t,
                 Err(AliasError::OutOfRange) => {
-                    return Some(Close::Server(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias invalid"));
+                    return Some(Close::Server(
+                        ReasonCode::TOPIC_ALIAS_INVALID,
+                        "topic alias invalid",
+                    ));
                 }
                 Err(AliasError::Unknown) => {
                     return Some(Close::Server(
@@ -604,7 +625,10 @@ where
             },
             (None, Some(t)) => t,
             (None, None) => {
-                return Some(Close::Server(ReasonCode::PROTOCOL_ERROR, "empty topic without alias"));
+                return Some(Close::Server(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "empty topic without alias",
+                ));
             }
         };
         let pp = &p.properties;
@@ -648,7 +672,10 @@ where
                         ));
                     }
                     PublishError::QosNotSupported if v5 => {
-                        return Some(Close::Server(ReasonCode::QOS_NOT_SUPPORTED, "QoS not supported"));
+                        return Some(Close::Server(
+                            ReasonCode::QOS_NOT_SUPPORTED,
+                            "QoS not supported",
+                        ));
                     }
                     PublishError::RetainNotSupported if v5 => {
                         return Some(Close::Server(
@@ -669,8 +696,12 @@ where
             }
         };
         match (qos, packet_id) {
-            (iothub_model::QoS::AtLeastOnce, Some(id)) => self.send_ack(est, AckKind::PubAck, id, code),
-            (iothub_model::QoS::ExactlyOnce, Some(id)) => self.send_ack(est, AckKind::PubRec, id, code),
+            (iothub_model::QoS::AtLeastOnce, Some(id)) => {
+                self.send_ack(est, AckKind::PubAck, id, code)
+            }
+            (iothub_model::QoS::ExactlyOnce, Some(id)) => {
+                self.send_ack(est, AckKind::PubRec, id, code)
+            }
             _ => {}
         }
         None
@@ -740,6 +771,7 @@ where
             }
             let n = est.outgoing.len();
             let items = std::mem::take(&mut est.outgoing);
+            let mut kicked = None;
             for item in &items {
                 match item {
                     Outgoing::Publish(p) => self.send_publish(est, p),
@@ -747,12 +779,16 @@ where
                         self.send_ack(est, AckKind::PubRel, *id, ReasonCode::SUCCESS)
                     }
                     Outgoing::Disconnect(reason) => {
-                        est.outgoing = items;
-                        return Some(Close::Kicked(convert::kick_reason(*reason)));
+                        kicked = Some(Close::Kicked(convert::kick_reason(*reason)));
+                        break;
                     }
                 }
             }
+            // Keep the vector's allocation for the next batch.
             est.outgoing = items;
+            if kicked.is_some() {
+                return kicked;
+            }
             if n < OUTGOING_BATCH || self.wbuf.len() >= WRITE_HIGH_WATER {
                 return None;
             }
@@ -791,8 +827,8 @@ where
             payload: m.payload.clone(),
         });
         if let Some(max) = est.client_max_packet {
-            let too_large = codec::encoded_len(&packet, est.version)
-                .map_or(true, |len| len > max as usize);
+            let too_large =
+                codec::encoded_len(&packet, est.version).map_or(true, |len| len > max as usize);
             if too_large {
                 // [MQTT-3.1.2-25]: discard it as if it had been delivered.
                 debug!(message = "delivery larger than the client's maximum packet size dropped", client_id = %est.client_id);

@@ -60,7 +60,10 @@ pub fn connect_refusal(e: &iothub_engine::ConnectError) -> (codec::ReasonCode, &
     use iothub_engine::ConnectError as E;
     match e {
         E::UnknownHub => (codec::ReasonCode::NOT_AUTHORIZED, "unknown hub"),
-        E::HubDisabled => (codec::ReasonCode::SERVER_UNAVAILABLE, "the hub is not ready"),
+        E::HubDisabled => (
+            codec::ReasonCode::SERVER_UNAVAILABLE,
+            "the hub is not ready",
+        ),
         E::ClientIdInvalid => (
             codec::ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             "client identifier not valid",
@@ -71,12 +74,18 @@ pub fn connect_refusal(e: &iothub_engine::ConnectError) -> (codec::ReasonCode, &
             "the hub's plan requires clean start and no session expiry",
         ),
         E::QuotaExceeded => (codec::ReasonCode::QUOTA_EXCEEDED, "quota exceeded"),
-        E::QosNotSupported => (codec::ReasonCode::QOS_NOT_SUPPORTED, "will QoS not supported"),
+        E::QosNotSupported => (
+            codec::ReasonCode::QOS_NOT_SUPPORTED,
+            "will QoS not supported",
+        ),
         E::RetainNotSupported => (
             codec::ReasonCode::RETAIN_NOT_SUPPORTED,
             "retained wills are not supported",
         ),
-        E::PayloadTooLarge => (codec::ReasonCode::PACKET_TOO_LARGE, "will payload too large"),
+        E::PayloadTooLarge => (
+            codec::ReasonCode::PACKET_TOO_LARGE,
+            "will payload too large",
+        ),
     }
 }
 
