@@ -309,7 +309,7 @@ where
         };
 
         let client_id = connected.client_id.clone();
-        let caps = connected.caps.clone();
+        let caps = connected.caps;
         let requested_keep_alive = c.keep_alive;
         let max_keep_alive = self.settings.max_keep_alive_secs;
         let keep_alive_secs = if v5 && (requested_keep_alive > max_keep_alive) {
@@ -484,7 +484,7 @@ where
                     } else {
                         ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                     };
-                    self.send_ack(est, AckKind::PubRel, r.packet_id, code);
+                    self.send_ack(est, Packet::PubRel, r.packet_id, code);
                 }
             }
             Packet::PubRel(r) => {
@@ -493,7 +493,7 @@ where
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.send_ack(est, AckKind::PubComp, r.packet_id, code);
+                self.send_ack(est, Packet::PubComp, r.packet_id, code);
             }
             Packet::Subscribe(s) => return self.handle_subscribe(est, s),
             Packet::Unsubscribe(u) => {
@@ -527,14 +527,12 @@ where
             Packet::PingReq => self.send(&Packet::PingResp, est.version),
             Packet::Disconnect(d) => {
                 let expiry = d.properties.session_expiry_interval;
-                if let Some(e) = expiry {
-                    if est.connect_session_expiry == 0 && e != 0 {
-                        // [MQTT-3.14.2-2]
-                        return Some(Close::Server(
-                            ReasonCode::PROTOCOL_ERROR,
-                            "session expiry cannot be set at DISCONNECT when it was 0 at CONNECT",
-                        ));
-                    }
+                if est.connect_session_expiry == 0 && expiry.is_some_and(|e| e != 0) {
+                    // [MQTT-3.14.2-2]
+                    return Some(Close::Server(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "session expiry cannot be set at DISCONNECT when it was 0 at CONNECT",
+                    ));
                 }
                 let kind = if d.reason_code == ReasonCode::SUCCESS {
                     DisconnectKind::Normal {
@@ -697,10 +695,10 @@ where
         };
         match (qos, packet_id) {
             (iothub_model::QoS::AtLeastOnce, Some(id)) => {
-                self.send_ack(est, AckKind::PubAck, id, code)
+                self.send_ack(est, Packet::PubAck, id, code)
             }
             (iothub_model::QoS::ExactlyOnce, Some(id)) => {
-                self.send_ack(est, AckKind::PubRec, id, code)
+                self.send_ack(est, Packet::PubRec, id, code)
             }
             _ => {}
         }
@@ -776,7 +774,7 @@ where
                 match item {
                     Outgoing::Publish(p) => self.send_publish(est, p),
                     Outgoing::PubRel(id) => {
-                        self.send_ack(est, AckKind::PubRel, *id, ReasonCode::SUCCESS)
+                        self.send_ack(est, Packet::PubRel, *id, ReasonCode::SUCCESS)
                     }
                     Outgoing::Disconnect(reason) => {
                         kicked = Some(Close::Kicked(convert::kick_reason(*reason)));
@@ -841,18 +839,19 @@ where
         self.send(&packet, est.version);
     }
 
-    fn send_ack(&mut self, est: &Established, kind: AckKind, packet_id: u16, code: ReasonCode) {
-        let r = codec::PubResponse {
+    /// PUBACK, PUBREC, PUBREL or PUBCOMP (`kind` is the `Packet` variant's constructor).
+    fn send_ack(
+        &mut self,
+        est: &Established,
+        kind: fn(codec::PubResponse) -> Packet,
+        packet_id: u16,
+        code: ReasonCode,
+    ) {
+        let packet = kind(codec::PubResponse {
             packet_id,
             reason_code: code,
             properties: codec::AckProperties::default(),
-        };
-        let packet = match kind {
-            AckKind::PubAck => Packet::PubAck(r),
-            AckKind::PubRec => Packet::PubRec(r),
-            AckKind::PubRel => Packet::PubRel(r),
-            AckKind::PubComp => Packet::PubComp(r),
-        };
+        });
         self.send(&packet, est.version);
     }
 
@@ -931,14 +930,6 @@ where
 
 struct ConnectRequestInfo {
     session_expiry_secs: u32,
-}
-
-#[derive(Clone, Copy)]
-enum AckKind {
-    PubAck,
-    PubRec,
-    PubRel,
-    PubComp,
 }
 
 fn publish_refusal(e: &PublishError) -> ReasonCode {
