@@ -194,6 +194,11 @@ impl Engine {
         self.inner.hubs.read().by_id.get(&id).cloned()
     }
 
+    #[cfg(test)]
+    pub(crate) fn inner_hub_for_tests(&self, id: HubId) -> Arc<Hub> {
+        self.hub(id).unwrap()
+    }
+
     fn all_hubs(&self) -> Vec<Arc<Hub>> {
         self.inner.hubs.read().by_id.values().cloned().collect()
     }

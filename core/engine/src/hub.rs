@@ -261,8 +261,9 @@ impl Hub {
         let (state, session_present) = {
             let mut registry = self.sessions.lock();
             let resumed = match registry.get(&client_id).cloned() {
-                Some(old) if req.clean_start => {
-                    // [MQTT-3.1.2-4]: discard the session; it ends, so its will goes out.
+                Some(old) if req.clean_start || old.inner.lock().expired(now) => {
+                    // [MQTT-3.1.2-4]: discard the session (or it had already expired); it
+                    // ends, so its will goes out.
                     let ended = self.end_session_locked(
                         &mut registry,
                         &old,
@@ -283,10 +284,11 @@ impl Hub {
                         }
                         None => false,
                     };
+                    let will_due = inner.will_due.take().is_some_and(|at| at <= now);
                     if let Some(w) = inner.will.take() {
-                        // The session continues: a will with a delay is not sent
-                        // [MQTT-3.1.3-9]; a will without one is, for the closed connection.
-                        if took_over && w.will.delay_secs == 0 {
+                        // The session continues: a will whose delay has not elapsed is not
+                        // sent [MQTT-3.1.3-9]; one without delay (or already due) is.
+                        if (took_over && w.will.delay_secs == 0) || will_due {
                             wills.push((w, old.clone()));
                         } else {
                             self.release(w.weight);
@@ -395,9 +397,11 @@ impl Hub {
                 } else {
                     // Sent after the delay, or at session end if that comes first
                     // [MQTT-3.1.3-9]; a reconnect before then cancels it.
+                    let due = now + Duration::from_secs(w.will.delay_secs.into());
                     if expiry == u32::MAX || w.will.delay_secs < expiry {
+                        inner.will_due = Some(due);
                         self.schedule(
-                            now + Duration::from_secs(w.will.delay_secs.into()),
+                            due,
                             TimerKind::Will {
                                 client: state.client_id.clone(),
                                 generation,
@@ -469,12 +473,16 @@ impl Hub {
         drop(subs);
         let mut ended = Ended::default();
         let mut freed = 0;
-        let inflight = std::mem::take(&mut inner.inflight);
-        let sent = inflight.into_values().filter_map(|f| match f.state {
+        // Inflight (in send order) before queued: the order the messages were routed in.
+        let mut inflight: Vec<Inflight> =
+            std::mem::take(&mut inner.inflight).into_values().collect();
+        inflight.sort_unstable_by_key(|f| f.seq);
+        let sent = inflight.into_iter().filter_map(|f| match f.state {
             InflightState::Sent(q) => Some(q),
             InflightState::AwaitingComp => None,
         });
-        for q in inner.queue.drain(..).chain(sent) {
+        let queued = std::mem::take(&mut inner.queue);
+        for q in sent.chain(queued) {
             if q.shared.is_some() {
                 ended.shared.push(q);
             } else {
@@ -526,19 +534,28 @@ impl Hub {
         if n == 0 {
             return None;
         }
-        let start = group.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        // The cursor moves past the member chosen, so skipping an offline member does not
+        // favour the one after it. Concurrent publishers may race on it: harmless.
+        let start = group.cursor.load(Ordering::Relaxed) % n;
         let mut fallback = None;
         for k in 0..n {
-            let (_, member) = &group.members[(start + k) % n];
+            let at = (start + k) % n;
+            let (_, member) = &group.members[at];
             if exclude.is_some_and(|e| Arc::ptr_eq(e, &member.session)) {
                 continue;
             }
             if member.session.is_connected() {
+                group.cursor.store(at + 1, Ordering::Relaxed);
                 return Some(member);
             }
-            fallback.get_or_insert(member);
+            fallback.get_or_insert((at, member));
         }
-        if connected_only { None } else { fallback }
+        if connected_only {
+            return None;
+        }
+        let (at, member) = fallback?;
+        group.cursor.store(at + 1, Ordering::Relaxed);
+        Some(member)
     }
 
     /// Re-targets `q` (a shared-subscription message moving to `member`).
@@ -616,7 +633,25 @@ impl Hub {
             if inner.ended || inner.conn.is_some() {
                 return;
             }
+            // Inflight messages first, in send order, then the queue: the order they were
+            // routed in.
+            let mut ids: Vec<(u64, u16)> = inner
+                .inflight
+                .iter()
+                .filter(|(_, f)| matches!(&f.state, InflightState::Sent(q) if moving(q)))
+                .map(|(id, f)| (f.seq, *id))
+                .collect();
+            ids.sort_unstable();
             let mut moved = Vec::new();
+            for (_, id) in ids {
+                if let Some(Inflight {
+                    state: InflightState::Sent(q),
+                    ..
+                }) = inner.inflight.remove(&id)
+                {
+                    moved.push(q);
+                }
+            }
             let mut kept = std::collections::VecDeque::with_capacity(inner.queue.len());
             for q in inner.queue.drain(..) {
                 if moving(&q) {
@@ -626,21 +661,6 @@ impl Hub {
                 }
             }
             inner.queue = kept;
-            let ids: Vec<u16> = inner
-                .inflight
-                .iter()
-                .filter(|(_, f)| matches!(&f.state, InflightState::Sent(q) if moving(q)))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                if let Some(Inflight {
-                    state: InflightState::Sent(q),
-                    ..
-                }) = inner.inflight.remove(&id)
-                {
-                    moved.push(q);
-                }
-            }
             let weight: u64 = moved.iter().map(|q| q.weight).sum();
             inner.bytes -= weight;
             moved
@@ -892,6 +912,7 @@ impl Hub {
             if inner.generation != generation || inner.conn.is_some() || inner.ended {
                 return;
             }
+            inner.will_due = None;
             inner.will.take()
         };
         if let Some(w) = will {

@@ -393,7 +393,7 @@ impl Session {
     /// nothing after it.
     pub fn poll_outgoing(&self, out: &mut Vec<Outgoing>, max: usize) {
         if let Some(reason) = self.conn.kicked() {
-            if self.conn.take_kick_report() && max > 0 {
+            if max > 0 && self.conn.take_kick_report() {
                 out.push(Outgoing::Disconnect(reason));
             }
             return;

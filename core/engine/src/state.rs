@@ -171,6 +171,8 @@ pub(crate) struct Inner {
     pub(crate) inbound_qos2: HashSet<u16>,
     pub(crate) subscriptions: HashMap<SubscriptionFilter, SubOptions>,
     pub(crate) will: Option<StoredWill>,
+    /// When the will of a disconnected session is due (its delay elapsed).
+    pub(crate) will_due: Option<Instant>,
     /// The earliest purge timer scheduled for expiring messages queued while offline.
     pub(crate) purge_at: Option<Instant>,
 }
@@ -196,6 +198,7 @@ impl SessionState {
                 inbound_qos2: HashSet::new(),
                 subscriptions: HashMap::new(),
                 will: None,
+                will_due: None,
                 purge_at: None,
             }),
         }
@@ -203,6 +206,14 @@ impl SessionState {
 
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+}
+
+impl Inner {
+    /// Whether the session is offline and its expiry interval has passed (the tick that
+    /// ends it may not have run yet).
+    pub(crate) fn expired(&self, now: Instant) -> bool {
+        self.conn.is_none() && self.expires_at.is_some_and(|at| at <= now)
     }
 }
 
