@@ -32,7 +32,10 @@ impl MosquittoSub {
     /// Starts `mosquitto_sub -d -F 'MSG %t %p' <args>` and waits until its SUBACK arrived, so
     /// that messages published after this returns are delivered to it.
     pub fn start(addr: SocketAddr, args: &[&str]) -> MosquittoSub {
-        let mut child = Command::new("mosquitto_sub")
+        // stdbuf: mosquitto_sub's stdout is block-buffered on a pipe, and the test must see
+        // each line as it is printed.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
             .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
             .args(["-d", "-F", "MSG %t %p"])
             .args(args)
