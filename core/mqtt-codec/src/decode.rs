@@ -8,7 +8,7 @@ use crate::packet::{
     Auth, ConnAck, Connect, Disconnect, LastWill, Packet, PubResponse, Publish, SubAck, Subscribe,
     SubscriptionOptions, UnsubAck, Unsubscribe,
 };
-use crate::properties::{WillProperties, read_properties};
+use crate::properties::{PublishProperties, WillProperties, read_properties};
 use crate::reason::ReasonCode;
 use crate::types::{PacketType, ProtocolVersion, QoS, RetainHandling};
 use crate::wire::{Reader, Remaining, peek_variable_integer};
@@ -246,10 +246,14 @@ fn publish(
         QoS::AtMostOnce => None,
         QoS::AtLeastOnce | QoS::ExactlyOnce => Some(reader.packet_id()?),
     };
-    let properties = match version {
+    let properties: PublishProperties = match version {
         ProtocolVersion::V5 => read_properties(reader, "PUBLISH")?,
         ProtocolVersion::V311 => Default::default(),
     };
+    // 3.1.1 forbids an empty topic too, but as a topic rule [MQTT-4.7.3-1]: the engine's call.
+    if version == ProtocolVersion::V5 && topic.is_empty() && properties.topic_alias.is_none() {
+        return Err(DecodeError::EmptyTopicWithoutAlias);
+    }
     Ok(Publish {
         dup: flags & 0b1000 != 0,
         qos,

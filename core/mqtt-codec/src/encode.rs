@@ -203,6 +203,9 @@ fn connack_body(connack: &ConnAck, v5: bool, out: &mut Out<'_>) -> Result<(), En
 }
 
 fn publish_body(publish: &Publish, v5: bool, out: &mut Out<'_>) -> Result<(), EncodeError> {
+    if v5 && publish.topic.is_empty() && publish.properties.topic_alias.is_none() {
+        return Err(EncodeError::EmptyTopicWithoutAlias);
+    }
     out.string(&publish.topic)?;
     match (publish.qos, publish.packet_id) {
         (QoS::AtMostOnce, None) if publish.dup => return Err(EncodeError::DupWithQoS0),

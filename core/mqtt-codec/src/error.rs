@@ -15,12 +15,13 @@ use crate::types::PacketType;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum DecodeError {
-    /// The remaining length uses more than four bytes (spec 1.5.5 / 2.2.3).
-    #[error("remaining length is longer than four bytes")]
+    /// The remaining length uses more than four bytes, or more bytes than its value needs
+    /// (spec 1.5.5 / 2.2.3).
+    #[error("remaining length is longer than four bytes or not minimally encoded")]
     InvalidRemainingLength,
     /// A variable byte integer inside the packet (property length, property id, subscription
-    /// identifier) uses more than four bytes.
-    #[error("variable byte integer is longer than four bytes")]
+    /// identifier) uses more than four bytes, or more bytes than its value needs.
+    #[error("variable byte integer is longer than four bytes or not minimally encoded")]
     InvalidVariableInteger,
     /// Fixed-header flags other than the ones the packet type requires (spec 2.1.3).
     #[error("reserved flags {flags:#06b} set on {packet_type}")]
@@ -80,6 +81,9 @@ pub enum DecodeError {
     /// subscription identifier, a boolean that is not 0 or 1, a payload format above 1, ...).
     #[error("property {property:#04x} has an invalid value")]
     InvalidPropertyValue { property: u8 },
+    /// MQTT 5 PUBLISH with an empty topic and no topic alias (spec 3.3.2.3.4).
+    #[error("empty topic without a topic alias")]
+    EmptyTopicWithoutAlias,
     /// Topic alias 0 [MQTT-3.3.2-8].
     #[error("topic alias 0")]
     TopicAliasZero,
@@ -134,6 +138,7 @@ impl DecodeError {
             | Self::EmptySubscribe
             | Self::EmptyUnsubscribe
             | Self::SessionPresentOnRefusal
+            | Self::EmptyTopicWithoutAlias
             | Self::UnexpectedFirstPacket(_) => ReasonCode::PROTOCOL_ERROR,
             Self::InvalidRemainingLength
             | Self::InvalidVariableInteger
@@ -186,6 +191,9 @@ pub enum EncodeError {
     /// Packet identifier 0.
     #[error("packet identifier 0")]
     ZeroPacketId,
+    /// MQTT 5 PUBLISH with an empty topic and no topic alias to stand for it.
+    #[error("empty topic without a topic alias")]
+    EmptyTopicWithoutAlias,
     /// SUBSCRIBE or UNSUBSCRIBE without filters.
     #[error("{0} without topic filters")]
     NoFilters(PacketType),

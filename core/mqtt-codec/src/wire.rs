@@ -17,11 +17,17 @@ pub(crate) enum Remaining {
 
 /// Reads a variable byte integer from the start of `bytes` without consuming anything, so the
 /// fixed header can be inspected before the body has arrived.
+///
+/// Refuses more than four bytes and non-minimal encodings (a last byte of 0 after a
+/// continuation, [MQTT-1.5.5-1]): both are Malformed Packets.
 pub(crate) fn peek_variable_integer(bytes: &[u8]) -> Result<Remaining, ()> {
     let mut value: u32 = 0;
     for (index, &byte) in bytes.iter().take(4).enumerate() {
         value |= u32::from(byte & 0x7F) << (7 * index);
         if byte & 0x80 == 0 {
+            if byte == 0 && index > 0 {
+                return Err(());
+            }
             return Ok(Remaining::Complete(value, index + 1));
         }
     }
@@ -258,6 +264,9 @@ mod tests {
         ));
         assert!(peek_variable_integer(&[0x80, 0x80, 0x80, 0x80]).is_err());
         assert!(peek_variable_integer(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]).is_err());
+        // Non-minimal: 0 written on two bytes, 127 on three.
+        assert!(peek_variable_integer(&[0x80, 0x00]).is_err());
+        assert!(peek_variable_integer(&[0xFF, 0x80, 0x00]).is_err());
     }
 
     #[test]
