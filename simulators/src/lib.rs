@@ -1,1 +1,16 @@
-//! Simulators and the load generator.
+//! Simulators and the load generator: programs that play devices against a running hub.
+//!
+//! Layout: [`client`] is a small async MQTT 3.1.1/5 client (tokio + the project's codec) with a
+//! bounded inflight window and batched writes; [`loadgen`] drives many such clients through a
+//! [`loadgen::Scenario`] and measures delivered messages per second, latency (HDR histogram),
+//! loss and duplicates; [`proc_stat`] reads CPU time from `/proc` so a report can say how much
+//! of the machine the generator itself used. The `iothub-loadgen` binary is a thin CLI over
+//! [`loadgen::run`].
+//!
+//! This crate talks to a hub only over the network, like any other client: it depends on the
+//! codec and the model, and must never depend on the engine, the adapters or the hub binary, so
+//! that what it measures is what a real client would see.
+
+pub mod client;
+pub mod loadgen;
+pub mod proc_stat;
