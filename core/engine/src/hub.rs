@@ -7,8 +7,7 @@
 //! session lock.
 
 use std::cell::Cell;
-use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use crate::retained::{Retained, RetainedStore};
 use crate::session::{DisconnectKind, KickReason, PublishError, Session};
 use crate::state::{
     Conn, Inflight, InflightState, Inner, Queued, SessionState, SharedOrigin, StoredWill, SubEntry,
-    SubOptions,
+    SubOptions, TimerKey,
 };
 use crate::trie::{SharedGroup, SubTrie, too_deep};
 
@@ -56,30 +55,6 @@ enum TimerKind {
     Purge { client: ClientId },
     /// A retained message's expiry.
     Retained { topic: TopicName },
-}
-
-struct Timer {
-    at: Instant,
-    seq: u64,
-    kind: TimerKind,
-}
-
-impl PartialEq for Timer {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Timer {}
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Timer {
-    /// Reversed, so the max-heap pops the earliest deadline first.
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
 }
 
 /// A subscriber chosen by routing, before overlapping subscriptions are merged.
@@ -116,7 +91,8 @@ pub(crate) struct Hub {
     sessions: Mutex<HashMap<ClientId, Arc<SessionState>>>,
     subs: RwLock<SubTrie<SubEntry>>,
     retained: RwLock<RetainedStore>,
-    timers: Mutex<BinaryHeap<Timer>>,
+    /// Deadlines in order. A map rather than a heap so that timers can be cancelled.
+    timers: Mutex<BTreeMap<TimerKey, TimerKind>>,
     timer_seq: AtomicU64,
     generation: AtomicU64,
     budget_used: AtomicU64,
@@ -140,7 +116,7 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             subs: RwLock::new(SubTrie::default()),
             retained: RwLock::new(RetainedStore::default()),
-            timers: Mutex::new(BinaryHeap::new()),
+            timers: Mutex::new(BTreeMap::new()),
             timer_seq: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             budget_used: AtomicU64::new(0),
@@ -180,9 +156,20 @@ impl Hub {
         }
     }
 
-    fn schedule(&self, at: Instant, kind: TimerKind) {
-        let seq = self.timer_seq.fetch_add(1, Ordering::Relaxed);
-        self.timers.lock().push(Timer { at, seq, kind });
+    fn schedule(&self, at: Instant, kind: TimerKind) -> TimerKey {
+        let key = (at, self.timer_seq.fetch_add(1, Ordering::Relaxed));
+        self.timers.lock().insert(key, kind);
+        key
+    }
+
+    fn cancel(&self, keys: impl IntoIterator<Item = Option<TimerKey>>) {
+        let keys: Vec<TimerKey> = keys.into_iter().flatten().collect();
+        if !keys.is_empty() {
+            let mut timers = self.timers.lock();
+            for key in keys {
+                timers.remove(&key);
+            }
+        }
     }
 
     // ---- connect / disconnect -----------------------------------------------------------
@@ -284,7 +271,9 @@ impl Hub {
                         }
                         None => false,
                     };
-                    let will_due = inner.will_due.take().is_some_and(|at| at <= now);
+                    let will_due = inner.will_timer.is_some_and(|(at, _)| at <= now);
+                    let timers = inner.take_timers();
+                    self.cancel(timers);
                     if let Some(w) = inner.will.take() {
                         // The session continues: a will whose delay has not elapsed is not
                         // sent [MQTT-3.1.3-9]; one without delay (or already due) is.
@@ -300,7 +289,6 @@ impl Hub {
                     inner.expires_at = None;
                     inner.window = window;
                     inner.will = will.take();
-                    inner.purge_at = None;
                     inner.schedule_resend();
                     old.connected.store(true, Ordering::Release);
                     drop(inner);
@@ -399,14 +387,13 @@ impl Hub {
                     // [MQTT-3.1.3-9]; a reconnect before then cancels it.
                     let due = now + Duration::from_secs(w.will.delay_secs.into());
                     if expiry == u32::MAX || w.will.delay_secs < expiry {
-                        inner.will_due = Some(due);
-                        self.schedule(
+                        inner.will_timer = Some(self.schedule(
                             due,
                             TimerKind::Will {
                                 client: state.client_id.clone(),
                                 generation,
                             },
-                        );
+                        ));
                     }
                     inner.will = Some(w);
                 }
@@ -418,13 +405,13 @@ impl Hub {
                 if expiry != u32::MAX {
                     let at = now + Duration::from_secs(expiry.into());
                     inner.expires_at = Some(at);
-                    self.schedule(
+                    inner.expiry_timer = Some(self.schedule(
                         at,
                         TimerKind::Expiry {
                             client: state.client_id.clone(),
                             generation,
                         },
-                    );
+                    ));
                 }
                 self.schedule_purge(state, &mut inner);
                 None
@@ -492,6 +479,8 @@ impl Hub {
         inner.bytes = 0;
         inner.resend.clear();
         inner.inbound_qos2.clear();
+        let timers = inner.take_timers();
+        self.cancel(timers);
         self.release(freed);
         ended.will = inner.will.take().map(|w| (w, state.clone()));
         ended
@@ -508,15 +497,15 @@ impl Hub {
     fn schedule_purge(&self, state: &SessionState, inner: &mut Inner) {
         let next = inner.queue.iter().filter_map(|q| q.expires_at).min();
         if let Some(at) = next
-            && inner.purge_at.is_none_or(|p| at < p)
+            && inner.purge_timer.is_none_or(|(p, _)| at < p)
         {
-            inner.purge_at = Some(at);
-            self.schedule(
+            self.cancel([inner.purge_timer.take()]);
+            inner.purge_timer = Some(self.schedule(
                 at,
                 TimerKind::Purge {
                     client: state.client_id.clone(),
                 },
-            );
+            ));
         }
     }
 
@@ -691,6 +680,7 @@ impl Hub {
             let removed = self.retained.write().remove(topic);
             if let Some(old) = removed {
                 self.release(old.weight);
+                self.cancel([old.timer]);
             }
             return Ok(());
         }
@@ -699,32 +689,34 @@ impl Hub {
         }
         let weight = message.weight() as u64;
         let expires_at = expiry_of(message, now);
-        {
-            let mut store = self.retained.write();
-            let old = store.get(topic).map_or(0, |r| r.weight);
-            if weight > old {
-                if !self.try_reserve(weight - old) {
-                    return Err(PublishError::QuotaExceeded);
-                }
-            } else {
-                self.release(old - weight);
+        let mut store = self.retained.write();
+        let old = store.get(topic).map_or(0, |r| r.weight);
+        if weight > old {
+            if !self.try_reserve(weight - old) {
+                return Err(PublishError::QuotaExceeded);
             }
-            store.set(
-                topic,
-                Retained {
-                    message: message.clone(),
-                    weight,
-                    expires_at,
-                },
-            );
+        } else {
+            self.release(old - weight);
         }
-        if let Some(at) = expires_at {
+        let timer = expires_at.map(|at| {
             self.schedule(
                 at,
                 TimerKind::Retained {
                     topic: message.topic.clone(),
                 },
-            );
+            )
+        });
+        let replaced = store.set(
+            topic,
+            Retained {
+                message: message.clone(),
+                weight,
+                expires_at,
+                timer,
+            },
+        );
+        if let Some(old) = replaced {
+            self.cancel([old.timer]);
         }
         Ok(())
     }
@@ -875,24 +867,26 @@ impl Hub {
     // ---- time, administration, stats ----------------------------------------------------
 
     pub(crate) fn tick(&self, now: Instant) {
-        let due: Vec<Timer> = {
+        let due: Vec<(TimerKey, TimerKind)> = {
             let mut timers = self.timers.lock();
             let mut due = Vec::new();
-            while let Some(timer) = timers.peek_mut() {
-                if timer.at > now {
+            while let Some(entry) = timers.first_entry() {
+                if entry.key().0 > now {
                     break;
                 }
-                due.push(std::collections::binary_heap::PeekMut::pop(timer));
+                due.push(entry.remove_entry());
             }
             due
         };
-        for timer in due {
-            match timer.kind {
-                TimerKind::Will { client, generation } => self.fire_will(&client, generation, now),
+        for (key, kind) in due {
+            match kind {
+                TimerKind::Will { client, generation } => {
+                    self.fire_will(&client, generation, key, now)
+                }
                 TimerKind::Expiry { client, generation } => {
                     self.fire_expiry(&client, generation, now)
                 }
-                TimerKind::Purge { client } => self.fire_purge(&client, now),
+                TimerKind::Purge { client } => self.fire_purge(&client, key, now),
                 TimerKind::Retained { topic } => self.fire_retained(&topic, now),
             }
         }
@@ -903,7 +897,7 @@ impl Hub {
         self.sessions.lock().get(client).cloned()
     }
 
-    fn fire_will(&self, client: &ClientId, generation: u64, now: Instant) {
+    fn fire_will(&self, client: &ClientId, generation: u64, key: TimerKey, now: Instant) {
         let Some(state) = self.session(client) else {
             return;
         };
@@ -912,7 +906,9 @@ impl Hub {
             if inner.generation != generation || inner.conn.is_some() || inner.ended {
                 return;
             }
-            inner.will_due = None;
+            if inner.will_timer == Some(key) {
+                inner.will_timer = None;
+            }
             inner.will.take()
         };
         if let Some(w) = will {
@@ -941,12 +937,14 @@ impl Hub {
         self.finish_ended(ended, now);
     }
 
-    fn fire_purge(&self, client: &ClientId, now: Instant) {
+    fn fire_purge(&self, client: &ClientId, key: TimerKey, now: Instant) {
         let Some(state) = self.session(client) else {
             return;
         };
         let mut inner = state.inner.lock();
-        inner.purge_at = None;
+        if inner.purge_timer == Some(key) {
+            inner.purge_timer = None;
+        }
         if inner.ended || inner.conn.is_some() {
             return;
         }
@@ -1035,6 +1033,11 @@ impl Hub {
             budget_used_bytes: self.budget_used.load(Ordering::Acquire),
             dropped: self.metrics.dropped_counts(),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pending_timers(&self) -> usize {
+        self.timers.lock().len()
     }
 
     // ---- used by the session handle -----------------------------------------------------

@@ -20,6 +20,8 @@ pub(crate) struct Retained {
     pub(crate) weight: u64,
     /// When the publisher's Message Expiry Interval runs out [MQTT-3.3.2-5].
     pub(crate) expires_at: Option<Instant>,
+    /// The hub timer that deletes it at expiry, cancelled when it is replaced or deleted.
+    pub(crate) timer: Option<crate::state::TimerKey>,
 }
 
 #[derive(Default)]
@@ -188,6 +190,7 @@ mod tests {
             weight: message.weight() as u64,
             message: Arc::new(message),
             expires_at: None,
+            timer: None,
         }
     }
 

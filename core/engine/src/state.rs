@@ -171,11 +171,17 @@ pub(crate) struct Inner {
     pub(crate) inbound_qos2: HashSet<u16>,
     pub(crate) subscriptions: HashMap<SubscriptionFilter, SubOptions>,
     pub(crate) will: Option<StoredWill>,
-    /// When the will of a disconnected session is due (its delay elapsed).
-    pub(crate) will_due: Option<Instant>,
-    /// The earliest purge timer scheduled for expiring messages queued while offline.
-    pub(crate) purge_at: Option<Instant>,
+    /// Pending timers of a disconnected session, cancelled when it reconnects or ends, so
+    /// a flapping client leaves no stale timers behind. The will timer's instant is when
+    /// the will is due.
+    pub(crate) will_timer: Option<TimerKey>,
+    pub(crate) expiry_timer: Option<TimerKey>,
+    /// Purge of expiring messages queued while offline (the earliest expiry).
+    pub(crate) purge_timer: Option<TimerKey>,
 }
+
+/// Identifies one scheduled timer of a hub: its deadline and a unique sequence number.
+pub(crate) type TimerKey = (Instant, u64);
 
 impl SessionState {
     pub(crate) fn new(client_id: ClientId, generation: u64, conn: Arc<Conn>) -> Self {
@@ -198,8 +204,9 @@ impl SessionState {
                 inbound_qos2: HashSet::new(),
                 subscriptions: HashMap::new(),
                 will: None,
-                will_due: None,
-                purge_at: None,
+                will_timer: None,
+                expiry_timer: None,
+                purge_timer: None,
             }),
         }
     }
@@ -210,6 +217,15 @@ impl SessionState {
 }
 
 impl Inner {
+    /// Takes every pending timer key, for cancellation.
+    pub(crate) fn take_timers(&mut self) -> [Option<TimerKey>; 3] {
+        [
+            self.will_timer.take(),
+            self.expiry_timer.take(),
+            self.purge_timer.take(),
+        ]
+    }
+
     /// Whether the session is offline and its expiry interval has passed (the tick that
     /// ends it may not have run yet).
     pub(crate) fn expired(&self, now: Instant) -> bool {

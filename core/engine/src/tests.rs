@@ -806,6 +806,31 @@ fn expired_messages_of_offline_sessions_free_budget_at_tick() {
     assert_eq!(fx.stats().budget_used_bytes, 0);
 }
 
+#[test]
+fn flapping_clients_and_replaced_retained_leave_no_stale_timers() {
+    let fx = Fx::new();
+    let hub = fx.engine.inner_hub_for_tests(fx.hub);
+    for _ in 0..100 {
+        let c = fx.connect_full(will_request(&fx, "flap", 30, 600));
+        subscribe(&c.session, "t", Q1);
+        c.session.disconnect(DisconnectKind::Abnormal);
+    }
+    // One will timer and one expiry timer for the last disconnect.
+    assert_eq!(hub.pending_timers(), 2);
+    let p = fx.client("p");
+    for i in 0..100 {
+        let mut m = expiring("r", &i.to_string(), Q0, 60);
+        m.retain = true;
+        p.publish(m, None).unwrap();
+        p.publish(expiring("t", "queued", Q1, 60), Some(1)).unwrap();
+    }
+    // Plus one retained expiry and one purge for the offline session's queue.
+    assert_eq!(hub.pending_timers(), 4);
+    fx.advance(1000);
+    assert_eq!(hub.pending_timers(), 0);
+    assert_eq!(fx.stats().budget_used_bytes, 0);
+}
+
 // ---- wills ------------------------------------------------------------------------------
 
 fn will_request(fx: &Fx, id: &str, delay: u32, expiry: u32) -> ConnectRequest {
