@@ -232,8 +232,14 @@ class Packet:
 class RawClient:
     """A TCP connection on which the test writes bytes and reads whole packets."""
 
-    def __init__(self, addr: tuple[str, int], timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(addr, timeout=timeout)
+    def __init__(self, addr: tuple[str, int], timeout: float = 5.0, rcvbuf: int | None = None) -> None:
+        if rcvbuf is None:
+            self.sock = socket.create_connection(addr, timeout=timeout)
+        else:  # a small receive window, set before connecting, makes a "slow reader" deterministic
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect(addr)
         self.buffer = b""
 
     def send(self, data: bytes) -> None:
@@ -309,8 +315,10 @@ def connack_fields(pkt: Packet, version: int) -> dict:
     return out
 
 
-def open_session(addr, client_id: str, version: int = 4, clean: bool = True, **kwargs) -> tuple[RawClient, dict]:
+def open_session(
+    addr, client_id: str, version: int = 4, clean: bool = True, rcvbuf: int | None = None, **kwargs
+) -> tuple[RawClient, dict]:
     """Connects, reads the CONNACK, returns the client and the CONNACK fields."""
-    raw = RawClient(addr)
+    raw = RawClient(addr, rcvbuf=rcvbuf)
     raw.send(connect(client_id, version=version, clean=clean, **kwargs))
     return raw, connack_fields(raw.expect(CONNACK), version)
