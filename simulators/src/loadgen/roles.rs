@@ -320,7 +320,11 @@ impl SubscriberTask {
         if stamp.sent_ns >= self.timeline.warmup_ns {
             // Rounded to the nearest microsecond; never 0 so the histogram keeps it.
             let micros = (now_ns.saturating_sub(stamp.sent_ns) + 500) / 1000;
-            out.latency.saturating_record(micros.max(1));
+            // `record` grows the histogram as needed (`saturating_record` would clamp to its
+            // current top and hide the tail); it only fails beyond i64::MAX / 2.
+            if out.latency.record(micros.max(1)).is_err() {
+                out.latency.saturating_record(micros);
+            }
         }
         if (self.timeline.warmup_ns..self.timeline.end_ns).contains(&now_ns) {
             out.delivered_in_window += 1;
@@ -333,6 +337,61 @@ impl SubscriberTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn subscriber_accounting() {
+        // The run started 50 ms ago; the warm-up ended 20 ms ago; the window is still open.
+        let start = Instant::now() - Duration::from_millis(50);
+        let timeline = Timeline {
+            start,
+            end: start + Duration::from_secs(60),
+            warmup_ns: 30_000_000,
+            end_ns: 60_000_000_000,
+            deadline: start + Duration::from_secs(61),
+        };
+        let (_tx, done) = watch::channel(None);
+        let task = SubscriberTask {
+            index: 0,
+            sources: 2..4,
+            timeline,
+            done,
+            live: Arc::new(Live::default()),
+        };
+        let mut out = task.new_outcome().unwrap();
+        let payload = |sent_ns, publisher, sequence| {
+            let mut b = BytesMut::new();
+            Stamp {
+                sent_ns,
+                publisher,
+                sequence,
+            }
+            .write(&mut b, 32);
+            b
+        };
+        // (payload, first delivery?)
+        let cases = [
+            (payload(40_000_000, 2, 0), true),  // ~10 ms old, measured
+            (payload(40_000_000, 2, 0), false), // duplicate
+            (payload(10_000_000, 3, 0), true),  // sent during warm-up: not measured
+            (payload(0, 3, 1), true),           // ~50 ms old but sent in warm-up: not measured
+            (payload(45_000_000, 1, 0), false), // publisher 1 is not a source
+            (payload(45_000_000, 4, 0), false), // nor is 4
+            (BytesMut::from(&b"short"[..]), false),
+        ];
+        for (i, (bytes, first)) in cases.iter().enumerate() {
+            assert_eq!(task.record(bytes, &mut out), *first, "case {i}");
+        }
+        assert_eq!(out.trackers[0].unique(), 1);
+        assert_eq!(out.trackers[0].duplicates(), 1);
+        assert_eq!(out.trackers[1].unique(), 2);
+        assert_eq!(out.unexpected, 3);
+        assert_eq!(out.delivered_in_window, 3);
+        assert_eq!(task.live.delivered(), 3);
+        // Only the first message was measured, at about 10 ms: above the histogram's initial
+        // range, so this also checks that the tail is not clamped.
+        assert_eq!(out.latency.len(), 1);
+        assert!(out.latency.max() >= 10_000, "{}", out.latency.max());
+    }
 
     #[test]
     fn pacer_schedule() {
