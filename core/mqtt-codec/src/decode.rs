@@ -8,7 +8,7 @@ use crate::packet::{
     Auth, ConnAck, Connect, Disconnect, LastWill, Packet, PubResponse, Publish, SubAck, Subscribe,
     SubscriptionOptions, UnsubAck, Unsubscribe,
 };
-use crate::properties::{PublishProperties, WillProperties, read_properties};
+use crate::properties::{ConnectProperties, PublishProperties, WillProperties, read_properties};
 use crate::reason::ReasonCode;
 use crate::types::{PacketType, ProtocolVersion, QoS, RetainHandling};
 use crate::wire::{Reader, Remaining, peek_variable_integer};
@@ -157,10 +157,13 @@ fn connect(reader: &mut Reader) -> Result<Connect, DecodeError> {
     }
 
     let keep_alive = reader.u16()?;
-    let properties = match protocol {
+    let properties: ConnectProperties = match protocol {
         ProtocolVersion::V5 => read_properties(reader, "CONNECT")?,
         ProtocolVersion::V311 => Default::default(),
     };
+    if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+        return Err(DecodeError::AuthenticationDataWithoutMethod);
+    }
     let client_id = reader.string()?;
     let will = if will_flag {
         let properties = match protocol {

@@ -84,6 +84,9 @@ pub enum DecodeError {
     /// MQTT 5 PUBLISH with an empty topic and no topic alias (spec 3.3.2.3.4).
     #[error("empty topic without a topic alias")]
     EmptyTopicWithoutAlias,
+    /// CONNECT with authentication data but no authentication method (spec 3.1.2.11.10).
+    #[error("authentication data without an authentication method")]
+    AuthenticationDataWithoutMethod,
     /// Topic alias 0 [MQTT-3.3.2-8].
     #[error("topic alias 0")]
     TopicAliasZero,
@@ -139,6 +142,7 @@ impl DecodeError {
             | Self::EmptyUnsubscribe
             | Self::SessionPresentOnRefusal
             | Self::EmptyTopicWithoutAlias
+            | Self::AuthenticationDataWithoutMethod
             | Self::UnexpectedFirstPacket(_) => ReasonCode::PROTOCOL_ERROR,
             Self::InvalidRemainingLength
             | Self::InvalidVariableInteger

@@ -500,6 +500,13 @@ impl PropertySet for ConnectProperties {
     }
 
     fn visit(&self, sink: &mut Sink<'_>) -> Result<(), EncodeError> {
+        // "It is a Protocol Error to include Authentication Data if there is no Authentication
+        // Method" (3.1.2.11.10).
+        if self.authentication_data.is_some() && self.authentication_method.is_none() {
+            return Err(EncodeError::InvalidPropertyValue {
+                property: id::AUTHENTICATION_DATA,
+            });
+        }
         sink.opt_four(id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
         sink.opt_two_nonzero(id::RECEIVE_MAXIMUM, self.receive_maximum)?;
         sink.opt_four_nonzero(id::MAXIMUM_PACKET_SIZE, self.maximum_packet_size)?;

@@ -78,8 +78,9 @@ fn connect_properties() -> impl Strategy<Value = ConnectProperties> {
                 request_response_information: rri,
                 request_problem_information: rpi,
                 user_properties: user,
+                // Data without a method is a protocol error (3.1.2.11.10).
+                authentication_data: data.filter(|_| method.is_some()),
                 authentication_method: method,
-                authentication_data: data,
             },
         )
 }

@@ -810,6 +810,12 @@ fn malformed() -> Vec<(
             E::InvalidPropertyValue { property: 0x25 },
         ),
         (
+            "authentication data without method",
+            None,
+            "10 12 0004 4d515454 05 02 003c 05 16 0002 0102 0001 63",
+            E::AuthenticationDataWithoutMethod,
+        ),
+        (
             "topic alias 0 [MQTT-3.3.2-8]",
             s5,
             "30 07 0001 74 03 23 0000",
@@ -1305,6 +1311,18 @@ fn values_the_wire_cannot_carry_are_encode_errors() {
                 ..Connect::default()
             })),
             EncodeError::InvalidPropertyValue { property: 0x21 },
+        ),
+        (
+            "authentication data without method",
+            V5,
+            Packet::Connect(Box::new(Connect {
+                properties: ConnectProperties {
+                    authentication_data: Some(b("d")),
+                    ..Default::default()
+                },
+                ..Connect::default()
+            })),
+            EncodeError::InvalidPropertyValue { property: 0x16 },
         ),
         (
             "maximum QoS 2",
