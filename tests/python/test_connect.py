@@ -12,11 +12,16 @@ import raw
 from clients import V5, V311
 
 BOTH = pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
+# MQTT 5.0 Table 3-1: the Connect Reason Code values.
+CONNECT_REASON_CODES = {0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C,
+                        0x90, 0x95, 0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F}
 
 
 @BOTH
 def test_clean_connect_is_accepted_without_session_present(hub, peer, version):
-    """[v3 MQTT-3.1.4-4] [v3 MQTT-3.2.2-1] [v3 MQTT-3.2.0-1] [v5 MQTT-3.1.4-5] [v5 MQTT-3.2.2-2] [v5 MQTT-3.2.0-1]"""
+    """[v3 MQTT-3.1.4-4] [v3 MQTT-3.2.2-1] [v3 MQTT-3.2.0-1] [v5 MQTT-3.1.4-5] [v5 MQTT-3.2.2-2] [v5 MQTT-3.2.0-1]
+    [v3 MQTT-7.1.1-1] [v5 MQTT-4.2.0-1] (over TCP, an ordered lossless byte stream)
+    """
     client = peer(hub, "clean", version=version, connect=False)
     connack = client.connect()
     assert connack.reason_code == 0
@@ -132,7 +137,7 @@ def test_unsupported_protocol_level_is_refused_then_closed(hub, protocol_name, l
 def test_malformed_connect_is_not_accepted(hub, name, version, kwargs):
     """[v3 MQTT-3.1.2-3] [v3 MQTT-3.1.4-1] [v3 MQTT-3.1.2-11] [v3 MQTT-3.1.2-13] [v3 MQTT-3.1.2-14]
     [v3 MQTT-3.1.2-15] [v3 MQTT-3.1.2-22] [v5 MQTT-3.1.2-3] [v5 MQTT-3.1.4-1] [v5 MQTT-3.1.2-11]
-    [v5 MQTT-3.1.2-13] [v5 MQTT-3.2.2-7] [v5 MQTT-4.13.1-1]
+    [v5 MQTT-3.1.2-13] [v5 MQTT-3.2.2-7] [v5 MQTT-3.2.2-8] [v5 MQTT-4.13.1-1]
 
     The server closes the connection and never accepts the session (no CONNACK 0x00).
     """
@@ -143,13 +148,13 @@ def test_malformed_connect_is_not_accepted(hub, name, version, kwargs):
         assert pkt.type == raw.CONNACK, pkt
         assert pkt.body[1] != 0, f"{name}: a malformed CONNECT was accepted"
         if version == 5:
-            assert pkt.body[1] >= 0x80
+            assert pkt.body[1] >= 0x80 and pkt.body[1] in CONNECT_REASON_CODES
     assert client.closed_within(5.0)
 
 
 @BOTH
 def test_second_connect_is_a_protocol_violation(hub, version):
-    """[v3 MQTT-3.1.0-2] [v5 MQTT-3.1.0-2] [v3 MQTT-4.8.0-1] [v5 MQTT-4.13.1-1]"""
+    """[v3 MQTT-3.1.0-2] [v5 MQTT-3.1.0-2] [v3 MQTT-4.8.0-1] [v5 MQTT-4.13.1-1] [v5 MQTT-3.2.0-2] (no second CONNACK)"""
     client, connack = raw.open_session(hub.mqtt_addr, f"twice{version}", version=version)
     assert connack["code"] == 0
     client.send(raw.connect(f"twice{version}", version=version))
@@ -247,3 +252,16 @@ def test_v5_server_keep_alive_caps_a_too_long_keep_alive(hub_with):
     assert connack["props"].get(raw.SERVER_KEEP_ALIVE, [None])[0] is not None
     assert 0 < connack["props"][raw.SERVER_KEEP_ALIVE][0] <= 30
     client.close()
+
+
+def test_v311_disconnect_with_reserved_bits_is_a_violation(hub, peer, ns):
+    """[v3 MQTT-3.14.1-1] [v3 MQTT-2.2.2-2]: the server disconnects the client; as no valid
+    DISCONNECT was received, the will is published.
+    """
+    watcher = peer(hub, "watch", version=V311)
+    watcher.subscribe(f"{ns}/will", qos=1)
+    client, connack = raw.open_session(hub.mqtt_addr, "baddisc", version=4, will={"topic": f"{ns}/will", "payload": b"w"})
+    assert connack["code"] == 0
+    client.send(raw.frame((raw.DISCONNECT << 4) | 0x01, b""))
+    assert client.closed_within(5.0)
+    assert watcher.expect(topic=f"{ns}/will").payload == b"w"

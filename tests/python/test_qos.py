@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import itertools
+import struct
+import time
 
 import pytest
 
@@ -86,6 +88,7 @@ def test_packet_identifiers_are_echoed_and_server_ids_are_nonzero_and_unique(hub
 @BOTH
 def test_inbound_qos2_duplicate_before_pubrel_is_delivered_once(hub, ns, version):
     """[v3 MQTT-4.3.3-2] [v5 MQTT-4.3.3-10] [v5 MQTT-4.3.3-11] [v5 MQTT-4.3.3-12] [v3 MQTT-3.3.1-3]
+    [v5 MQTT-3.6.2-1] [v3 MQTT-4.3.3-1] [v5 MQTT-4.3.3-4]
 
     A re-sent PUBLISH (DUP=1, same id) before PUBREL is answered with PUBREC again
     and not forwarded twice; once PUBCOMP is sent, the same id starts a new message.
@@ -114,6 +117,8 @@ def test_inbound_qos2_duplicate_before_pubrel_is_delivered_once(hub, ns, version
             sub.send(raw.ack(raw.PUBREC, delivery["packet_id"]))
         else:
             assert pkt.type == raw.PUBREL and pkt.flags == 0x02, pkt
+            if version == 5 and len(pkt.body) > 2:
+                assert pkt.body[2] in (0x00, 0x92), f"not a PUBREL reason code: {pkt}"
             sub.send(raw.ack(raw.PUBCOMP, pkt.packet_id()))
             released += 1
     assert payloads == [b"one", b"two"]
@@ -205,7 +210,7 @@ def test_messages_from_one_publisher_arrive_in_order(hub, peer, ns, version, qos
 
 
 def test_v5_server_respects_client_receive_maximum(hub, peer, ns):
-    """[v5 MQTT-3.3.4-9] [v5 MQTT-4.9.0-2] [v5 MQTT-4.9.0-3] [v5 MQTT-3.3.4-10]
+    """[v5 MQTT-3.3.4-9] [v5 MQTT-4.9.0-1] [v5 MQTT-4.9.0-2] [v5 MQTT-4.9.0-3] [v5 MQTT-3.3.4-10]
 
     With Receive Maximum 2 and no PUBACKs, the server sends two QoS 1 PUBLISH
     packets and waits; it still answers other packets (SUBSCRIBE); each PUBACK
@@ -226,3 +231,92 @@ def test_v5_server_respects_client_receive_maximum(hub, peer, ns):
         delivered.append(sub.expect())
         sub.expect_none(timeout=0.2)
     assert [int(m.payload) for m in delivered] == list(range(5))
+
+
+@BOTH
+def test_qos2_delivery_started_before_unsubscribe_is_completed(hub, ns, version):
+    """[v3 MQTT-3.10.4-3] [v5 MQTT-3.10.4-3]"""
+    topic = f"{ns}/unsub-inflight"
+    sub = _raw_subscriber(hub, f"uifsub{version}", version, topic, 2)
+    pub, _ = raw.open_session(hub.mqtt_addr, f"uifpub{version}", version=version)
+    pub.send(raw.publish(topic, b"finish me", qos=2, packet_id=4, version=version))
+    pub.expect(raw.PUBREC)
+    pub.send(raw.ack(raw.PUBREL, 4))
+    pub.expect(raw.PUBCOMP)
+    delivery = sub.expect(raw.PUBLISH).publish_fields(version)
+    body = struct.pack("!H", 12) + (b"\x00" if version == 5 else b"") + raw.utf8(topic)
+    sub.send(raw.frame((raw.UNSUBSCRIBE << 4) | 0x02, body))
+    assert sub.expect(raw.UNSUBACK).packet_id() == 12
+    sub.send(raw.ack(raw.PUBREC, delivery["packet_id"]))
+    rel = sub.expect(raw.PUBREL)
+    assert rel.packet_id() == delivery["packet_id"]
+    sub.send(raw.ack(raw.PUBCOMP, delivery["packet_id"]))
+    pub.send(raw.publish(topic, b"after", qos=1, packet_id=5, version=version))
+    pub.expect(raw.PUBACK)
+    assert sub.packet_within(0.5) is None, "delivered after UNSUBSCRIBE"
+
+
+def test_v5_qos2_publish_sent_is_not_expired_and_is_resent(hub, ns):
+    """[v5 MQTT-4.3.3-7] [v5 MQTT-4.4.0-1]: once sent, a QoS 2 PUBLISH is re-sent on resume even
+    after its Message Expiry Interval has passed.
+    """
+    topic = f"{ns}/expiring-q2"
+    sub = _raw_subscriber(hub, "q2expsub", 5, topic, 2, clean=False)
+    pub, _ = raw.open_session(hub.mqtt_addr, "q2exppub", version=5)
+    pub.send(raw.publish(topic, b"keep", qos=2, packet_id=1, version=5, props=[(0x02, 1)]))
+    pub.expect(raw.PUBREC)
+    pub.send(raw.ack(raw.PUBREL, 1))
+    pub.expect(raw.PUBCOMP)
+    first = sub.expect(raw.PUBLISH).publish_fields(5)
+    sub.close()  # no PUBREC
+    time.sleep(2.2)  # past the 1 s expiry
+    again, connack = raw.open_session(hub.mqtt_addr, "q2expsub", version=5, clean=False, props=[(raw.SESSION_EXPIRY, 300)])
+    assert connack["flags"] & 0x01 == 1
+    resent = again.expect(raw.PUBLISH).publish_fields(5)
+    assert (resent["payload"], resent["packet_id"], resent["dup"]) == (b"keep", first["packet_id"], True)
+
+
+def test_v5_qos2_exchange_continues_after_message_expiry(hub, ns):
+    """[v5 MQTT-4.3.3-13]: the hub answers PUBREL with PUBCOMP even if the message has expired."""
+    pub, _ = raw.open_session(hub.mqtt_addr, "q2lateprel", version=5)
+    pub.send(raw.publish(f"{ns}/late", b"x", qos=2, packet_id=6, version=5, props=[(0x02, 1)]))
+    assert pub.expect(raw.PUBREC).packet_id() == 6
+    time.sleep(2.2)
+    pub.send(raw.ack(raw.PUBREL, 6))
+    assert pub.expect(raw.PUBCOMP).packet_id() == 6
+
+
+def test_v5_every_packet_fits_the_client_maximum_packet_size(hub, ns):
+    """[v5 MQTT-3.1.2-24] [v5 MQTT-3.9.2-1] [v5 MQTT-3.9.2-2] [v5 MQTT-3.11.2-1] [v5 MQTT-3.11.2-2]
+    [v5 MQTT-3.4.2-2] [v5 MQTT-3.4.2-3] [v5 MQTT-3.5.2-2] [v5 MQTT-3.5.2-3] [v5 MQTT-3.7.2-2] [v5 MQTT-3.7.2-3]
+    [v5 MQTT-3.2.2-19] [v5 MQTT-3.2.2-20]
+
+    The client announces a Maximum Packet Size equal to the hub's CONNACK size, then provokes
+    acknowledgements, some with non-success codes (UNSUBACK 0x11, PUBACK/PUBREC 0x10) where a
+    server might add a Reason String or User Properties: every packet must fit, and the
+    connection stays up.
+    """
+    probe = raw.RawClient(hub.mqtt_addr)
+    probe.send(raw.connect("mpsprobe", version=5))
+    connack = probe.expect(raw.CONNACK)
+    limit = max(2 + len(connack.body), 12)
+    probe.close()
+    client = raw.RawClient(hub.mqtt_addr)
+    client.send(raw.connect("mpsprobe", version=5, props=[(raw.MAXIMUM_PACKET_SIZE, limit)]))
+    sent = [client.expect(raw.CONNACK)]
+    assert sent[0].body[1] == 0
+    client.send(raw.subscribe(1, [(f"{ns}/sub", 1)], version=5))
+    client.send(raw.frame((raw.UNSUBSCRIBE << 4) | 0x02, struct.pack("!H", 2) + b"\x00" + raw.utf8(f"{ns}/none")))
+    client.send(raw.publish(f"{ns}/nobody", b"x", qos=1, packet_id=3, version=5))  # PUBACK 0x10
+    client.send(raw.publish(f"{ns}/nobody", b"y", qos=2, packet_id=4, version=5))  # PUBREC 0x10
+    for _ in range(4):
+        pkt = client.read(5.0)
+        assert pkt is not None, "connection closed"
+        sent.append(pkt)
+        if pkt.type == raw.PUBREC:
+            client.send(raw.ack(raw.PUBREL, 4))
+            sent.append(client.expect(raw.PUBCOMP))
+    for pkt in sent:
+        size = 1 + len(raw.varint(len(pkt.body))) + len(pkt.body)
+        assert size <= limit, f"{pkt!r} is {size} bytes, above the client's Maximum Packet Size {limit}"
+    client.close()

@@ -137,3 +137,20 @@ def test_rejected_shared_message_is_not_sent_to_another_member(hub, peer, ns):
     first.send(raw.frame(raw.PUBACK << 4, struct.pack("!H", delivery["packet_id"]) + bytes([0x80])))
     first.close()
     other.expect_none(topic=topic, timeout=1.5)
+
+
+def test_qos2_in_flight_to_a_member_is_completed_when_it_reconnects(hub, peer, ns):
+    """[v5 MQTT-4.8.2-4] [v5 MQTT-4.4.0-1]"""
+    topic = f"{ns}/resume"
+    props = [(raw.SESSION_EXPIRY, 300)]
+    member, _ = raw.open_session(hub.mqtt_addr, "q2member", version=5, clean=False, props=props)
+    member.send(raw.subscribe(1, [(f"$share/g/{topic}", 2)], version=5))
+    member.expect(raw.SUBACK)
+    pub = peer(hub, "pub")
+    pub.publish(topic, b"finish", qos=2)
+    first = member.expect(raw.PUBLISH).publish_fields(5)
+    member.close()
+    again, connack = raw.open_session(hub.mqtt_addr, "q2member", version=5, clean=False, props=props)
+    assert connack["flags"] & 0x01 == 1
+    resent = again.expect(raw.PUBLISH).publish_fields(5)
+    assert (resent["payload"], resent["packet_id"], resent["dup"]) == (b"finish", first["packet_id"], True)

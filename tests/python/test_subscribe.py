@@ -193,3 +193,18 @@ def test_wildcard_in_publish_topic_is_refused(hub, ns, version):
             assert pkt.type == raw.DISCONNECT and pkt.body[0] >= 0x80, f"{topic}: {pkt}"
         assert client.closed_within(5.0), f"{topic}: a wildcard topic name was accepted"
     assert watcher.packet_within(0.5) is None, "a PUBLISH with a wildcard topic name was forwarded"
+
+
+@BOTH
+def test_longest_topic_name_and_filter_work(hub, ns, version):
+    """[v3 MQTT-4.7.3-3] [v5 MQTT-4.7.3-3]: a 65535-byte topic (the most a length prefix can say)."""
+    topic = (ns + "/" + "x" * 65535)[:65535]
+    sub, _ = raw.open_session(hub.mqtt_addr, f"longsub{version}", version=version)
+    sub.send(raw.subscribe(1, [(topic, 1)], version=version))
+    suback = sub.expect(raw.SUBACK)
+    assert suback.body[-1] == 1, suback
+    pub, _ = raw.open_session(hub.mqtt_addr, f"longpub{version}", version=version)
+    pub.send(raw.publish(topic, b"long", qos=1, packet_id=2, version=version))
+    pub.expect(raw.PUBACK)
+    delivery = sub.expect(raw.PUBLISH).publish_fields(version)
+    assert (delivery["topic"], delivery["payload"]) == (topic, b"long")
