@@ -235,6 +235,7 @@ fn overlapping_subscriptions_deliver_one_copy() {
 #[test]
 fn no_local_and_retain_as_published() {
     // (no_local, retain_as_published, published retain) -> (delivered, retain flag)
+    // [MQTT-3.3.1-12/13]: RETAIN as published only with Retain As Published.
     let table = [
         (false, false, true, Some(false)),
         (false, true, true, Some(true)),
