@@ -266,6 +266,8 @@ class RawClient:
                 except IndexError:
                     length, pos = -1, 0
                 if length >= 0 and len(self.buffer) >= pos + length:
+                    # [MQTT-1.5.5-1]: the server must encode Remaining Length minimally.
+                    assert pos - 1 == len(varint(length)), f"non-minimal Remaining Length: {self.buffer[:pos].hex()}"
                     pkt = Packet(self.buffer[0], self.buffer[pos : pos + length])
                     self.buffer = self.buffer[pos + length :]
                     return pkt

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import raw
 
 
@@ -250,3 +252,31 @@ def test_server_never_sends_packets_above_client_maximum_packet_size(hub, peer, 
     assert msg.payload == b"fits"
     small.expect_none(topic=topic)
     assert small.is_connected()
+
+
+BAD_PROPERTIES = [
+    ("user-property-invalid-utf8", b"\x26" + raw.utf8(b"\xff\xfe") + raw.utf8("v")),
+    ("user-property-value-nul", b"\x26" + raw.utf8("k") + raw.utf8(b"a\x00b")),
+    ("response-topic-invalid-utf8", b"\x08" + raw.utf8(b"\xc3\x28")),
+    ("response-topic-wildcard", b"\x08" + raw.utf8("reply/+")),
+    ("content-type-invalid-utf8", b"\x03" + raw.utf8(b"\xed\xa0\x80")),
+]
+
+
+@pytest.mark.parametrize(("name", "encoded"), BAD_PROPERTIES, ids=[b[0] for b in BAD_PROPERTIES])
+def test_malformed_publish_property_closes_the_connection(hub, ns, name, encoded):
+    """[v5 MQTT-1.5.7-1] [v5 MQTT-1.5.4-1] [v5 MQTT-1.5.4-2] [v5 MQTT-3.3.2-13] [v5 MQTT-3.3.2-14]
+    [v5 MQTT-3.3.2-19] [v5 MQTT-4.13.1-1]: DISCONNECT 0x81/0x82 (or a plain close); nothing forwarded.
+    """
+    watcher, _ = raw.open_session(hub.mqtt_addr, "propwatch", version=5)
+    watcher.send(raw.subscribe(1, [(f"{ns}/#", 0)], version=5))
+    watcher.expect(raw.SUBACK)
+    client, connack = raw.open_session(hub.mqtt_addr, "badprop", version=5)
+    assert connack["code"] == 0
+    body = raw.utf8(f"{ns}/t") + raw.varint(len(encoded)) + encoded + b"payload"
+    client.send(raw.frame(raw.PUBLISH << 4, body))
+    pkt = client.packet_within(5.0)
+    if pkt is not None:
+        assert pkt.type == raw.DISCONNECT and pkt.body[0] in (0x81, 0x82), f"{name}: {pkt}"
+    assert client.closed_within(5.0), f"{name}: connection left open"
+    assert watcher.packet_within(0.5) is None, f"{name}: the malformed message was forwarded"

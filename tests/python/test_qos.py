@@ -28,7 +28,7 @@ def test_delivery_qos_is_minimum_of_publish_and_granted_qos(hub, peer, ns, versi
     [v3 MQTT-4.3.3-2] [v3 MQTT-4.5.0-1] [v3 MQTT-3.3.1-2] [v3 MQTT-3.3.1-3] [v3 MQTT-3.3.2-3]
     [v5 MQTT-3.3.4-1] [v5 MQTT-3.8.4-7] [v5 MQTT-3.8.4-8] [v5 MQTT-4.3.1-1] [v5 MQTT-4.3.2-4]
     [v5 MQTT-4.3.3-8] [v5 MQTT-4.3.3-11] [v5 MQTT-4.5.0-1] [v5 MQTT-3.3.1-2] [v5 MQTT-3.3.1-3]
-    [v5 MQTT-3.3.2-3] [v5 MQTT-4.3.2-2] [v5 MQTT-4.3.3-2]
+    [v5 MQTT-3.3.2-3] [v5 MQTT-4.3.2-2] [v5 MQTT-4.3.3-2] [v3 MQTT-4.1.0-2] [v5 MQTT-4.1.0-1]
     """
     topic = f"{ns}/q"
     sub = peer(hub, "sub", version=version)
@@ -58,7 +58,7 @@ def _raw_subscriber(hub, client_id: str, version: int, topic: str, qos: int, cle
 @BOTH
 def test_packet_identifiers_are_echoed_and_server_ids_are_nonzero_and_unique(hub, ns, version):
     """[v3 MQTT-2.3.1-1] [v3 MQTT-2.3.1-4] [v3 MQTT-2.3.1-6] [v3 MQTT-2.3.1-7] [v3 MQTT-3.8.4-1]
-    [v3 MQTT-3.8.4-2] [v3 MQTT-2.3.1-5] [v5 MQTT-2.2.1-2] [v5 MQTT-2.2.1-4] [v5 MQTT-2.2.1-5] [v5 MQTT-2.2.1-6]
+    [v3 MQTT-3.8.4-2] [v3 MQTT-2.3.1-5] [v5 MQTT-1.5.5-1] (raw.read checks every Remaining Length) [v5 MQTT-2.2.1-2] [v5 MQTT-2.2.1-4] [v5 MQTT-2.2.1-5] [v5 MQTT-2.2.1-6]
     [v5 MQTT-3.8.4-1] [v5 MQTT-3.8.4-2] [v5 MQTT-4.3.2-1] [v5 MQTT-4.3.3-1]
     """
     topic = f"{ns}/ids"

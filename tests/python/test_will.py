@@ -16,12 +16,16 @@ BOTH = pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
 @BOTH
 def test_will_is_published_when_the_connection_drops(hub, peer, ns, version, will_qos):
     """[v3 MQTT-3.1.2-8] [v3 MQTT-3.1.2-9] [v3 MQTT-3.1.2-16] [v5 MQTT-3.1.2-7] [v5 MQTT-3.1.2-8]
-    [v5 MQTT-3.1.2-9] [v5 MQTT-3.1.2-12] [v5 MQTT-3.1.2-14]
+    [v5 MQTT-3.1.2-9] [v5 MQTT-3.1.2-12] [v5 MQTT-3.1.2-14] [v3 MQTT-3.1.3-1] [v5 MQTT-3.1.3-1]
+
+    The CONNECT carries client id, will and user name, so the server parses the payload
+    fields in their specified order.
     """
     topic = f"{ns}/will"
     watcher = peer(hub, "watch", version=version)
     watcher.subscribe(topic, qos=2)
-    device = peer(hub, "device", version=version, will={"topic": topic, "payload": b"offline", "qos": will_qos})
+    will = {"topic": topic, "payload": b"offline", "qos": will_qos}
+    device = peer(hub, "device", version=version, will=will, username="device-user")
     device.drop()
     msg = watcher.expect(topic=topic)
     assert (msg.payload, msg.qos, msg.retain) == (b"offline", will_qos, False)
