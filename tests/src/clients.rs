@@ -111,7 +111,9 @@ impl V4 {
                 inbox,
                 connack,
             }),
-            _ => Err(inbox.closed.unwrap_or_else(|| "no CONNACK within the timeout".into())),
+            _ => Err(inbox
+                .closed
+                .unwrap_or_else(|| "no CONNACK within the timeout".into())),
         }
     }
 
@@ -120,11 +122,18 @@ impl V4 {
     }
 
     /// Subscribes and waits for the SUBACK; returns its return codes.
-    pub fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> Vec<rumqttc::SubscribeReasonCode> {
+    pub fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
         self.client
             .subscribe(filter, qos)
             .unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
-        match self.inbox.wait(WAIT, |p| matches!(p, rumqttc::Packet::SubAck(_))) {
+        match self
+            .inbox
+            .wait(WAIT, |p| matches!(p, rumqttc::Packet::SubAck(_)))
+        {
             Some(rumqttc::Packet::SubAck(ack)) => ack.return_codes,
             other => panic!("no SUBACK for {filter}: {other:?} {:?}", self.inbox.closed),
         }
@@ -142,21 +151,34 @@ impl V4 {
         };
         if qos != rumqttc::QoS::AtMostOnce {
             let acked = self.inbox.wait(WAIT, done);
-            assert!(acked.is_some(), "publish {topic} not acknowledged: {:?}", self.inbox.closed);
+            assert!(
+                acked.is_some(),
+                "publish {topic} not acknowledged: {:?}",
+                self.inbox.closed
+            );
         }
     }
 
     /// The next PUBLISH, or a test failure after [`WAIT`].
     pub fn expect_publish(&mut self) -> rumqttc::Publish {
-        match self.inbox.wait(WAIT, |p| matches!(p, rumqttc::Packet::Publish(_))) {
+        match self
+            .inbox
+            .wait(WAIT, |p| matches!(p, rumqttc::Packet::Publish(_)))
+        {
             Some(rumqttc::Packet::Publish(p)) => p,
-            other => panic!("expected a PUBLISH, got {other:?} (closed: {:?})", self.inbox.closed),
+            other => panic!(
+                "expected a PUBLISH, got {other:?} (closed: {:?})",
+                self.inbox.closed
+            ),
         }
     }
 
     /// Asserts that no PUBLISH arrives within `quiet`.
     pub fn expect_no_publish(&mut self, quiet: Duration) {
-        if let Some(p) = self.inbox.wait(quiet, |p| matches!(p, rumqttc::Packet::Publish(_))) {
+        if let Some(p) = self
+            .inbox
+            .wait(quiet, |p| matches!(p, rumqttc::Packet::Publish(_)))
+        {
             panic!("expected no PUBLISH, got {p:?}");
         }
     }
@@ -214,7 +236,9 @@ impl V5 {
                 inbox,
                 connack,
             }),
-            _ => Err(inbox.closed.unwrap_or_else(|| "no CONNACK within the timeout".into())),
+            _ => Err(inbox
+                .closed
+                .unwrap_or_else(|| "no CONNACK within the timeout".into())),
         }
     }
 
@@ -270,18 +294,31 @@ impl V5 {
                 QoS::AtLeastOnce => matches!(p, P5::PubAck(_)),
                 _ => matches!(p, P5::PubComp(_)),
             });
-            assert!(acked.is_some(), "publish {topic} not acknowledged: {:?}", self.inbox.closed);
+            assert!(
+                acked.is_some(),
+                "publish {topic} not acknowledged: {:?}",
+                self.inbox.closed
+            );
         }
     }
 
-    pub fn publish(&mut self, topic: &str, qos: rumqttc::v5::mqttbytes::QoS, retain: bool, payload: &[u8]) {
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+        retain: bool,
+        payload: &[u8],
+    ) {
         self.publish_with(topic, qos, retain, payload, None);
     }
 
     pub fn expect_publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
         match self.inbox.wait(WAIT, |p| matches!(p, P5::Publish(_))) {
             Some(P5::Publish(p)) => p,
-            other => panic!("expected a PUBLISH, got {other:?} (closed: {:?})", self.inbox.closed),
+            other => panic!(
+                "expected a PUBLISH, got {other:?} (closed: {:?})",
+                self.inbox.closed
+            ),
         }
     }
 
@@ -295,7 +332,10 @@ impl V5 {
     pub fn expect_disconnect(&mut self) -> rumqttc::v5::mqttbytes::v5::Disconnect {
         match self.inbox.wait(WAIT, |p| matches!(p, P5::Disconnect(_))) {
             Some(P5::Disconnect(d)) => d,
-            other => panic!("expected a DISCONNECT, got {other:?} (closed: {:?})", self.inbox.closed),
+            other => panic!(
+                "expected a DISCONNECT, got {other:?} (closed: {:?})",
+                self.inbox.closed
+            ),
         }
     }
 

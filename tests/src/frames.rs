@@ -405,7 +405,11 @@ impl Publish {
 }
 
 /// SUBSCRIBE with (filter, subscription options byte) pairs. `props` is `None` for 3.1.1.
-pub fn subscribe(packet_id: u16, filters: &[(&str, u8)], props_v5: Option<&[(u8, PropValue)]>) -> Vec<u8> {
+pub fn subscribe(
+    packet_id: u16,
+    filters: &[(&str, u8)],
+    props_v5: Option<&[(u8, PropValue)]>,
+) -> Vec<u8> {
     let mut body = packet_id.to_be_bytes().to_vec();
     if let Some(p) = props_v5 {
         body.extend_from_slice(&props(p));
@@ -496,7 +500,11 @@ impl Received {
 
     /// All values of a repeatable property, in order.
     pub fn props_of(&self, id: u8) -> Vec<&PropValue> {
-        self.props.iter().filter(|(i, _)| *i == id).map(|(_, v)| v).collect()
+        self.props
+            .iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, v)| v)
+            .collect()
     }
 }
 
@@ -562,7 +570,11 @@ mod tests {
             let mut out = Vec::new();
             put_vbi(&mut out, *value);
             assert_eq!(&out, bytes, "encode {value}");
-            assert_eq!(get_vbi(bytes), Some((*value, bytes.len())), "decode {value}");
+            assert_eq!(
+                get_vbi(bytes),
+                Some((*value, bytes.len())),
+                "decode {value}"
+            );
         }
         assert_eq!(get_vbi(&[0xFF, 0xFF, 0xFF, 0xFF, 0x7F]), None);
     }
@@ -573,7 +585,9 @@ mod tests {
         let bytes = Connect::v4("a", true).keep_alive(10).encode();
         assert_eq!(
             bytes,
-            vec![0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10, 0, 1, b'a']
+            vec![
+                0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10, 0, 1, b'a'
+            ]
         );
     }
 
@@ -602,7 +616,10 @@ mod tests {
         let (len, n) = get_vbi(&bytes[1..]).unwrap();
         assert_eq!(len as usize, bytes.len() - 1 - n);
         let r = parse_publish(bytes[0], &bytes[1 + n..], true).unwrap();
-        assert_eq!((r.topic.as_str(), r.qos, r.retain, r.packet_id), ("a/b", 1, true, 9));
+        assert_eq!(
+            (r.topic.as_str(), r.qos, r.retain, r.packet_id),
+            ("a/b", 1, true, 9)
+        );
         assert_eq!(r.payload, b"hi");
         assert_eq!(
             r.prop(prop::CONTENT_TYPE),

@@ -10,6 +10,10 @@
 //! then hide on both sides of the wire. With `IOTHUB_TEST_EXTERNAL_BROKER=127.0.0.1:1883` the
 //! tests run against that broker instead (a conformant reference such as Mosquitto, to validate
 //! the tests themselves); tests that need iothub's own configuration then skip with a note.
+//!
+//! Everything here is test-helper code: a failed expectation is reported by panicking with a
+//! message that says what was expected, which is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod clients;
 pub mod frames;
@@ -307,7 +311,10 @@ mod tests {
         let b = unique("c");
         assert_ne!(a, b);
         for s in [a, b] {
-            assert!(s.len() <= 23 && s.chars().all(|c| c.is_ascii_alphanumeric()), "{s}");
+            assert!(
+                s.len() <= 23 && s.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{s}"
+            );
         }
     }
 

@@ -237,14 +237,26 @@ impl RawClient {
         match publish.qos {
             1 => {
                 let ack = self.expect_kind(kind::PUBACK, "PUBACK");
-                assert_eq!(&ack.body[..2], &publish.packet_id.to_be_bytes(), "PUBACK id");
+                assert_eq!(
+                    &ack.body[..2],
+                    &publish.packet_id.to_be_bytes(),
+                    "PUBACK id"
+                );
             }
             2 => {
                 let rec = self.expect_kind(kind::PUBREC, "PUBREC");
-                assert_eq!(&rec.body[..2], &publish.packet_id.to_be_bytes(), "PUBREC id");
+                assert_eq!(
+                    &rec.body[..2],
+                    &publish.packet_id.to_be_bytes(),
+                    "PUBREC id"
+                );
                 self.send_ok(&frames::ack(kind::PUBREL, publish.packet_id));
                 let comp = self.expect_kind(kind::PUBCOMP, "PUBCOMP");
-                assert_eq!(&comp.body[..2], &publish.packet_id.to_be_bytes(), "PUBCOMP id");
+                assert_eq!(
+                    &comp.body[..2],
+                    &publish.packet_id.to_be_bytes(),
+                    "PUBCOMP id"
+                );
             }
             _ => {}
         }
@@ -273,7 +285,9 @@ impl RawClient {
             match self.next_publish(WAIT) {
                 Ok(r) if r.topic == sentinel => return before,
                 Ok(r) => before.push(r),
-                Err(e) => panic!("no PUBLISH on the sentinel {sentinel} ({e:?}); before it: {before:?}"),
+                Err(e) => {
+                    panic!("no PUBLISH on the sentinel {sentinel} ({e:?}); before it: {before:?}")
+                }
             }
         }
     }
@@ -311,7 +325,11 @@ impl RawClient {
                     let id = u16::from_be_bytes([p.body[0], p.body[1]]);
                     self.send_ok(&frames::ack(kind::PUBCOMP, id));
                 }
-                _ => panic!("expected a PUBLISH, got type {} body {:02x?}", p.kind(), p.body),
+                _ => panic!(
+                    "expected a PUBLISH, got type {} body {:02x?}",
+                    p.kind(),
+                    p.body
+                ),
             }
         }
     }
@@ -323,9 +341,17 @@ pub fn assert_serving(addr: SocketAddr) {
     let id = crate::unique("alive");
     let topic = format!("{id}/alive");
     let (mut sub, _) = RawClient::connected(addr, &Connect::v4(&id, true));
-    assert_eq!(sub.subscribe(1, &[(&topic, 1)]), vec![1], "SUBACK of the liveness check");
-    let (mut publisher, _) = RawClient::connected(addr, &Connect::v4(&crate::unique("alive"), true));
+    assert_eq!(
+        sub.subscribe(1, &[(&topic, 1)]),
+        vec![1],
+        "SUBACK of the liveness check"
+    );
+    let (mut publisher, _) =
+        RawClient::connected(addr, &Connect::v4(&crate::unique("alive"), true));
     publisher.publish(&frames::Publish::v4(&topic, b"still serving").qos(1, 2));
     let r = sub.expect_publish_acked();
-    assert_eq!((r.topic.as_str(), r.payload.as_slice()), (topic.as_str(), &b"still serving"[..]));
+    assert_eq!(
+        (r.topic.as_str(), r.payload.as_slice()),
+        (topic.as_str(), &b"still serving"[..])
+    );
 }

@@ -16,7 +16,9 @@ pub fn mosquitto_pub(addr: SocketAddr, args: &[&str]) -> Output {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run mosquitto_pub (apt-get install mosquitto-clients): {e}"))
+        .unwrap_or_else(|e| {
+            panic!("cannot run mosquitto_pub (apt-get install mosquitto-clients): {e}")
+        })
 }
 
 /// A running `mosquitto_sub`, its output lines read on a thread.
@@ -43,7 +45,9 @@ impl MosquittoSub {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run mosquitto_sub (apt-get install mosquitto-clients): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run mosquitto_sub (apt-get install mosquitto-clients): {e}")
+            });
         let (tx, lines) = mpsc::channel();
         if let Some(out) = child.stdout.take() {
             let tx = tx.clone();
@@ -122,14 +126,20 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let chunked = head
         .lines()
         .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (status, body)
 }
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -144,7 +154,9 @@ fn dechunk(mut body: &str) -> String {
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         let (label_part, value) = match rest.strip_prefix('{') {
             Some(r) => match r.split_once('}') {
                 Some((l, v)) => (l, v),
@@ -159,7 +171,11 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
         {
             continue;
         }
-        if let Some(v) = value.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
+        if let Some(v) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
             found = Some(found.unwrap_or(0.0) + v);
         }
     }
@@ -178,8 +194,13 @@ mod tests {
                     iothub_messages_dropped_total{hub=\"default\",reason=\"expired\"} 7\n\
                     iothub_messages_dropped_total_extra 9\n\
                     iothub_connections 4\n";
-        let cases: &[(&str, &[(&str, &str)], Option<f64>)] = &[
-            ("iothub_messages_dropped_total", &[("reason", "queue_full")], Some(5.0)),
+        type Labels<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(&str, Labels, Option<f64>)] = &[
+            (
+                "iothub_messages_dropped_total",
+                &[("reason", "queue_full")],
+                Some(5.0),
+            ),
             ("iothub_messages_dropped_total", &[], Some(12.0)),
             ("iothub_messages_dropped_total", &[("reason", "nope")], None),
             ("iothub_connections", &[], Some(4.0)),

@@ -2,9 +2,9 @@
 //! code and/or a close) and the hub keeps serving everyone else afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
-use iothub_e2e::frames::{self, Connect, PropValue, Publish, Will, frame, kind, prop, put_bin, put_str};
+use iothub_e2e::frames::{
+    self, Connect, PropValue, Publish, Will, frame, kind, prop, put_bin, put_str,
+};
 use iothub_e2e::raw::{QUIET, RawClient, ReadError, WAIT, assert_serving};
 use iothub_e2e::{Hub, config, unique};
 
@@ -33,7 +33,11 @@ fn unsubscribe_raw(v5: bool, filter: &[u8]) -> Vec<u8> {
 }
 
 fn publish_raw_topic(v5: bool, topic: &[u8]) -> Vec<u8> {
-    let mut p = if v5 { Publish::v5("", b"x") } else { Publish::v4("", b"x") };
+    let mut p = if v5 {
+        Publish::v5("", b"x")
+    } else {
+        Publish::v4("", b"x")
+    };
     p.topic = topic.to_vec();
     p.encode()
 }
@@ -82,7 +86,10 @@ fn deviates(cases: impl IntoIterator<Item = Case>) -> Vec<Case> {
 fn run_cases(hub: &Hub, cases: Vec<Case>) {
     for case in cases {
         if case.reference_deviates && !hub.is_iothub() {
-            eprintln!("note: case {:?} skipped: the external reference tolerates it", case.what);
+            eprintln!(
+                "note: case {:?} skipped: the external reference tolerates it",
+                case.what
+            );
             continue;
         }
         let connect = Connect {
@@ -95,7 +102,11 @@ fn run_cases(hub: &Hub, cases: Vec<Case>) {
         let _ = c.send(&case.bytes);
         let before = c.expect_closed(WAIT);
         if case.level == 5 {
-            assert!(before.len() <= 1, "{} (v5): at most one DISCONNECT: {before:?}", case.what);
+            assert!(
+                before.len() <= 1,
+                "{} (v5): at most one DISCONNECT: {before:?}",
+                case.what
+            );
             for p in &before {
                 assert_eq!(p.kind(), kind::DISCONNECT, "{} (v5): {p:?}", case.what);
                 let code = frames::disconnect_reason(&p.body);
@@ -107,7 +118,11 @@ fn run_cases(hub: &Hub, cases: Vec<Case>) {
                 );
             }
         } else {
-            assert!(before.is_empty(), "{} (3.1.1): closed without a reply: {before:?}", case.what);
+            assert!(
+                before.is_empty(),
+                "{} (3.1.1): closed without a reply: {before:?}",
+                case.what
+            );
         }
     }
     assert_serving(hub.mqtt_addr());
@@ -124,38 +139,72 @@ fn malformed_packets_close_the_connection() {
     cases.extend(both("remaining length of 5 bytes", MALFORMED, |_| {
         vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]
     }));
-    cases.extend(both("topic length past the end of the packet", MALFORMED, |_| {
-        vec![0x30, 0x03, 0x00, 0x05, b'a']
+    cases.extend(both(
+        "topic length past the end of the packet",
+        MALFORMED,
+        |_| vec![0x30, 0x03, 0x00, 0x05, b'a'],
+    ));
+    cases.extend(both(
+        "SUBSCRIBE without a topic filter",
+        MALFORMED_OR_PROTOCOL,
+        |v5| frame(0x82, if v5 { &[0, 1, 0] } else { &[0, 1] }),
+    ));
+    cases.extend(both(
+        "UNSUBSCRIBE without a topic filter",
+        MALFORMED_OR_PROTOCOL,
+        |v5| frame(0xA2, if v5 { &[0, 1, 0] } else { &[0, 1] }),
+    ));
+    cases.extend(both(
+        "SUBSCRIBE requesting QoS 3",
+        MALFORMED_OR_PROTOCOL,
+        |v5| subscribe_raw(v5, b"a/b", 0x03),
+    ));
+    cases.extend(both(
+        "SUBSCRIBE with fixed-header flags 0000",
+        MALFORMED,
+        |v5| {
+            let mut b = subscribe_raw(v5, b"a/b", 0);
+            b[0] = 0x80;
+            b
+        },
+    ));
+    cases.extend(both(
+        "UNSUBSCRIBE with fixed-header flags 0000",
+        MALFORMED,
+        |v5| {
+            let mut b = unsubscribe_raw(v5, b"a/b");
+            b[0] = 0xA0;
+            b
+        },
+    ));
+    cases.extend(both("PUBREL with flags 0000", MALFORMED, |_| {
+        vec![0x60, 0x02, 0x00, 0x01]
     }));
-    cases.extend(both("SUBSCRIBE without a topic filter", MALFORMED_OR_PROTOCOL, |v5| {
-        frame(0x82, if v5 { &[0, 1, 0] } else { &[0, 1] })
-    }));
-    cases.extend(both("UNSUBSCRIBE without a topic filter", MALFORMED_OR_PROTOCOL, |v5| {
-        frame(0xA2, if v5 { &[0, 1, 0] } else { &[0, 1] })
-    }));
-    cases.extend(both("SUBSCRIBE requesting QoS 3", MALFORMED_OR_PROTOCOL, |v5| {
-        subscribe_raw(v5, b"a/b", 0x03)
-    }));
-    cases.extend(both("SUBSCRIBE with fixed-header flags 0000", MALFORMED, |v5| {
-        let mut b = subscribe_raw(v5, b"a/b", 0);
-        b[0] = 0x80;
-        b
-    }));
-    cases.extend(both("UNSUBSCRIBE with fixed-header flags 0000", MALFORMED, |v5| {
-        let mut b = unsubscribe_raw(v5, b"a/b");
-        b[0] = 0xA0;
-        b
-    }));
-    cases.extend(both("PUBREL with flags 0000", MALFORMED, |_| vec![0x60, 0x02, 0x00, 0x01]));
-    cases.extend(deviates(both("PINGREQ with flags 0001", MALFORMED, |_| vec![0xC1, 0x00])));
-    cases.extend(both("reserved packet type 0", MALFORMED_OR_PROTOCOL, |_| vec![0x00, 0x00]));
-    cases.extend(both("CONNACK sent by a client", MALFORMED_OR_PROTOCOL, |_| {
-        vec![0x20, 0x02, 0x00, 0x00]
-    }));
-    cases.extend(both("PUBLISH QoS 1 with packet id 0", MALFORMED_OR_PROTOCOL, |v5| {
-        let p = if v5 { Publish::v5("a/b", b"x") } else { Publish::v4("a/b", b"x") };
-        p.qos(1, 0).encode()
-    }));
+    cases.extend(deviates(both("PINGREQ with flags 0001", MALFORMED, |_| {
+        vec![0xC1, 0x00]
+    })));
+    cases.extend(both(
+        "reserved packet type 0",
+        MALFORMED_OR_PROTOCOL,
+        |_| vec![0x00, 0x00],
+    ));
+    cases.extend(both(
+        "CONNACK sent by a client",
+        MALFORMED_OR_PROTOCOL,
+        |_| vec![0x20, 0x02, 0x00, 0x00],
+    ));
+    cases.extend(both(
+        "PUBLISH QoS 1 with packet id 0",
+        MALFORMED_OR_PROTOCOL,
+        |v5| {
+            let p = if v5 {
+                Publish::v5("a/b", b"x")
+            } else {
+                Publish::v4("a/b", b"x")
+            };
+            p.qos(1, 0).encode()
+        },
+    ));
     cases.push(Case {
         what: "SUBSCRIBE options with reserved bit 2 (3.1.1)",
         level: 4,
@@ -228,9 +277,15 @@ fn invalid_utf8_and_nul_in_topics_close_the_connection() {
     let mut cases = Vec::new();
     for (what, bytes) in bad {
         let bytes = *bytes;
-        cases.extend(both(what, MALFORMED_OR_PROTOCOL, move |v5| publish_raw_topic(v5, bytes)));
-        cases.extend(both(what, MALFORMED_OR_PROTOCOL, move |v5| subscribe_raw(v5, bytes, 0)));
-        cases.extend(both(what, MALFORMED_OR_PROTOCOL, move |v5| unsubscribe_raw(v5, bytes)));
+        cases.extend(both(what, MALFORMED_OR_PROTOCOL, move |v5| {
+            publish_raw_topic(v5, bytes)
+        }));
+        cases.extend(both(what, MALFORMED_OR_PROTOCOL, move |v5| {
+            subscribe_raw(v5, bytes, 0)
+        }));
+        cases.extend(both(what, MALFORMED_OR_PROTOCOL, move |v5| {
+            unsubscribe_raw(v5, bytes)
+        }));
     }
     run_cases(&hub, cases);
 }
@@ -242,14 +297,18 @@ fn wildcards_or_empty_topic_in_publish_close_the_connection() {
     let hub = Hub::start();
     let mut cases = Vec::new();
     for topic in ["a/+", "a/#", "#", "+", "a/b+", "a/#/c"] {
-        cases.extend(both("wildcard in a PUBLISH topic", &[0x81, 0x82, 0x90], move |v5| {
-            publish_raw_topic(v5, topic.as_bytes())
-        }));
+        cases.extend(both(
+            "wildcard in a PUBLISH topic",
+            &[0x81, 0x82, 0x90],
+            move |v5| publish_raw_topic(v5, topic.as_bytes()),
+        ));
     }
     // An empty topic: invalid in 3.1.1; in MQTT 5 only valid with a Topic Alias.
-    cases.extend(both("empty PUBLISH topic without a Topic Alias", PROTOCOL, |v5| {
-        publish_raw_topic(v5, b"")
-    }));
+    cases.extend(both(
+        "empty PUBLISH topic without a Topic Alias",
+        PROTOCOL,
+        |v5| publish_raw_topic(v5, b""),
+    ));
     run_cases(&hub, cases);
 }
 
@@ -293,9 +352,21 @@ fn v5_bad_properties_close_the_connection() {
     put_str(&mut overrun, "a/b");
     overrun.extend_from_slice(&[20, 0x01, 1]);
     let cases = vec![
-        v5("Topic Alias property twice", PROTOCOL, frame(0x30, &dup_alias)),
-        v5("unknown property 0x7F", MALFORMED_OR_PROTOCOL, frame(0x30, &unknown)),
-        v5("property length past the end", MALFORMED, frame(0x30, &overrun)),
+        v5(
+            "Topic Alias property twice",
+            PROTOCOL,
+            frame(0x30, &dup_alias),
+        ),
+        v5(
+            "unknown property 0x7F",
+            MALFORMED_OR_PROTOCOL,
+            frame(0x30, &unknown),
+        ),
+        v5(
+            "property length past the end",
+            MALFORMED,
+            frame(0x30, &overrun),
+        ),
         Case {
             reference_deviates: true,
             ..v5(
@@ -309,7 +380,11 @@ fn v5_bad_properties_close_the_connection() {
         v5(
             "Subscription Identifier 0 in SUBSCRIBE",
             MALFORMED_OR_PROTOCOL,
-            frames::subscribe(1, &[("a/b", 0)], Some(&[(prop::SUBSCRIPTION_ID, PropValue::Vbi(0))])),
+            frames::subscribe(
+                1,
+                &[("a/b", 0)],
+                Some(&[(prop::SUBSCRIPTION_ID, PropValue::Vbi(0))]),
+            ),
         ),
         v5(
             "Session Expiry on DISCONNECT after 0 on CONNECT",
@@ -391,14 +466,22 @@ fn invalid_topic_filters_are_refused() {
             let (mut c, _) = RawClient::connected(hub.mqtt_addr(), &connect);
             let good = format!("{}/ok", unique("t"));
             let props: &[(u8, PropValue)] = &[];
-            c.send_ok(&frames::subscribe(7, &[(&good, 1), (filter, 1)], (level == 5).then_some(props)));
+            c.send_ok(&frames::subscribe(
+                7,
+                &[(&good, 1), (filter, 1)],
+                (level == 5).then_some(props),
+            ));
             match c.read_packet(WAIT) {
                 Ok(p) if p.kind() == kind::SUBACK => {
                     let (id, codes) = frames::parse_ack_codes(&p.body, level == 5).unwrap();
                     assert_eq!(id, 7);
                     assert_eq!(codes.len(), 2, "{filter:?}: one code per filter");
                     assert_eq!(codes[0], 1, "{filter:?}: the valid filter is granted");
-                    assert!(codes[1] >= 0x80, "{filter:?} level {level}: granted {:#x}", codes[1]);
+                    assert!(
+                        codes[1] >= 0x80,
+                        "{filter:?} level {level}: granted {:#x}",
+                        codes[1]
+                    );
                     c.ping();
                 }
                 Ok(p) if p.kind() == kind::DISCONNECT && level == 5 => {
@@ -440,7 +523,11 @@ fn packet_id_reused_while_in_flight_is_not_delivered_twice() {
             },
         );
         let publish = |payload: &[u8], qos: u8| {
-            let p = if v5 { Publish::v5(&topic, payload) } else { Publish::v4(&topic, payload) };
+            let p = if v5 {
+                Publish::v5(&topic, payload)
+            } else {
+                Publish::v4(&topic, payload)
+            };
             p.qos(qos, 42)
         };
         p.send_ok(&publish(b"first", 2).encode());
@@ -451,7 +538,11 @@ fn packet_id_reused_while_in_flight_is_not_delivered_twice() {
         let rec = p.expect_kind(kind::PUBREC, "PUBREC for the reused id");
         assert_eq!(&rec.body[..2], &[0, 42]);
         if v5 && rec.body.len() > 2 {
-            assert!(matches!(rec.body[2], 0x00 | 0x91), "PUBREC reason {:#x}", rec.body[2]);
+            assert!(
+                matches!(rec.body[2], 0x00 | 0x91),
+                "PUBREC reason {:#x}",
+                rec.body[2]
+            );
         }
         again.dup = true;
         p.send_ok(&again.encode());
@@ -461,9 +552,17 @@ fn packet_id_reused_while_in_flight_is_not_delivered_twice() {
         // QoS 1 with the same id twice, each after its PUBACK: two messages.
         p.publish(&publish(b"third", 1));
         p.publish(&publish(b"fourth", 1));
-        let s = if v5 { Publish::v5(&sentinel, b"") } else { Publish::v4(&sentinel, b"") };
+        let s = if v5 {
+            Publish::v5(&sentinel, b"")
+        } else {
+            Publish::v4(&sentinel, b"")
+        };
         p.publish(&s);
-        let got: Vec<Vec<u8>> = sub.publishes_until(&sentinel).into_iter().map(|r| r.payload).collect();
+        let got: Vec<Vec<u8>> = sub
+            .publishes_until(&sentinel)
+            .into_iter()
+            .map(|r| r.payload)
+            .collect();
         // Which of the two contents wins is the receiver's choice (it may deliver at PUBLISH or
         // at PUBREL time, §4.3.3); that only one is delivered is not.
         assert_eq!(got.len(), 3, "level {level}: {got:?}");
@@ -472,7 +571,11 @@ fn packet_id_reused_while_in_flight_is_not_delivered_twice() {
             "level {level}: {:?}",
             String::from_utf8_lossy(&got[0])
         );
-        assert_eq!(&got[1..], &[b"third".to_vec(), b"fourth".to_vec()], "level {level}");
+        assert_eq!(
+            &got[1..],
+            &[b"third".to_vec(), b"fourth".to_vec()],
+            "level {level}"
+        );
     }
     assert_serving(hub.mqtt_addr());
 }
@@ -537,23 +640,41 @@ fn oversize_packets_are_refused() {
         };
         let (mut c, ack) = RawClient::connected(hub.mqtt_addr(), &connect);
         if v5 {
-            assert_eq!(ack.prop(prop::MAXIMUM_PACKET_SIZE), Some(&PropValue::U32(1024)), "{ack:?}");
+            assert_eq!(
+                ack.prop(prop::MAXIMUM_PACKET_SIZE),
+                Some(&PropValue::U32(1024)),
+                "{ack:?}"
+            );
         }
         // A packet just under the limit is fine.
-        let fits = if v5 { Publish::v5("a/b", &[1u8; 900]) } else { Publish::v4("a/b", &[1u8; 900]) };
+        let fits = if v5 {
+            Publish::v5("a/b", &[1u8; 900])
+        } else {
+            Publish::v4("a/b", &[1u8; 900])
+        };
         c.publish(&fits.qos(1, 1));
-        let big = if v5 { Publish::v5("a/b", &[1u8; 2000]) } else { Publish::v4("a/b", &[1u8; 2000]) };
+        let big = if v5 {
+            Publish::v5("a/b", &[1u8; 2000])
+        } else {
+            Publish::v4("a/b", &[1u8; 2000])
+        };
         let _ = c.send(&big.encode());
         let before = c.expect_closed(WAIT);
         for p in &before {
             assert!(v5, "3.1.1 has no DISCONNECT from the server: {p:?}");
-            assert_eq!((p.kind(), frames::disconnect_reason(&p.body)), (kind::DISCONNECT, 0x95));
+            assert_eq!(
+                (p.kind(), frames::disconnect_reason(&p.body)),
+                (kind::DISCONNECT, 0x95)
+            );
         }
         let (mut c, _) = RawClient::connected(hub.mqtt_addr(), &connect);
         let _ = c.send(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F]);
         let before = c.expect_closed(WAIT);
         for p in &before {
-            assert_eq!((p.kind(), frames::disconnect_reason(&p.body)), (kind::DISCONNECT, 0x95));
+            assert_eq!(
+                (p.kind(), frames::disconnect_reason(&p.body)),
+                (kind::DISCONNECT, 0x95)
+            );
         }
     }
     assert_serving(hub.mqtt_addr());
@@ -589,12 +710,13 @@ fn a_burst_of_garbage_connections_leaves_the_hub_serving() {
         let mut c = RawClient::connect(addr);
         let _ = c.send(bytes);
         // Either closed at once or left waiting for more bytes; never a CONNACK success.
-        match c.read_packet(QUIET) {
-            Ok(p) => assert!(p.kind() != kind::CONNACK || p.body.get(1) != Some(&0), "{p:?}"),
-            Err(_) => {}
+        if let Ok(p) = c.read_packet(QUIET) {
+            assert!(
+                p.kind() != kind::CONNACK || p.body.get(1) != Some(&0),
+                "{p:?}"
+            );
         }
     }
-    std::thread::sleep(Duration::from_millis(50));
     assert!(!hub.has_exited(), "the hub process died: {}", hub.logs());
     assert_serving(addr);
 }

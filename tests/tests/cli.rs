@@ -42,14 +42,27 @@ fn run(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String, String)
         std::thread::sleep(Duration::from_millis(20));
     };
     let (mut out, mut err) = (String::new(), String::new());
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     (status, out, err)
 }
 
 /// A free 127.0.0.1 port (bound, then released).
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// The configuration schema of hub-interface.md, strict: an unexpected key fails the parse.
@@ -134,12 +147,27 @@ fn generate_config_prints_the_embedded_default() {
     let parsed: ConfigFile = serde_saphyr::from_str(&out).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(parsed.listeners.mqtt.len(), 1);
     let l = &parsed.listeners.mqtt[0];
-    assert_eq!((l.name.as_str(), l.bind, l.anonymous_hub.as_str()), ("mqtt", "127.0.0.1:1883".parse().unwrap(), "default"));
-    assert_eq!(parsed.api.bind, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
-    assert_eq!(parsed.mqtt, MqttSection { connect_timeout_secs: 10, max_packet_size: 4_259_840 });
+    assert_eq!(
+        (l.name.as_str(), l.bind, l.anonymous_hub.as_str()),
+        ("mqtt", "127.0.0.1:1883".parse().unwrap(), "default")
+    );
+    assert_eq!(
+        parsed.api.bind,
+        "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        parsed.mqtt,
+        MqttSection {
+            connect_timeout_secs: 10,
+            max_packet_size: 4_259_840
+        }
+    );
     assert_eq!(parsed.hubs.len(), 1);
     let h = &parsed.hubs[0];
-    assert_eq!((h.name.as_str(), h.plan.as_str(), h.allow_anonymous), ("default", "plan_dedicated", true));
+    assert_eq!(
+        (h.name.as_str(), h.plan.as_str(), h.allow_anonymous),
+        ("default", "plan_dedicated", true)
+    );
     assert_eq!(
         h.limits,
         Limits {
@@ -165,7 +193,10 @@ fn the_generated_config_serves() {
     }
     let (_, out, _) = run(&["generate-config"], WAIT);
     let hub = Hub::start_with(&out).unwrap();
-    for connect in [Connect::v4(&unique("g"), true), Connect::v5(&unique("g"), true)] {
+    for connect in [
+        Connect::v4(&unique("g"), true),
+        Connect::v5(&unique("g"), true),
+    ] {
         let (mut c, _) = RawClient::connected(hub.mqtt_addr(), &connect);
         c.ping();
     }
@@ -201,7 +232,10 @@ fn config_mistakes_exit_2_naming_file_line_and_column() {
         lines[line - 1] = replacement;
         let path = dir.path().join(format!("case-{line}.yaml"));
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        let (status, _, err) = run(&["serve", "--config", path.to_str().unwrap()], Duration::from_secs(10));
+        let (status, _, err) = run(
+            &["serve", "--config", path.to_str().unwrap()],
+            Duration::from_secs(10),
+        );
         let status = status.unwrap_or_else(|| panic!("{what}: still running after 10 s:\n{err}"));
         assert_eq!(status.code(), Some(2), "{what}: exit code; stderr:\n{err}");
         let marker = format!("{}:{line}:", path.display());
@@ -212,14 +246,20 @@ fn config_mistakes_exit_2_naming_file_line_and_column() {
             err[at + marker.len()..].starts_with(|c: char| c.is_ascii_digit()),
             "{what}: a column follows the line: {err}"
         );
-        assert!(!err.contains("listening"), "{what}: nothing may be bound first:\n{err}");
+        assert!(
+            !err.contains("listening"),
+            "{what}: nothing may be bound first:\n{err}"
+        );
         // The configured ports are still free.
         TcpListener::bind(mqtt).unwrap_or_else(|e| panic!("{what}: {mqtt} was left bound: {e}"));
         TcpListener::bind(api).unwrap_or_else(|e| panic!("{what}: {api} was left bound: {e}"));
     }
     // A missing file is a configuration error too, and says which file.
     let missing = dir.path().join("missing.yaml");
-    let (status, _, err) = run(&["serve", "--config", missing.to_str().unwrap()], Duration::from_secs(10));
+    let (status, _, err) = run(
+        &["serve", "--config", missing.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
     assert!(err.contains("missing.yaml"), "{err}");
 }
@@ -234,13 +274,28 @@ fn a_port_in_use_exits_nonzero_naming_the_address() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     for args in [
-        ["serve", "--mqtt-addr", addr.as_str(), "--api-addr", "127.0.0.1:0"],
-        ["serve", "--mqtt-addr", "127.0.0.1:0", "--api-addr", addr.as_str()],
+        [
+            "serve",
+            "--mqtt-addr",
+            addr.as_str(),
+            "--api-addr",
+            "127.0.0.1:0",
+        ],
+        [
+            "serve",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            addr.as_str(),
+        ],
     ] {
         let (status, _, err) = run(&args, Duration::from_secs(10));
         let status = status.unwrap_or_else(|| panic!("{args:?}: still running after 10 s:\n{err}"));
         assert!(!status.success(), "{args:?}: must fail");
-        assert!(err.contains(&addr), "{args:?}: stderr must name {addr}:\n{err}");
+        assert!(
+            err.contains(&addr),
+            "{args:?}: stderr must name {addr}:\n{err}"
+        );
     }
 }
 
@@ -255,10 +310,17 @@ fn sigterm_shuts_down_gracefully() {
     let (mut v5, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v5(&unique("t5"), true));
     let (mut v4, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("t4"), true));
     let status = hub.terminate(Duration::from_secs(10));
-    assert!(status.is_some_and(|s| s.code() == Some(0)), "exit status {status:?}:\n{}", hub.logs());
+    assert!(
+        status.is_some_and(|s| s.code() == Some(0)),
+        "exit status {status:?}:\n{}",
+        hub.logs()
+    );
     let before = v5.expect_closed(WAIT);
     assert_eq!(before.len(), 1, "{before:?}");
-    assert_eq!((before[0].kind(), frames::disconnect_reason(&before[0].body)), (kind::DISCONNECT, 0x8B));
+    assert_eq!(
+        (before[0].kind(), frames::disconnect_reason(&before[0].body)),
+        (kind::DISCONNECT, 0x8B)
+    );
     assert!(v4.expect_closed(WAIT).is_empty());
 }
 
@@ -275,7 +337,10 @@ fn healthz_and_metrics_are_served() {
     iothub_e2e::raw::assert_serving(hub.mqtt_addr());
     let (status, body) = http_get(api, "/metrics");
     assert_eq!(status, 200);
-    assert!(body.lines().any(|l| l.starts_with("iothub_")), "no iothub_ metric:\n{body}");
+    assert!(
+        body.lines().any(|l| l.starts_with("iothub_")),
+        "no iothub_ metric:\n{body}"
+    );
     let (status, _) = http_get(api, "/no-such-path");
     assert_eq!(status, 404);
 }

@@ -12,14 +12,28 @@ use iothub_e2e::{Hub, config, unique};
 /// failure code (>= 0x80 for MQTT 5, 1..=5 for 3.1.1) — never a success.
 fn assert_only_refusals(before_close: &[iothub_e2e::raw::Packet], v5: bool, what: &str) {
     for p in before_close {
-        assert_eq!(p.kind(), kind::CONNACK, "{what}: only a CONNACK may precede the close: {p:?}");
+        assert_eq!(
+            p.kind(),
+            kind::CONNACK,
+            "{what}: only a CONNACK may precede the close: {p:?}"
+        );
         let code = p.body.get(1).copied().unwrap_or(0);
         if v5 {
-            assert!(code >= 0x80, "{what}: CONNACK code {code:#x} is not a refusal");
+            assert!(
+                code >= 0x80,
+                "{what}: CONNACK code {code:#x} is not a refusal"
+            );
         } else {
-            assert!((1..=5).contains(&code), "{what}: CONNACK code {code:#x} is not a refusal");
+            assert!(
+                (1..=5).contains(&code),
+                "{what}: CONNACK code {code:#x} is not a refusal"
+            );
         }
-        assert_eq!(p.body[0] & 0x01, 0, "{what}: Session Present must be 0 on a refusal");
+        assert_eq!(
+            p.body[0] & 0x01,
+            0,
+            "{what}: Session Present must be 0 on a refusal"
+        );
     }
 }
 
@@ -36,7 +50,10 @@ fn connack_success_is_the_first_packet_with_clean_flags() {
         };
         let ack = c.handshake(&connect);
         assert_eq!(ack.code, 0, "level {level}");
-        assert_eq!(ack.flags, 0, "level {level}: reserved bits and Session Present are 0");
+        assert_eq!(
+            ack.flags, 0,
+            "level {level}: reserved bits and Session Present are 0"
+        );
         c.ping();
     }
 }
@@ -66,9 +83,17 @@ fn unsupported_protocol_levels_are_refused_with_0x01_and_closed() {
         connect.level = *level;
         c.send_ok(&connect.encode());
         let before = c.expect_closed(WAIT);
-        assert_eq!(before.len(), 1, "{name}/{level}: one CONNACK then close: {before:?}");
+        assert_eq!(
+            before.len(),
+            1,
+            "{name}/{level}: one CONNACK then close: {before:?}"
+        );
         assert_eq!(before[0].first_byte, 0x20, "{name}/{level}: CONNACK");
-        assert_eq!(before[0].body, vec![0x00, 0x01], "{name}/{level}: 3.1.1 CONNACK 0x01");
+        assert_eq!(
+            before[0].body,
+            vec![0x00, 0x01],
+            "{name}/{level}: 3.1.1 CONNACK 0x01"
+        );
     }
     assert_serving(hub.mqtt_addr());
 }
@@ -166,7 +191,11 @@ fn v4_empty_client_id_with_clean_session_0_is_refused_with_0x02() {
     let before = c.expect_closed(WAIT);
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0].first_byte, 0x20);
-    assert_eq!(before[0].body, vec![0x00, 0x02], "identifier rejected, Session Present 0");
+    assert_eq!(
+        before[0].body,
+        vec![0x00, 0x02],
+        "identifier rejected, Session Present 0"
+    );
     assert_serving(hub.mqtt_addr());
 }
 
@@ -230,7 +259,10 @@ fn client_ids_of_1_to_23_alphanumerics_are_accepted() {
 #[test]
 fn pingreq_is_answered_with_pingresp() {
     let hub = Hub::start();
-    for connect in [Connect::v4(&unique("p"), true), Connect::v5(&unique("p"), true)] {
+    for connect in [
+        Connect::v4(&unique("p"), true),
+        Connect::v5(&unique("p"), true),
+    ] {
         let (mut c, _) = RawClient::connected(hub.mqtt_addr(), &connect);
         for _ in 0..3 {
             c.send_ok(&iothub_e2e::frames::pingreq());
@@ -253,7 +285,8 @@ fn keep_alive_expiry_closes_a_silent_client_but_not_a_pinging_one() {
         .keep_alive(1);
         let (mut c, ack) = RawClient::connected(hub.mqtt_addr(), &connect);
         assert!(
-            ack.prop(prop::SERVER_KEEP_ALIVE).is_none_or(|v| *v == PropValue::U16(1)),
+            ack.prop(prop::SERVER_KEEP_ALIVE)
+                .is_none_or(|v| *v == PropValue::U16(1)),
             "a server keep alive other than 1 would change the test: {ack:?}"
         );
         // Packets every half keep-alive keep the connection open for well over 1.5 x 1 s.
@@ -265,7 +298,11 @@ fn keep_alive_expiry_closes_a_silent_client_but_not_a_pinging_one() {
         let before = c.expect_closed(WAIT);
         for p in &before {
             assert_eq!(p.kind(), kind::DISCONNECT, "{p:?}");
-            assert_eq!(p.body.first(), Some(&0x8D), "v5 DISCONNECT on keep-alive: 0x8D");
+            assert_eq!(
+                p.body.first(),
+                Some(&0x8D),
+                "v5 DISCONNECT on keep-alive: 0x8D"
+            );
         }
     }
     assert_serving(hub.mqtt_addr());
@@ -277,7 +314,8 @@ fn v5_no_response_information_unless_requested() {
     let hub = Hub::start();
     let (_c, ack) = RawClient::connected(hub.mqtt_addr(), &Connect::v5(&unique("ri"), true));
     assert!(ack.prop(prop::RESPONSE_INFO).is_none(), "{ack:?}");
-    let connect = Connect::v5(&unique("ri"), true).prop(prop::REQUEST_RESPONSE_INFO, PropValue::Byte(0));
+    let connect =
+        Connect::v5(&unique("ri"), true).prop(prop::REQUEST_RESPONSE_INFO, PropValue::Byte(0));
     let (_c, ack) = RawClient::connected(hub.mqtt_addr(), &connect);
     assert!(ack.prop(prop::RESPONSE_INFO).is_none(), "{ack:?}");
 }
@@ -304,7 +342,11 @@ fn v5_request_problem_information_0_keeps_acks_bare() {
             );
         }
     };
-    c.send_ok(&iothub_e2e::frames::subscribe(1, &[(&topic, 1), ("bad/#/filter", 0)], Some(&[])));
+    c.send_ok(&iothub_e2e::frames::subscribe(
+        1,
+        &[(&topic, 1), ("bad/#/filter", 0)],
+        Some(&[]),
+    ));
     match c.read_packet(WAIT) {
         Ok(p) if p.kind() == kind::SUBACK => check(&p, 2),
         // Closing on the invalid filter is allowed too; then nothing more to check here.
@@ -313,7 +355,11 @@ fn v5_request_problem_information_0_keeps_acks_bare() {
         other => panic!("expected SUBACK, got {other:?}"),
     }
     for (qos, t) in [(1u8, &no_sub), (2, &no_sub)] {
-        c.send_ok(&iothub_e2e::frames::Publish::v5(t, b"x").qos(qos, 5).encode());
+        c.send_ok(
+            &iothub_e2e::frames::Publish::v5(t, b"x")
+                .qos(qos, 5)
+                .encode(),
+        );
         let p = c.expect_packet("PUBACK/PUBREC");
         check(&p, 3);
         if qos == 2 {
@@ -322,7 +368,11 @@ fn v5_request_problem_information_0_keeps_acks_bare() {
             check(&p, 3);
         }
     }
-    c.send_ok(&iothub_e2e::frames::unsubscribe(9, &["never/subscribed"], true));
+    c.send_ok(&iothub_e2e::frames::unsubscribe(
+        9,
+        &["never/subscribed"],
+        true,
+    ));
     let p = c.expect_kind(kind::UNSUBACK, "UNSUBACK");
     check(&p, 2);
 }
@@ -340,7 +390,10 @@ fn v5_unsupported_authentication_method_is_refused() {
     for p in &before {
         assert_eq!(p.kind(), kind::CONNACK, "no AUTH may be sent: {p:?}");
         let code = p.body[1];
-        assert!(matches!(code, 0x8C | 0x87), "CONNACK {code:#x}, want 0x8C or 0x87");
+        assert!(
+            matches!(code, 0x8C | 0x87),
+            "CONNACK {code:#x}, want 0x8C or 0x87"
+        );
     }
     assert_serving(hub.mqtt_addr());
 }
@@ -359,17 +412,35 @@ fn v5_connack_announces_the_configured_limits() {
             ("max_keep_alive_secs", 20),
         ],
     );
-    let Some(hub) = Hub::start_with(&yaml) else { return };
+    let Some(hub) = Hub::start_with(&yaml) else {
+        return;
+    };
     let connect = Connect::v5(&unique("lim"), true)
         .keep_alive(100)
         .prop(prop::SESSION_EXPIRY, PropValue::U32(3600));
     let (_c, ack) = RawClient::connected(hub.mqtt_addr(), &connect);
     let cases = [
         ("Receive Maximum", prop::RECEIVE_MAXIMUM, PropValue::U16(7)),
-        ("Topic Alias Maximum", prop::TOPIC_ALIAS_MAXIMUM, PropValue::U16(5)),
-        ("Maximum Packet Size", prop::MAXIMUM_PACKET_SIZE, PropValue::U32(20_000)),
-        ("Session Expiry Interval", prop::SESSION_EXPIRY, PropValue::U32(30)),
-        ("Server Keep Alive", prop::SERVER_KEEP_ALIVE, PropValue::U16(20)),
+        (
+            "Topic Alias Maximum",
+            prop::TOPIC_ALIAS_MAXIMUM,
+            PropValue::U16(5),
+        ),
+        (
+            "Maximum Packet Size",
+            prop::MAXIMUM_PACKET_SIZE,
+            PropValue::U32(20_000),
+        ),
+        (
+            "Session Expiry Interval",
+            prop::SESSION_EXPIRY,
+            PropValue::U32(30),
+        ),
+        (
+            "Server Keep Alive",
+            prop::SERVER_KEEP_ALIVE,
+            PropValue::U16(20),
+        ),
     ];
     for (what, id, want) in cases {
         assert_eq!(ack.prop(id), Some(&want), "{what} in {ack:?}");
@@ -380,11 +451,13 @@ fn v5_connack_announces_the_configured_limits() {
         .prop(prop::SESSION_EXPIRY, PropValue::U32(10));
     let (_c, ack) = RawClient::connected(hub.mqtt_addr(), &connect);
     assert!(
-        ack.prop(prop::SERVER_KEEP_ALIVE).is_none_or(|v| *v == PropValue::U16(10)),
+        ack.prop(prop::SERVER_KEEP_ALIVE)
+            .is_none_or(|v| *v == PropValue::U16(10)),
         "{ack:?}"
     );
     assert!(
-        ack.prop(prop::SESSION_EXPIRY).is_none_or(|v| *v == PropValue::U32(10)),
+        ack.prop(prop::SESSION_EXPIRY)
+            .is_none_or(|v| *v == PropValue::U32(10)),
         "{ack:?}"
     );
 }
@@ -398,10 +471,16 @@ fn data_after_a_refused_connect_is_not_processed() {
     let topic = format!("{}/after-refusal", unique("t"));
     let (mut sub, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("s"), true));
     sub.subscribe(1, &[(&topic, 0)]);
-    for (level, refused) in [(4u8, Connect::v4("", false)), (5, Connect {
-        level: 6,
-        ..Connect::v4(&unique("r"), true)
-    })] {
+    for (level, refused) in [
+        (4u8, Connect::v4("", false)),
+        (
+            5,
+            Connect {
+                level: 6,
+                ..Connect::v4(&unique("r"), true)
+            },
+        ),
+    ] {
         let mut c = RawClient::connect(hub.mqtt_addr());
         let mut bytes = refused.encode();
         let publish = if level == 5 {

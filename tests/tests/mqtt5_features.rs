@@ -55,8 +55,14 @@ fn client_topic_aliases_are_accepted_and_remapped() {
     }
     for (_, _, payload, want_topic) in &steps {
         let r = sub.expect_publish();
-        assert_eq!((r.topic.as_str(), r.payload.as_slice()), (*want_topic, *payload));
-        assert!(r.prop(prop::TOPIC_ALIAS).is_none(), "the subscriber did not allow aliases");
+        assert_eq!(
+            (r.topic.as_str(), r.payload.as_slice()),
+            (*want_topic, *payload)
+        );
+        assert!(
+            r.prop(prop::TOPIC_ALIAS).is_none(),
+            "the subscriber did not allow aliases"
+        );
     }
 }
 
@@ -70,17 +76,26 @@ fn invalid_topic_aliases_disconnect() {
     // Set alias 1 on one connection; the next connection must not know it.
     let (mut first, ack) = RawClient::connected(hub.mqtt_addr(), &Connect::v5(&id, true));
     let max = alias_max(&ack);
-    first.publish(&Publish::v5(&format!("{id}/x"), b"x").prop(prop::TOPIC_ALIAS, PropValue::U16(1)));
+    first
+        .publish(&Publish::v5(&format!("{id}/x"), b"x").prop(prop::TOPIC_ALIAS, PropValue::U16(1)));
     first.send_ok(&frames::disconnect(Some(0)));
     first.expect_closed(WAIT);
     let cases: Vec<(&str, Publish, u8)> = vec![
-        ("alias 0", Publish::v5("a/b", b"x").prop(prop::TOPIC_ALIAS, PropValue::U16(0)), 0x94),
+        (
+            "alias 0",
+            Publish::v5("a/b", b"x").prop(prop::TOPIC_ALIAS, PropValue::U16(0)),
+            0x94,
+        ),
         (
             "alias above the maximum",
             Publish::v5("a/b", b"x").prop(prop::TOPIC_ALIAS, PropValue::U16(max.saturating_add(1))),
             0x94,
         ),
-        ("unknown alias with an empty topic", Publish::v5("", b"x").prop(prop::TOPIC_ALIAS, PropValue::U16(1)), 0x82),
+        (
+            "unknown alias with an empty topic",
+            Publish::v5("", b"x").prop(prop::TOPIC_ALIAS, PropValue::U16(1)),
+            0x82,
+        ),
     ];
     for (what, publish, code) in cases {
         if what == "alias 0" && !hub.is_iothub() {
@@ -110,7 +125,8 @@ fn server_topic_aliases_respect_the_client_maximum() {
     let base = unique("sa");
     let filter = format!("{base}/#");
     let mut none = sub_v5(&hub, &filter, 0);
-    let connect = Connect::v5(&unique("al"), true).prop(prop::TOPIC_ALIAS_MAXIMUM, PropValue::U16(2));
+    let connect =
+        Connect::v5(&unique("al"), true).prop(prop::TOPIC_ALIAS_MAXIMUM, PropValue::U16(2));
     let (mut two, _) = RawClient::connected(hub.mqtt_addr(), &connect);
     two.subscribe(1, &[(&filter, 0)]);
     let (mut p, _) = v5(&hub);
@@ -125,7 +141,10 @@ fn server_topic_aliases_respect_the_client_maximum() {
     for t in &topics {
         let r = none.expect_publish();
         assert_eq!(&r.topic, t);
-        assert!(r.prop(prop::TOPIC_ALIAS).is_none(), "no aliases to a client without a maximum");
+        assert!(
+            r.prop(prop::TOPIC_ALIAS).is_none(),
+            "no aliases to a client without a maximum"
+        );
         let r = two.expect_publish();
         let topic = match r.prop(prop::TOPIC_ALIAS) {
             Some(PropValue::U16(n)) => {
@@ -133,7 +152,10 @@ fn server_topic_aliases_respect_the_client_maximum() {
                 if !r.topic.is_empty() {
                     aliases.insert(*n, r.topic.clone());
                 }
-                aliases.get(n).cloned().unwrap_or_else(|| panic!("alias {n} used before being set"))
+                aliases
+                    .get(n)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("alias {n} used before being set"))
             }
             _ => r.topic.clone(),
         };
@@ -149,19 +171,40 @@ fn subscription_identifiers_are_returned_with_messages() {
     let hub = Hub::start();
     let base = unique("si");
     let (mut sub, ack) = v5(&hub);
-    assert_ne!(ack.prop(prop::SUBSCRIPTION_IDS_AVAILABLE), Some(&PropValue::Byte(0)));
+    assert_ne!(
+        ack.prop(prop::SUBSCRIPTION_IDS_AVAILABLE),
+        Some(&PropValue::Byte(0))
+    );
     let with = format!("{base}/with");
     let without = format!("{base}/without");
-    sub.subscribe_with(1, &[(&with, 0)], &[(prop::SUBSCRIPTION_ID, PropValue::Vbi(268_435_455))]);
+    sub.subscribe_with(
+        1,
+        &[(&with, 0)],
+        &[(prop::SUBSCRIPTION_ID, PropValue::Vbi(268_435_455))],
+    );
     sub.subscribe(2, &[(&without, 0)]);
     let (mut p, _) = v5(&hub);
     p.publish(&Publish::v5(&with, b"1"));
     p.publish(&Publish::v5(&without, b"2"));
-    assert_eq!(sub.expect_publish().props_of(prop::SUBSCRIPTION_ID), vec![&PropValue::Vbi(268_435_455)]);
-    assert!(sub.expect_publish().props_of(prop::SUBSCRIPTION_ID).is_empty());
-    sub.subscribe_with(3, &[(&with, 0)], &[(prop::SUBSCRIPTION_ID, PropValue::Vbi(7))]);
+    assert_eq!(
+        sub.expect_publish().props_of(prop::SUBSCRIPTION_ID),
+        vec![&PropValue::Vbi(268_435_455)]
+    );
+    assert!(
+        sub.expect_publish()
+            .props_of(prop::SUBSCRIPTION_ID)
+            .is_empty()
+    );
+    sub.subscribe_with(
+        3,
+        &[(&with, 0)],
+        &[(prop::SUBSCRIPTION_ID, PropValue::Vbi(7))],
+    );
     p.publish(&Publish::v5(&with, b"3"));
-    assert_eq!(sub.expect_publish().props_of(prop::SUBSCRIPTION_ID), vec![&PropValue::Vbi(7)]);
+    assert_eq!(
+        sub.expect_publish().props_of(prop::SUBSCRIPTION_ID),
+        vec![&PropValue::Vbi(7)]
+    );
 }
 
 /// v5: [MQTT-3.8.3-3] — with No Local, a client's own messages are not sent back to it (other
@@ -239,9 +282,18 @@ fn publish_properties_are_forwarded_unchanged_and_in_order() {
         user("a", "2"),
         (prop::PAYLOAD_FORMAT, PropValue::Byte(1)),
         user("z", "0"),
-        (prop::CONTENT_TYPE, PropValue::Str("application/json; charset=utf-8".into())),
-        (prop::RESPONSE_TOPIC, PropValue::Str(format!("{topic}/reply"))),
-        (prop::CORRELATION_DATA, PropValue::Bin(vec![0, 0xFF, 0x10, 0])),
+        (
+            prop::CONTENT_TYPE,
+            PropValue::Str("application/json; charset=utf-8".into()),
+        ),
+        (
+            prop::RESPONSE_TOPIC,
+            PropValue::Str(format!("{topic}/reply")),
+        ),
+        (
+            prop::CORRELATION_DATA,
+            PropValue::Bin(vec![0, 0xFF, 0x10, 0]),
+        ),
         user("", ""),
         user("ünï", "çødé"),
     ];
@@ -250,11 +302,23 @@ fn publish_properties_are_forwarded_unchanged_and_in_order() {
     p.publish(&m);
     let r = sub.expect_publish();
     let users = |list: &[(u8, PropValue)]| -> Vec<PropValue> {
-        list.iter().filter(|(i, _)| *i == prop::USER_PROPERTY).map(|(_, v)| v.clone()).collect()
+        list.iter()
+            .filter(|(i, _)| *i == prop::USER_PROPERTY)
+            .map(|(_, v)| v.clone())
+            .collect()
     };
     assert_eq!(users(&r.props), users(&props), "user properties in order");
-    for id in [prop::PAYLOAD_FORMAT, prop::CONTENT_TYPE, prop::RESPONSE_TOPIC, prop::CORRELATION_DATA] {
-        assert_eq!(r.prop(id), frames::find_prop(&props, id), "property {id:#x}");
+    for id in [
+        prop::PAYLOAD_FORMAT,
+        prop::CONTENT_TYPE,
+        prop::RESPONSE_TOPIC,
+        prop::CORRELATION_DATA,
+    ] {
+        assert_eq!(
+            r.prop(id),
+            frames::find_prop(&props, id),
+            "property {id:#x}"
+        );
     }
 }
 
@@ -286,7 +350,13 @@ fn request_response_round_trip_with_rumqttc() {
             ..Default::default()
         };
         let reply_to = req_props.response_topic.expect("response topic");
-        responder.publish_with(&reply_to, QoS::AtLeastOnce, false, &[req.payload[0] * 2], Some(answer));
+        responder.publish_with(
+            &reply_to,
+            QoS::AtLeastOnce,
+            false,
+            &[req.payload[0] * 2],
+            Some(answer),
+        );
         let reply = requester.expect_publish();
         assert_eq!(reply.payload.as_ref(), &[n * 2]);
         assert_eq!(
@@ -345,7 +415,8 @@ fn receive_maximum_limits_unacknowledged_deliveries() {
 fn client_maximum_packet_size_is_respected() {
     let hub = Hub::start();
     let topic = format!("{}/mps", unique("t"));
-    let connect = Connect::v5(&unique("mp"), true).prop(prop::MAXIMUM_PACKET_SIZE, PropValue::U32(200));
+    let connect =
+        Connect::v5(&unique("mp"), true).prop(prop::MAXIMUM_PACKET_SIZE, PropValue::U32(200));
     let (mut small, _) = RawClient::connected(hub.mqtt_addr(), &connect);
     small.subscribe(1, &[(&topic, 1)]);
     let mut big = sub_v5(&hub, &topic, 1);
@@ -353,9 +424,21 @@ fn client_maximum_packet_size_is_respected() {
     p.publish(&Publish::v5(&topic, &[1u8; 50]).qos(1, 1));
     p.publish(&Publish::v5(&topic, &[2u8; 1000]).qos(1, 2));
     p.publish(&Publish::v5(&topic, &[3u8; 60]).qos(1, 3));
-    let lens: Vec<usize> = small.publishes_for(QUIET).iter().map(|r| r.payload.len()).collect();
-    assert_eq!(lens, vec![50, 60], "the 1000-byte message is not sent to the small client");
-    let lens: Vec<usize> = big.publishes_for(QUIET).iter().map(|r| r.payload.len()).collect();
+    let lens: Vec<usize> = small
+        .publishes_for(QUIET)
+        .iter()
+        .map(|r| r.payload.len())
+        .collect();
+    assert_eq!(
+        lens,
+        vec![50, 60],
+        "the 1000-byte message is not sent to the small client"
+    );
+    let lens: Vec<usize> = big
+        .publishes_for(QUIET)
+        .iter()
+        .map(|r| r.payload.len())
+        .collect();
     assert_eq!(lens, vec![50, 1000, 60]);
     small.ping();
 }
@@ -366,7 +449,11 @@ fn client_maximum_packet_size_is_respected() {
 fn puback_for_a_topic_without_subscribers_is_a_success() {
     let hub = Hub::start();
     let (mut p, _) = v5(&hub);
-    p.send_ok(&Publish::v5(&format!("{}/nobody", unique("t")), b"x").qos(1, 1).encode());
+    p.send_ok(
+        &Publish::v5(&format!("{}/nobody", unique("t")), b"x")
+            .qos(1, 1)
+            .encode(),
+    );
     let ack = p.expect_kind(kind::PUBACK, "PUBACK");
     let code = ack.body.get(2).copied().unwrap_or(0);
     assert!(matches!(code, 0x00 | 0x10), "PUBACK reason {code:#x}");

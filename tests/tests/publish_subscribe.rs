@@ -41,12 +41,40 @@ fn messages_flow_between_all_client_kinds() {
         .iter()
         .map(|who| (format!("{base}/{who}/data"), format!("from-{who}")))
         .collect();
-    pub_v4.publish(&sent[0].0, rumqttc::QoS::AtLeastOnce, false, sent[0].1.as_bytes());
-    pub_v5.publish(&sent[1].0, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, sent[1].1.as_bytes());
-    let out = mosquitto_pub(addr, &["-V", "mqttv311", "-q", "1", "-t", &sent[2].0, "-m", &sent[2].1]);
-    assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
-    let out = mosquitto_pub(addr, &["-V", "mqttv5", "-q", "1", "-t", &sent[3].0, "-m", &sent[3].1]);
-    assert!(out.status.success(), "mosquitto_pub -V 5: {}", String::from_utf8_lossy(&out.stderr));
+    pub_v4.publish(
+        &sent[0].0,
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        sent[0].1.as_bytes(),
+    );
+    pub_v5.publish(
+        &sent[1].0,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        sent[1].1.as_bytes(),
+    );
+    let out = mosquitto_pub(
+        addr,
+        &[
+            "-V", "mqttv311", "-q", "1", "-t", &sent[2].0, "-m", &sent[2].1,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mosquitto_pub(
+        addr,
+        &[
+            "-V", "mqttv5", "-q", "1", "-t", &sent[3].0, "-m", &sent[3].1,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "mosquitto_pub -V 5: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     pub_raw.publish(&Publish::v4(&sent[4].0, sent[4].1.as_bytes()).qos(1, 1));
 
     let sort = |mut v: Vec<(String, String)>| {
@@ -57,20 +85,32 @@ fn messages_flow_between_all_client_kinds() {
     let got_v4 = (0..5)
         .map(|_| {
             let p = sub_v4.expect_publish();
-            (String::from_utf8(p.topic.into()).unwrap(), String::from_utf8(p.payload.to_vec()).unwrap())
+            (
+                String::from_utf8(p.topic.into()).unwrap(),
+                String::from_utf8(p.payload.to_vec()).unwrap(),
+            )
         })
         .collect();
     assert_eq!(sort(got_v4), want, "rumqttc 3.1.1 subscriber");
     let got_v5 = (0..5)
         .map(|_| {
             let p = sub_v5.expect_publish();
-            (String::from_utf8(p.topic.to_vec()).unwrap(), String::from_utf8(p.payload.to_vec()).unwrap())
+            (
+                String::from_utf8(p.topic.to_vec()).unwrap(),
+                String::from_utf8(p.payload.to_vec()).unwrap(),
+            )
         })
         .collect();
     assert_eq!(sort(got_v5), want, "rumqttc 5 subscriber");
-    for (name, sub) in [("mosquitto_sub 3.1.1", &mut mosq_v311), ("mosquitto_sub 5", &mut mosq_v5)] {
+    for (name, sub) in [
+        ("mosquitto_sub 3.1.1", &mut mosq_v311),
+        ("mosquitto_sub 5", &mut mosq_v5),
+    ] {
         let got = (0..5)
-            .map(|_| sub.next_message(WAIT).unwrap_or_else(|| panic!("{name}: missing message")))
+            .map(|_| {
+                sub.next_message(WAIT)
+                    .unwrap_or_else(|| panic!("{name}: missing message"))
+            })
             .collect();
         assert_eq!(sort(got), want, "{name}");
     }
@@ -84,11 +124,20 @@ fn matches(hub: &Hub, level: u8, filter: &str, topic: &str) -> bool {
     let codes = sub.subscribe(1, &[(filter, 0), (&sentinel, 0)]);
     assert_eq!(codes, vec![0, 0], "SUBACK for {filter}");
     let mut publisher = raw(hub, level);
-    let make = |t: &str, p: &[u8]| if level == 5 { Publish::v5(t, p) } else { Publish::v4(t, p) };
+    let make = |t: &str, p: &[u8]| {
+        if level == 5 {
+            Publish::v5(t, p)
+        } else {
+            Publish::v4(t, p)
+        }
+    };
     publisher.publish(&make(topic, b"m"));
     publisher.publish(&make(&sentinel, b"s"));
     let before = sub.publishes_until(&sentinel);
-    assert!(before.iter().all(|r| r.topic == topic), "{filter}: {before:?}");
+    assert!(
+        before.iter().all(|r| r.topic == topic),
+        "{filter}: {before:?}"
+    );
     !before.is_empty()
 }
 
@@ -147,7 +196,13 @@ fn dollar_topics_are_not_matched_by_leading_wildcards() {
             let mut sub = raw(&hub, level);
             assert_eq!(sub.subscribe(1, &[(filter, 0)]), vec![0]);
             let mut publisher = raw(&hub, level);
-            let make = |t: &str| if level == 5 { Publish::v5(t, b"m") } else { Publish::v4(t, b"m") };
+            let make = |t: &str| {
+                if level == 5 {
+                    Publish::v5(t, b"m")
+                } else {
+                    Publish::v4(t, b"m")
+                }
+            };
             publisher.publish(&make(&dollar));
             publisher.publish(&make(&plain));
             // Other traffic on an external broker may also match: only ours counts.
@@ -184,28 +239,51 @@ fn overlapping_subscriptions_deliver_at_the_highest_qos_with_all_identifiers() {
         if level == 5 {
             let id1 = [(prop::SUBSCRIPTION_ID, PropValue::Vbi(11))];
             let id2 = [(prop::SUBSCRIPTION_ID, PropValue::Vbi(22))];
-            assert_eq!(sub.subscribe_with(1, &[(&format!("{base}/a/+"), 0)], &id1), vec![0]);
-            assert_eq!(sub.subscribe_with(2, &[(&format!("{base}/#"), 2)], &id2), vec![2]);
+            assert_eq!(
+                sub.subscribe_with(1, &[(&format!("{base}/a/+"), 0)], &id1),
+                vec![0]
+            );
+            assert_eq!(
+                sub.subscribe_with(2, &[(&format!("{base}/#"), 2)], &id2),
+                vec![2]
+            );
         } else {
             let f1 = format!("{base}/a/+");
             let f2 = format!("{base}/#");
             assert_eq!(sub.subscribe(1, &[(&f1, 0), (&f2, 2)]), vec![0, 2]);
         }
         let mut publisher = raw(&hub, level);
-        let make = |t: &str| if level == 5 { Publish::v5(t, b"m") } else { Publish::v4(t, b"m") };
+        let make = |t: &str| {
+            if level == 5 {
+                Publish::v5(t, b"m")
+            } else {
+                Publish::v4(t, b"m")
+            }
+        };
         publisher.publish(&make(&topic).qos(2, 3));
         publisher.publish(&make(&sentinel).qos(1, 4));
         let copies = sub.publishes_until(&sentinel);
         assert!(!copies.is_empty(), "level {level}: no copy delivered");
-        assert!(copies.len() <= 2, "level {level}: at most one copy per subscription: {copies:?}");
-        assert_eq!(copies.iter().map(|r| r.qos).max(), Some(2), "level {level}: {copies:?}");
+        assert!(
+            copies.len() <= 2,
+            "level {level}: at most one copy per subscription: {copies:?}"
+        );
+        assert_eq!(
+            copies.iter().map(|r| r.qos).max(),
+            Some(2),
+            "level {level}: {copies:?}"
+        );
         if level == 5 {
             let mut ids: Vec<PropValue> = copies
                 .iter()
                 .flat_map(|r| r.props_of(prop::SUBSCRIPTION_ID).into_iter().cloned())
                 .collect();
             ids.sort_by_key(|v| format!("{v:?}"));
-            assert_eq!(ids, vec![PropValue::Vbi(11), PropValue::Vbi(22)], "{copies:?}");
+            assert_eq!(
+                ids,
+                vec![PropValue::Vbi(11), PropValue::Vbi(22)],
+                "{copies:?}"
+            );
         }
     }
 }
@@ -222,11 +300,21 @@ fn subscribing_to_the_same_filter_replaces_the_subscription() {
         assert_eq!(sub.subscribe(1, &[(&topic, 0)]), vec![0]);
         assert_eq!(sub.subscribe(2, &[(&topic, 1), (&sentinel, 0)]), vec![1, 0]);
         let mut publisher = raw(&hub, level);
-        let make = |t: &str| if level == 5 { Publish::v5(t, b"m") } else { Publish::v4(t, b"m") };
+        let make = |t: &str| {
+            if level == 5 {
+                Publish::v5(t, b"m")
+            } else {
+                Publish::v4(t, b"m")
+            }
+        };
         publisher.publish(&make(&topic).qos(1, 1));
         publisher.publish(&make(&sentinel));
         let copies = sub.publishes_until(&sentinel);
-        assert_eq!(copies.len(), 1, "level {level}: exactly one subscription: {copies:?}");
+        assert_eq!(
+            copies.len(),
+            1,
+            "level {level}: exactly one subscription: {copies:?}"
+        );
         assert_eq!(copies[0].qos, 1, "level {level}: the new QoS applies");
     }
 }
@@ -245,11 +333,22 @@ fn multi_filter_subscribe_gets_one_suback_in_order_and_min_qos_delivery() {
         let mut sub = raw(&hub, level);
         let codes = sub.subscribe(
             0xBEEF,
-            &[(&filters[2], 2), (&filters[0], 0), (&filters[1], 1), (&sentinel, 0)],
+            &[
+                (&filters[2], 2),
+                (&filters[0], 0),
+                (&filters[1], 1),
+                (&sentinel, 0),
+            ],
         );
         assert_eq!(codes, vec![2, 0, 1, 0], "level {level}");
         let mut publisher = raw(&hub, level);
-        let make = |t: &str| if level == 5 { Publish::v5(t, b"m") } else { Publish::v4(t, b"m") };
+        let make = |t: &str| {
+            if level == 5 {
+                Publish::v5(t, b"m")
+            } else {
+                Publish::v4(t, b"m")
+            }
+        };
         let mut id = 1;
         let mut want = Vec::new();
         for (sub_qos, filter) in filters.iter().enumerate() {
@@ -294,21 +393,38 @@ fn unsubscribe_removes_exact_filters_and_always_gets_unsuback() {
             let (id, codes) = frames::parse_ack_codes(&p.body, true).unwrap();
             assert_eq!((id, codes), (0x1234, vec![0x00, 0x11]));
         } else {
-            assert_eq!(p.body, vec![0x12, 0x34], "3.1.1 UNSUBACK is just the packet id");
+            assert_eq!(
+                p.body,
+                vec![0x12, 0x34],
+                "3.1.1 UNSUBACK is just the packet id"
+            );
         }
         let mut publisher = raw(&hub, level);
-        let make = |t: &str| if level == 5 { Publish::v5(t, b"m") } else { Publish::v4(t, b"m") };
+        let make = |t: &str| {
+            if level == 5 {
+                Publish::v5(t, b"m")
+            } else {
+                Publish::v4(t, b"m")
+            }
+        };
         publisher.publish(&make(&a));
         publisher.publish(&make(&b));
         publisher.publish(&make(&sentinel));
-        let got: Vec<String> = sub.publishes_until(&sentinel).into_iter().map(|r| r.topic).collect();
+        let got: Vec<String> = sub
+            .publishes_until(&sentinel)
+            .into_iter()
+            .map(|r| r.topic)
+            .collect();
         // "a" still matches "<base>/+" once; "b" through "+" too.
         assert_eq!(got, vec![a.clone(), b.clone()], "level {level}");
         sub.send_ok(&frames::unsubscribe(7, &[&wild], level == 5));
         sub.expect_kind(kind::UNSUBACK, "UNSUBACK");
         publisher.publish(&make(&a));
         publisher.publish(&make(&sentinel));
-        assert!(sub.publishes_until(&sentinel).is_empty(), "level {level}: unsubscribed");
+        assert!(
+            sub.publishes_until(&sentinel).is_empty(),
+            "level {level}: unsubscribed"
+        );
     }
 }
 
@@ -322,13 +438,21 @@ fn one_publishers_messages_arrive_in_order() {
     let mut sub = V5::connect(v5_options(addr, &unique("s")));
     sub.subscribe(&topic, rumqttc::v5::mqttbytes::QoS::ExactlyOnce);
     let mut publisher = V4::connect(v4_options(addr, &unique("p")));
-    let qos = [rumqttc::QoS::AtMostOnce, rumqttc::QoS::AtLeastOnce, rumqttc::QoS::ExactlyOnce];
+    let qos = [
+        rumqttc::QoS::AtMostOnce,
+        rumqttc::QoS::AtLeastOnce,
+        rumqttc::QoS::ExactlyOnce,
+    ];
     for i in 0..60u32 {
         publisher.publish(&topic, qos[(i % 3) as usize], false, &i.to_be_bytes());
     }
     for i in 0..60u32 {
         let p = sub.expect_publish();
-        assert_eq!(p.payload.as_ref(), &i.to_be_bytes(), "message {i} out of order");
+        assert_eq!(
+            p.payload.as_ref(),
+            &i.to_be_bytes(),
+            "message {i} out of order"
+        );
     }
 }
 
@@ -347,13 +471,21 @@ fn payloads_and_topics_arrive_byte_for_byte() {
         let all_bytes: Vec<u8> = (0..=255u8).collect();
         let big = vec![0xA5u8; 200_000];
         for payload in [&all_bytes[..], b"", &big[..]] {
-            let p = if level == 5 { Publish::v5(&topic, payload) } else { Publish::v4(&topic, payload) };
+            let p = if level == 5 {
+                Publish::v5(&topic, payload)
+            } else {
+                Publish::v4(&topic, payload)
+            };
             publisher.publish(&p);
             let r = sub.expect_publish();
             assert_eq!(r.topic, topic);
             assert_eq!(r.payload.len(), payload.len());
             assert!(r.payload == payload, "level {level}: payload changed");
-            assert!(!r.dup && r.qos == 0 && r.packet_id == 0, "{:?}", (r.dup, r.qos, r.packet_id));
+            assert!(
+                !r.dup && r.qos == 0 && r.packet_id == 0,
+                "{:?}",
+                (r.dup, r.qos, r.packet_id)
+            );
         }
         sub.expect_silence(QUIET);
     }

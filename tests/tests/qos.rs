@@ -15,7 +15,11 @@ fn raw(hub: &Hub, level: u8) -> RawClient {
 }
 
 fn publish(level: u8, topic: &str, payload: &[u8]) -> Publish {
-    if level == 5 { Publish::v5(topic, payload) } else { Publish::v4(topic, payload) }
+    if level == 5 {
+        Publish::v5(topic, payload)
+    } else {
+        Publish::v4(topic, payload)
+    }
 }
 
 /// Client to hub: QoS 1 gets a PUBACK, QoS 2 a PUBREC / PUBREL / PUBCOMP exchange, each with
@@ -84,10 +88,17 @@ fn outbound_packet_ids_are_non_zero_and_unique_while_unacknowledged() {
                 assert!(!r.dup, "first delivery has DUP 0");
                 assert_ne!(r.packet_id, 0);
             }
-            assert_eq!(got.iter().map(|r| r.payload[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+            assert_eq!(
+                got.iter().map(|r| r.payload[0]).collect::<Vec<_>>(),
+                vec![0, 1, 2, 3, 4]
+            );
             ids.sort_unstable();
             ids.dedup();
-            assert_eq!(ids.len(), 5, "level {level} qos {qos}: ids in use were reused: {got:?}");
+            assert_eq!(
+                ids.len(),
+                5,
+                "level {level} qos {qos}: ids in use were reused: {got:?}"
+            );
             for r in &got {
                 if qos == 1 {
                     sub.send_ok(&frames::ack(kind::PUBACK, r.packet_id));
@@ -136,14 +147,20 @@ fn rumqttc_round_trips_every_qos() {
     s5.subscribe(&topic, rumqttc::v5::mqttbytes::QoS::ExactlyOnce);
     let mut p4 = V4::connect(v4_options(addr, &unique("p4")));
     let mut p5 = V5::connect(v5_options(addr, &unique("p5")));
-    let q4 = [rumqttc::QoS::AtMostOnce, rumqttc::QoS::AtLeastOnce, rumqttc::QoS::ExactlyOnce];
+    let q4 = [
+        rumqttc::QoS::AtMostOnce,
+        rumqttc::QoS::AtLeastOnce,
+        rumqttc::QoS::ExactlyOnce,
+    ];
     use rumqttc::v5::mqttbytes::QoS as Q5;
     let q5 = [Q5::AtMostOnce, Q5::AtLeastOnce, Q5::ExactlyOnce];
     for i in 0..3 {
         p4.publish(&topic, q4[i], false, format!("v4-{i}").as_bytes());
         p5.publish(&topic, q5[i], false, format!("v5-{i}").as_bytes());
     }
-    let want: Vec<String> = (0..3).flat_map(|i| [format!("v4-{i}"), format!("v5-{i}")]).collect();
+    let want: Vec<String> = (0..3)
+        .flat_map(|i| [format!("v4-{i}"), format!("v5-{i}")])
+        .collect();
     let mut got4: Vec<String> = (0..6)
         .map(|_| String::from_utf8(s4.expect_publish().payload.to_vec()).unwrap())
         .collect();
@@ -172,7 +189,10 @@ fn v5_puback_with_an_error_reason_is_not_retransmitted() {
     p.publish(&Publish::v5(&topic, b"m").qos(1, 3));
     let r = sub.expect_publish();
     // PUBACK with reason 0x80 (unspecified error) and no properties.
-    sub.send_ok(&frames::frame(0x40, &[(r.packet_id >> 8) as u8, r.packet_id as u8, 0x80]));
+    sub.send_ok(&frames::frame(
+        0x40,
+        &[(r.packet_id >> 8) as u8, r.packet_id as u8, 0x80],
+    ));
     sub.expect_silence(QUIET);
     sub.ping();
 }

@@ -16,7 +16,11 @@ fn raw(hub: &Hub, level: u8) -> RawClient {
 }
 
 fn publish(level: u8, topic: &str, payload: &[u8]) -> Publish {
-    if level == 5 { Publish::v5(topic, payload) } else { Publish::v4(topic, payload) }
+    if level == 5 {
+        Publish::v5(topic, payload)
+    } else {
+        Publish::v4(topic, payload)
+    }
 }
 
 /// Publishes at QoS 1 on an unrelated topic and waits for the PUBACK: the hub handles one
@@ -48,7 +52,10 @@ fn retained_message_goes_to_new_subscribers_with_retain_set() {
         for sub_level in [4u8, 5] {
             let got = retained_for(&hub, sub_level, &topic, 1);
             assert_eq!(got.len(), 1, "level {level}->{sub_level}: {got:?}");
-            assert!(got[0].retain, "RETAIN 1 on a message sent because of a new subscription");
+            assert!(
+                got[0].retain,
+                "RETAIN 1 on a message sent because of a new subscription"
+            );
             assert_eq!((got[0].payload.as_slice(), got[0].qos), (&b"kept"[..], 1));
         }
     }
@@ -85,11 +92,18 @@ fn an_empty_retained_payload_deletes_the_retained_message() {
         barrier(&mut p, level);
         let mut live = raw(&hub, level);
         live.subscribe(1, &[(&gone, 0)]);
-        assert_eq!(live.expect_publish().payload, b"x", "retained copy at subscribe time");
+        assert_eq!(
+            live.expect_publish().payload,
+            b"x",
+            "retained copy at subscribe time"
+        );
         p.publish(&publish(level, &gone, b"").retain(true));
         barrier(&mut p, level);
         let r = live.expect_publish();
-        assert!(r.payload.is_empty(), "the delete is delivered as a normal message");
+        assert!(
+            r.payload.is_empty(),
+            "the delete is delivered as a normal message"
+        );
         let got: Vec<String> = retained_for(&hub, level, &format!("{base}/+"), 0)
             .into_iter()
             .map(|r| r.topic)
@@ -114,7 +128,10 @@ fn a_non_retained_publish_leaves_the_retained_message_alone() {
         barrier(&mut p, level);
         let got = retained_for(&hub, level, &format!("{base}/#"), 0);
         assert_eq!(got.len(), 1, "{got:?}");
-        assert_eq!((got[0].topic.as_str(), got[0].payload.as_slice()), (set.as_str(), &b"retained"[..]));
+        assert_eq!(
+            (got[0].topic.as_str(), got[0].payload.as_slice()),
+            (set.as_str(), &b"retained"[..])
+        );
     }
 }
 
@@ -133,9 +150,17 @@ fn retain_flag_on_live_delivery_follows_retain_as_published() {
         p.publish(&Publish::v5(&topic, b"r").retain(true));
         p.publish(&Publish::v5(&topic, b"n"));
         let r = sub.expect_publish();
-        assert_eq!((r.payload.as_slice(), r.retain), (&b"r"[..], *want), "{level} {options:#x}");
+        assert_eq!(
+            (r.payload.as_slice(), r.retain),
+            (&b"r"[..], *want),
+            "{level} {options:#x}"
+        );
         let r = sub.expect_publish();
-        assert_eq!((r.payload.as_slice(), r.retain), (&b"n"[..], false), "{level} {options:#x}");
+        assert_eq!(
+            (r.payload.as_slice(), r.retain),
+            (&b"n"[..], false),
+            "{level} {options:#x}"
+        );
     }
 }
 
@@ -146,8 +171,12 @@ fn retain_flag_on_live_delivery_follows_retain_as_published() {
 fn retain_handling_decides_when_retained_messages_are_sent() {
     let hub = Hub::start();
     // (level, options, retained copies on first SUBSCRIBE, on the repeated SUBSCRIBE)
-    let cases: &[(u8, u8, usize, usize)] =
-        &[(4, 0x00, 1, 1), (5, 0x00, 1, 1), (5, 0x10, 1, 0), (5, 0x20, 0, 0)];
+    let cases: &[(u8, u8, usize, usize)] = &[
+        (4, 0x00, 1, 1),
+        (5, 0x00, 1, 1),
+        (5, 0x10, 1, 0),
+        (5, 0x20, 0, 0),
+    ];
     for (level, options, first, again) in cases {
         let topic = format!("{}/rh", unique("t"));
         let mut p = raw(&hub, 5);
@@ -155,9 +184,17 @@ fn retain_handling_decides_when_retained_messages_are_sent() {
         barrier(&mut p, 5);
         let mut sub = raw(&hub, *level);
         sub.subscribe(1, &[(&topic, *options)]);
-        assert_eq!(sub.publishes_for(QUIET).len(), *first, "level {level} options {options:#x}");
+        assert_eq!(
+            sub.publishes_for(QUIET).len(),
+            *first,
+            "level {level} options {options:#x}"
+        );
         sub.subscribe(2, &[(&topic, *options)]);
-        assert_eq!(sub.publishes_for(QUIET).len(), *again, "again: level {level} options {options:#x}");
+        assert_eq!(
+            sub.publishes_for(QUIET).len(),
+            *again,
+            "again: level {level} options {options:#x}"
+        );
         // Live messages flow whatever the Retain Handling.
         p.publish(&Publish::v5(&topic, b"live"));
         assert_eq!(sub.expect_publish().payload, b"live");
@@ -224,10 +261,21 @@ fn mosquitto_clients_set_and_read_retained_messages() {
     let addr = hub.mqtt_addr();
     for version in ["mqttv311", "mqttv5"] {
         let topic = format!("{}/mosq", unique("t"));
-        let out = mosquitto_pub(addr, &["-V", version, "-r", "-q", "1", "-t", &topic, "-m", "hello"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = mosquitto_pub(
+            addr,
+            &["-V", version, "-r", "-q", "1", "-t", &topic, "-m", "hello"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut sub = MosquittoSub::start(addr, &["-V", version, "-t", &topic]);
-        assert_eq!(sub.next_message(WAIT), Some((topic.clone(), "hello".into())), "{version}");
+        assert_eq!(
+            sub.next_message(WAIT),
+            Some((topic.clone(), "hello".into())),
+            "{version}"
+        );
         // Delete it again: a later subscriber gets nothing.
         let out = mosquitto_pub(addr, &["-V", version, "-r", "-t", &topic, "-n"]);
         assert!(out.status.success());

@@ -16,7 +16,11 @@ fn persistent(level: u8, id: &str, expiry: u32) -> Connect {
         level,
         ..Connect::v4(id, false)
     };
-    if level == 5 { c.prop(prop::SESSION_EXPIRY, PropValue::U32(expiry)) } else { c }
+    if level == 5 {
+        c.prop(prop::SESSION_EXPIRY, PropValue::U32(expiry))
+    } else {
+        c
+    }
 }
 
 fn publisher(hub: &Hub) -> RawClient {
@@ -44,11 +48,18 @@ fn persistent_session_keeps_subscriptions_and_queues_messages() {
         p.publish(&Publish::v4(&topic, b"three").qos(1, 3));
         let (mut c, ack) = RawClient::connected(hub.mqtt_addr(), &persistent(level, &id, 300));
         assert!(ack.session_present(), "level {level}: session present");
-        let got: Vec<(Vec<u8>, u8)> =
-            c.publishes_for(QUIET).into_iter().map(|r| (r.payload, r.qos)).collect();
+        let got: Vec<(Vec<u8>, u8)> = c
+            .publishes_for(QUIET)
+            .into_iter()
+            .map(|r| (r.payload, r.qos))
+            .collect();
         assert_eq!(
             got,
-            vec![(b"one".to_vec(), 1), (b"two".to_vec(), 2), (b"three".to_vec(), 1)],
+            vec![
+                (b"one".to_vec(), 1),
+                (b"two".to_vec(), 2),
+                (b"three".to_vec(), 1)
+            ],
             "level {level}"
         );
         // The subscription itself survived: live messages arrive too.
@@ -86,7 +97,10 @@ fn clean_start_discards_the_stored_session() {
         c.send_ok(&frames::disconnect(None));
         c.expect_closed(WAIT);
         let (_c, ack) = RawClient::connected(hub.mqtt_addr(), &persistent(level, &id, 300));
-        assert!(!ack.session_present(), "level {level}: the clean session was not kept");
+        assert!(
+            !ack.session_present(),
+            "level {level}: the clean session was not kept"
+        );
     }
 }
 
@@ -101,7 +115,10 @@ fn resuming_a_session_that_does_not_exist_creates_one() {
         assert!(!ack.session_present());
         c.drop_connection();
         let (_c, ack) = RawClient::connected(hub.mqtt_addr(), &persistent(level, &id, 300));
-        assert!(ack.session_present(), "level {level}: created by the first connection");
+        assert!(
+            ack.session_present(),
+            "level {level}: created by the first connection"
+        );
     }
 }
 
@@ -120,13 +137,17 @@ fn v5_session_expiry_interval_decides_how_long_a_session_lives() {
     ];
     for (connect_expiry, disconnect_expiry, wait_ms, present) in cases {
         let id = unique("se");
-        let (mut c, _) = RawClient::connected(hub.mqtt_addr(), &persistent(5, &id, *connect_expiry));
+        let (mut c, _) =
+            RawClient::connected(hub.mqtt_addr(), &persistent(5, &id, *connect_expiry));
         c.subscribe(1, &[(&format!("{id}/x"), 1)]);
         let disconnect = match disconnect_expiry {
             None => frames::disconnect(Some(0)),
             Some(e) => {
                 let mut body = vec![0x00];
-                body.extend_from_slice(&frames::props(&[(prop::SESSION_EXPIRY, PropValue::U32(*e))]));
+                body.extend_from_slice(&frames::props(&[(
+                    prop::SESSION_EXPIRY,
+                    PropValue::U32(*e),
+                )]));
                 frames::frame(0xE0, &body)
             }
         };
@@ -172,16 +193,29 @@ fn unacknowledged_deliveries_are_resent_after_reconnect() {
         for _ in 0..3 {
             let p = c.expect_packet("resent PUBLISH or PUBREL");
             match p.kind() {
-                kind::PUBLISH => again.push(frames::parse_publish(p.first_byte, &p.body, level == 5).unwrap()),
+                kind::PUBLISH => {
+                    again.push(frames::parse_publish(p.first_byte, &p.body, level == 5).unwrap())
+                }
                 kind::PUBREL => pubrels.push(u16::from_be_bytes([p.body[0], p.body[1]])),
                 other => panic!("unexpected packet type {other}"),
             }
         }
-        assert_eq!(pubrels, vec![first[2].packet_id], "level {level}: PUBREL resent");
+        assert_eq!(
+            pubrels,
+            vec![first[2].packet_id],
+            "level {level}: PUBREL resent"
+        );
         assert_eq!(again.len(), 2, "level {level}: {again:?}");
         for (old, new) in first[..2].iter().zip(&again) {
-            assert_eq!((new.topic.as_str(), new.qos, new.packet_id), (old.topic.as_str(), old.qos, old.packet_id));
-            assert!(new.dup, "level {level}: DUP 1 on redelivery of {}", new.topic);
+            assert_eq!(
+                (new.topic.as_str(), new.qos, new.packet_id),
+                (old.topic.as_str(), old.qos, old.packet_id)
+            );
+            assert!(
+                new.dup,
+                "level {level}: DUP 1 on redelivery of {}",
+                new.topic
+            );
             assert_eq!(new.payload, old.payload);
         }
         // Complete everything; nothing more is resent.
@@ -216,7 +250,11 @@ fn a_second_connection_with_the_same_client_id_takes_over() {
             }
         };
         let (mut new, ack) = RawClient::connected(hub.mqtt_addr(), &second);
-        assert_eq!(ack.session_present(), resume, "level {level}: session present iff resumed");
+        assert_eq!(
+            ack.session_present(),
+            resume,
+            "level {level}: session present iff resumed"
+        );
         let before = old.expect_closed(WAIT);
         if level == 5 && !hub.is_iothub() {
             // Mosquitto 2.0.11 closes the old connection without the DISCONNECT 0x8E.
@@ -251,12 +289,18 @@ fn takeover_with_rumqttc_clients() {
     let mut old = V5::connect(v5_options(addr, &id));
     let mut new = V5::connect(v5_options(addr, &id));
     assert!(!new.connack.session_present);
-    assert!(old.inbox.wait_closed(WAIT).is_some(), "the old MQTT 5 connection is closed");
+    assert!(
+        old.inbox.wait_closed(WAIT).is_some(),
+        "the old MQTT 5 connection is closed"
+    );
     new.subscribe(&topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
     let id = unique("rt");
     let mut old = V4::connect(v4_options(addr, &id));
     let mut new4 = V4::connect(v4_options(addr, &id));
-    assert!(old.inbox.wait_closed(WAIT).is_some(), "the old 3.1.1 connection is closed");
+    assert!(
+        old.inbox.wait_closed(WAIT).is_some(),
+        "the old 3.1.1 connection is closed"
+    );
     new4.publish(&topic, rumqttc::QoS::AtLeastOnce, false, b"served");
     assert_eq!(new.expect_publish().payload.as_ref(), b"served");
 }

@@ -40,9 +40,20 @@ fn each_group_gets_each_message_once() {
     let all: Vec<u32> = (0..n).collect();
     let mut group1: Vec<u32> = g1.iter_mut().flat_map(drain).collect();
     group1.sort_unstable();
-    assert_eq!(group1, all, "group g1: each message exactly once across its members");
-    assert_eq!(drain(&mut g2[0]), all, "group g2 (one member) gets all, in order");
-    assert_eq!(drain(&mut plain), all, "the non-shared subscription gets all, in order");
+    assert_eq!(
+        group1, all,
+        "group g1: each message exactly once across its members"
+    );
+    assert_eq!(
+        drain(&mut g2[0]),
+        all,
+        "group g2 (one member) gets all, in order"
+    );
+    assert_eq!(
+        drain(&mut plain),
+        all,
+        "the non-shared subscription gets all, in order"
+    );
 }
 
 /// v5: [MQTT-4.8.2-3] — a member receives at the QoS it was granted.
@@ -80,7 +91,9 @@ fn unacknowledged_messages_go_to_another_member_when_one_leaves() {
     let mut second = v5(&hub);
     second.subscribe(1, &[(&filter, 1)]);
     first.drop_connection();
-    let again = second.next_publish(WAIT).unwrap_or_else(|e| panic!("not redelivered: {e:?}"));
+    let again = second
+        .next_publish(WAIT)
+        .unwrap_or_else(|e| panic!("not redelivered: {e:?}"));
     assert_eq!(again.payload, b"job");
     assert_eq!(again.qos, 1);
     second.expect_silence(QUIET);
@@ -98,7 +111,10 @@ fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     c.send_ok(&frames::subscribe(1, &[("$share/g/a/b", 0x04)], Some(&[])));
     let before = c.expect_closed(WAIT);
     assert_eq!(before.len(), 1, "{before:?}");
-    assert_eq!((before[0].kind(), frames::disconnect_reason(&before[0].body)), (kind::DISCONNECT, 0x82));
+    assert_eq!(
+        (before[0].kind(), frames::disconnect_reason(&before[0].body)),
+        (kind::DISCONNECT, 0x82)
+    );
     iothub_e2e::raw::assert_serving(hub.mqtt_addr());
 }
 
@@ -113,16 +129,28 @@ fn malformed_share_names_are_refused() {
         eprintln!("note: skipped against the external reference (it does not validate these)");
         return;
     }
-    for filter in ["$share/g", "$share//a/b", "$share/g+/a", "$share/#/a", "$share/g/"] {
+    for filter in [
+        "$share/g",
+        "$share//a/b",
+        "$share/g+/a",
+        "$share/#/a",
+        "$share/g/",
+    ] {
         let mut c = v5(&hub);
         c.send_ok(&frames::subscribe(1, &[(filter, 0)], Some(&[])));
         match c.read_packet(WAIT) {
             Ok(p) if p.kind() == kind::SUBACK => {
                 let (_, codes) = frames::parse_ack_codes(&p.body, true).unwrap();
-                assert!(codes.len() == 1 && codes[0] >= 0x80, "{filter}: {codes:02x?}");
+                assert!(
+                    codes.len() == 1 && codes[0] >= 0x80,
+                    "{filter}: {codes:02x?}"
+                );
             }
             Ok(p) if p.kind() == kind::DISCONNECT => {
-                assert!(frames::disconnect_reason(&p.body) >= 0x80, "{filter}: {p:?}");
+                assert!(
+                    frames::disconnect_reason(&p.body) >= 0x80,
+                    "{filter}: {p:?}"
+                );
                 c.expect_closed(WAIT);
             }
             Err(ReadError::Closed) => {}
@@ -144,7 +172,10 @@ fn unsubscribing_a_shared_subscription_leaves_the_group() {
     b.subscribe(1, &[(&filter, 1)]);
     a.send_ok(&frames::unsubscribe(2, &[&filter], true));
     let ack = a.expect_kind(kind::UNSUBACK, "UNSUBACK");
-    assert_eq!(frames::parse_ack_codes(&ack.body, true).unwrap().1, vec![0x00]);
+    assert_eq!(
+        frames::parse_ack_codes(&ack.body, true).unwrap().1,
+        vec![0x00]
+    );
     let mut p = v5(&hub);
     for i in 0..6u32 {
         p.publish(&Publish::v5(&topic, &i.to_be_bytes()).qos(1, 1));

@@ -16,7 +16,12 @@ fn fast_subscriber(hub: &Hub, topic: &str, sentinel: &str) -> thread::JoinHandle
     let (mut fast, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("fast"), true));
     assert_eq!(fast.subscribe(1, &[(topic, 1), (sentinel, 1)]), vec![1, 1]);
     let sentinel = sentinel.to_string();
-    thread::spawn(move || fast.publishes_until(&sentinel).iter().map(|r| r.payload.len()).collect())
+    thread::spawn(move || {
+        fast.publishes_until(&sentinel)
+            .iter()
+            .map(|r| r.payload.len())
+            .collect()
+    })
 }
 
 /// Issue 2's "a subscriber that never reads": another subscriber gets every message in order,
@@ -28,7 +33,8 @@ fn a_subscriber_that_never_reads_does_not_hold_up_anyone() {
     let hub = Hub::start();
     let topic = format!("{}/flood", unique("t"));
     let sentinel = format!("{topic}/end");
-    let (mut stuck, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("stuck"), true));
+    let (mut stuck, _) =
+        RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("stuck"), true));
     assert_eq!(stuck.subscribe(1, &[(&topic, 0)]), vec![0]);
     let fast = fast_subscriber(&hub, &topic, &sentinel);
     let (mut p, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("p"), true));
@@ -47,7 +53,11 @@ fn a_subscriber_that_never_reads_does_not_hold_up_anyone() {
     if let Some(api) = hub.api_addr() {
         let (status, text) = http_get(api, "/metrics");
         assert_eq!(status, 200);
-        let dropped = metric_sum(&text, "iothub_messages_dropped_total", &[("reason", "queue_full")]);
+        let dropped = metric_sum(
+            &text,
+            "iothub_messages_dropped_total",
+            &[("reason", "queue_full")],
+        );
         assert!(
             dropped.is_some_and(|n| n > 0.0),
             "QoS 0 messages dropped for the stuck subscriber are counted: {dropped:?}\n{text}"
@@ -63,12 +73,18 @@ fn a_subscriber_that_never_reads_does_not_hold_up_anyone() {
 fn a_stuck_qos1_subscriber_over_its_quota_is_disconnected_with_0x97() {
     let yaml = config(
         &[],
-        &[("max_session_queue_messages", 50), ("max_session_queue_bytes", 1_000_000)],
+        &[
+            ("max_session_queue_messages", 50),
+            ("max_session_queue_bytes", 1_000_000),
+        ],
     );
-    let Some(hub) = Hub::start_with(&yaml) else { return };
+    let Some(hub) = Hub::start_with(&yaml) else {
+        return;
+    };
     let topic = format!("{}/q1", unique("t"));
     let sentinel = format!("{topic}/end");
-    let (mut stuck, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v5(&unique("stuck"), true));
+    let (mut stuck, _) =
+        RawClient::connected(hub.mqtt_addr(), &Connect::v5(&unique("stuck"), true));
     assert_eq!(stuck.subscribe(1, &[(&topic, 1)]), vec![1]);
     let fast = fast_subscriber(&hub, &topic, &sentinel);
     let (mut p, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("p"), true));
@@ -78,11 +94,21 @@ fn a_stuck_qos1_subscriber_over_its_quota_is_disconnected_with_0x97() {
         p.publish(&Publish::v4(&topic, &payload).qos(1, (i % 60_000 + 1) as u16));
     }
     p.publish(&Publish::v4(&sentinel, b"").qos(1, 1));
-    assert_eq!(fast.join().unwrap().len(), count, "the reading subscriber got every message");
+    assert_eq!(
+        fast.join().unwrap().len(),
+        count,
+        "the reading subscriber got every message"
+    );
     // Now read what the stuck client was sent: its connection must have been ended.
     let before = stuck.expect_closed(WAIT);
-    let disconnects: Vec<_> = before.iter().filter(|p| p.kind() == kind::DISCONNECT).collect();
-    eprintln!("stuck client: {} packets, disconnects {disconnects:?}", before.len());
+    let disconnects: Vec<_> = before
+        .iter()
+        .filter(|p| p.kind() == kind::DISCONNECT)
+        .collect();
+    eprintln!(
+        "stuck client: {} packets, disconnects {disconnects:?}",
+        before.len()
+    );
     for d in &disconnects {
         assert_eq!(frames::disconnect_reason(&d.body), 0x97, "quota exceeded");
     }

@@ -67,8 +67,13 @@ fn will_is_published_when_the_connection_ends_abnormally() {
                     c.expect_closed(WAIT);
                 }
             }
-            let r = w.next_publish(WAIT).unwrap_or_else(|e| panic!("level {level} {end:?}: no will ({e:?})"));
-            assert_eq!((r.topic.as_str(), r.payload.as_slice(), r.qos, r.retain), (topic.as_str(), &b"gone"[..], 1, false));
+            let r = w
+                .next_publish(WAIT)
+                .unwrap_or_else(|e| panic!("level {level} {end:?}: no will ({e:?})"));
+            assert_eq!(
+                (r.topic.as_str(), r.payload.as_slice(), r.qos, r.retain),
+                (topic.as_str(), &b"gone"[..], 1, false)
+            );
             // Published once: the will is removed after publication.
             w.expect_silence(QUIET);
         }
@@ -100,7 +105,11 @@ fn will_follows_the_disconnect_reason() {
         c.send_ok(bytes);
         c.expect_closed(WAIT);
         if *published {
-            assert_eq!(w.next_publish(WAIT).unwrap().payload, b"bye", "{bytes:02x?}");
+            assert_eq!(
+                w.next_publish(WAIT).unwrap().payload,
+                b"bye",
+                "{bytes:02x?}"
+            );
         } else {
             w.expect_silence(QUIET);
         }
@@ -126,7 +135,11 @@ fn will_retain_flag_makes_the_will_a_retained_message() {
             assert_eq!(live.next_publish(WAIT).unwrap().payload, b"last");
             let mut later = watcher(&hub, level, &topic);
             let stored = later.publishes_for(QUIET);
-            assert_eq!(stored.len(), usize::from(retain), "level {level} retain {retain}: {stored:?}");
+            assert_eq!(
+                stored.len(),
+                usize::from(retain),
+                "level {level} retain {retain}: {stored:?}"
+            );
             if retain {
                 assert!(stored[0].retain);
                 assert_eq!(stored[0].payload, b"last");
@@ -148,8 +161,14 @@ fn v5_will_properties_are_forwarded() {
         (prop::CONTENT_TYPE, PropValue::Str("text/plain".into())),
         (prop::RESPONSE_TOPIC, PropValue::Str("reply/here".into())),
         (prop::CORRELATION_DATA, PropValue::Bin(vec![0, 1, 2, 255])),
-        (prop::USER_PROPERTY, PropValue::Pair("k".into(), "v1".into())),
-        (prop::USER_PROPERTY, PropValue::Pair("k".into(), "v2".into())),
+        (
+            prop::USER_PROPERTY,
+            PropValue::Pair("k".into(), "v1".into()),
+        ),
+        (
+            prop::USER_PROPERTY,
+            PropValue::Pair("k".into(), "v2".into()),
+        ),
     ];
     let mut wl = will(&topic, b"props", 0, false);
     wl.props = props.clone();
@@ -158,11 +177,20 @@ fn v5_will_properties_are_forwarded() {
     let r = w.next_publish(WAIT).unwrap();
     for (id, value) in &props {
         if *id != prop::USER_PROPERTY {
-            assert_eq!(r.prop(*id), Some(value), "property {id:#x} in {:?}", r.props);
+            assert_eq!(
+                r.prop(*id),
+                Some(value),
+                "property {id:#x} in {:?}",
+                r.props
+            );
         }
     }
     let users: Vec<&PropValue> = r.props_of(prop::USER_PROPERTY);
-    assert_eq!(users, vec![&props[4].1, &props[5].1], "user properties in order");
+    assert_eq!(
+        users,
+        vec![&props[4].1, &props[5].1],
+        "user properties in order"
+    );
 }
 
 /// v5: [MQTT-3.1.2-8] [MQTT-3.1.3-9] — Will Delay Interval: the will waits for the delay; a
@@ -189,7 +217,8 @@ fn v5_will_delay_defers_cancels_and_yields_to_session_end() {
         let (c, _) = RawClient::connected(hub.mqtt_addr(), &connect);
         c.drop_connection();
         let _again = reconnect.then(|| {
-            let resume = Connect::v5(&id, false).prop(prop::SESSION_EXPIRY, PropValue::U32(*expiry));
+            let resume =
+                Connect::v5(&id, false).prop(prop::SESSION_EXPIRY, PropValue::U32(*expiry));
             RawClient::connected(hub.mqtt_addr(), &resume).0
         });
         let case = format!("delay {delay} expiry {expiry} reconnect {reconnect}");
@@ -197,7 +226,9 @@ fn v5_will_delay_defers_cancels_and_yields_to_session_end() {
             w.expect_silence(*not_before);
         }
         if *published {
-            let r = w.next_publish(WAIT).unwrap_or_else(|e| panic!("{case}: no will ({e:?})"));
+            let r = w
+                .next_publish(WAIT)
+                .unwrap_or_else(|e| panic!("{case}: no will ({e:?})"));
             assert_eq!(r.payload, b"late", "{case}");
         } else {
             w.expect_silence(Duration::from_secs(u64::from(*delay) + 1));
@@ -228,7 +259,11 @@ fn v5_will_on_takeover_depends_on_will_delay() {
         let (_old, _) = RawClient::connected(hub.mqtt_addr(), &connect(true));
         let (_new, _) = RawClient::connected(hub.mqtt_addr(), &connect(false));
         if published {
-            assert_eq!(w.next_publish(WAIT).unwrap().payload, b"taken", "delay {delay}");
+            assert_eq!(
+                w.next_publish(WAIT).unwrap().payload,
+                b"taken",
+                "delay {delay}"
+            );
         } else {
             w.expect_silence(Duration::from_millis(1500));
         }
