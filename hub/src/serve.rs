@@ -58,6 +58,11 @@ pub fn config_hub_id(name: &str) -> HubId {
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // First: metric handles taken before the recorder exists (the engine resolves its per-hub
+    // handles when a hub is created) would count into nothing.
+    let prometheus = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the Prometheus metrics recorder")?;
     let engine = Engine::new(EngineConfig::default());
     let mut hub_ids: HashMap<String, HubId> = HashMap::new();
     for hub in &config.hubs {
@@ -99,10 +104,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let api_listener = TcpListener::bind(config.api.bind)
         .await
         .with_context(|| format!("cannot bind the API listener on {}", config.api.bind))?;
-
-    let prometheus = PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the Prometheus metrics recorder")?;
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();

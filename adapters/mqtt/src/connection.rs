@@ -245,7 +245,9 @@ where
                             "the will's response topic is not valid",
                         )
                     })?;
-                    if properties.payload_is_utf8 && std::str::from_utf8(&w.payload).is_err() {
+                    if properties.payload_is_utf8 == Some(true)
+                        && std::str::from_utf8(&w.payload).is_err()
+                    {
                         return Err(refuse(
                             ReasonCode::PAYLOAD_FORMAT_INVALID,
                             "the will payload is not UTF-8 as its format indicator says",
@@ -644,7 +646,9 @@ where
             ));
         };
         let packet_id = p.packet_id;
-        let result = if properties.payload_is_utf8 && std::str::from_utf8(&p.payload).is_err() {
+        let result = if properties.payload_is_utf8 == Some(true)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
             Err(ReasonCode::PAYLOAD_FORMAT_INVALID)
         } else {
             let message = Message {
@@ -799,7 +803,7 @@ where
         let mut topic = m.topic.as_str().to_string();
         if est.version == ProtocolVersion::V5 {
             let mp = &m.properties;
-            properties.payload_format_indicator = mp.payload_is_utf8.then_some(1);
+            properties.payload_format_indicator = mp.payload_is_utf8.map(u8::from);
             properties.message_expiry_interval = p.message_expiry_remaining;
             properties.content_type = mp.content_type.clone();
             properties.response_topic = mp.response_topic.as_ref().map(|t| t.as_str().to_string());

@@ -46,7 +46,7 @@ pub fn message_properties(
         None => None,
     };
     Some(MessageProperties {
-        payload_is_utf8: payload_format_indicator == Some(1),
+        payload_is_utf8: payload_format_indicator.map(|i| i == 1),
         message_expiry_interval,
         content_type: content_type.cloned(),
         response_topic,

@@ -465,12 +465,14 @@ impl Hub {
             std::mem::take(&mut inner.inflight).into_values().collect();
         inflight.sort_unstable_by_key(|f| f.seq);
         let sent = inflight.into_iter().filter_map(|f| match f.state {
-            InflightState::Sent(q) => Some(q),
+            InflightState::Sent(q) => Some((q, true)),
             InflightState::AwaitingComp => None,
         });
-        let queued = std::mem::take(&mut inner.queue);
-        for q in sent.chain(queued) {
-            if q.shared.is_some() {
+        let queued = std::mem::take(&mut inner.queue)
+            .into_iter()
+            .map(|q| (q, false));
+        for (q, was_sent) in sent.chain(queued) {
+            if q.shared.is_some() && may_move_to_another_member(&q, was_sent) {
                 ended.shared.push(q);
             } else {
                 freed += q.weight;
@@ -574,8 +576,9 @@ impl Hub {
     }
 
     /// The connection of `state` ended but the session lives on: its unacknowledged
-    /// shared-subscription messages (queued, or sent without PUBACK/PUBREC) move to a
-    /// connected member of their group if there is one; otherwise they stay.
+    /// shared-subscription messages (queued, or QoS 1 sent without PUBACK) move to a
+    /// connected member of their group if there is one; otherwise they stay. A QoS 2
+    /// message already sent stays with its member (see [`may_move_to_another_member`]).
     fn redistribute_shared(&self, state: &Arc<SessionState>, now: Instant) {
         let origins: Vec<SharedOrigin> = {
             let inner = state.inner.lock();
@@ -583,8 +586,8 @@ impl Hub {
                 return;
             }
             let sent = inner.inflight.values().filter_map(|f| match &f.state {
-                InflightState::Sent(q) => q.shared.as_ref(),
-                InflightState::AwaitingComp => None,
+                InflightState::Sent(q) if may_move_to_another_member(q, true) => q.shared.as_ref(),
+                _ => None,
             });
             let mut origins: Vec<SharedOrigin> = Vec::new();
             for origin in inner
@@ -627,7 +630,10 @@ impl Hub {
             let mut ids: Vec<(u64, u16)> = inner
                 .inflight
                 .iter()
-                .filter(|(_, f)| matches!(&f.state, InflightState::Sent(q) if moving(q)))
+                .filter(|(_, f)| {
+                    matches!(&f.state, InflightState::Sent(q)
+                        if moving(q) && may_move_to_another_member(q, true))
+                })
                 .map(|(id, f)| (f.seq, *id))
                 .collect();
             ids.sort_unstable();
@@ -1069,4 +1075,13 @@ pub(crate) fn caps_for(plan: Plan, limits: &HubLimits) -> HubCaps {
         topic_alias_maximum: limits.topic_alias_maximum,
         max_payload_bytes: limits.max_payload_bytes,
     }
+}
+
+/// Whether a shared-subscription message may go to another member of its group. A QoS 2
+/// message whose delivery has begun is completed with the member it was sent to when that
+/// member reconnects, and never sent to another member, even when the member's session
+/// ends [MQTT-4.8.2-4, MQTT-4.8.2-5]. Queued messages and sent QoS 1 messages may move
+/// (MQTT 5 §4.8.2 allows it as soon as the connection is lost).
+fn may_move_to_another_member(q: &Queued, sent: bool) -> bool {
+    !(sent && q.qos == QoS::ExactlyOnce)
 }

@@ -1043,6 +1043,45 @@ fn shared_messages_move_to_another_member_on_disconnect() {
 }
 
 #[test]
+fn sent_qos2_shared_message_stays_with_its_member() {
+    // [MQTT-4.8.2-4] [MQTT-4.8.2-5]: a QoS 2 delivery that has begun is never moved; the
+    // queued QoS 2 message behind it may be. Table: (how the member leaves, expiry).
+    for (how, expiry) in [
+        (DisconnectKind::Abnormal, 60),
+        (DisconnectKind::Abnormal, 0),
+    ] {
+        let fx = Fx::new();
+        let mut req = fx.req("a", true, expiry);
+        req.receive_maximum = 1;
+        let a = fx.connect_full(req).session;
+        subscribe(&a, "$share/g/t", QoS::ExactlyOnce);
+        let b = fx.client("b");
+        subscribe(&b, "$share/g/t", QoS::ExactlyOnce);
+        let p = fx.client("p");
+        for i in 0..4 {
+            publish(&p, "t", &i.to_string(), QoS::ExactlyOnce);
+        }
+        assert_eq!(
+            publishes(&drain(&a)).len(),
+            1,
+            "a has 0 in flight, 2 queued"
+        );
+        assert_eq!(payloads(&b), ["1", "3"]);
+        a.disconnect(how);
+        assert_eq!(
+            payloads(&b),
+            ["2"],
+            "{how:?} expiry {expiry}: only the queued one moves"
+        );
+        assert_eq!(
+            fx.stats().budget_used_bytes > 0,
+            expiry > 0,
+            "kept only for a live session"
+        );
+    }
+}
+
+#[test]
 fn shared_messages_stay_when_no_member_is_connected() {
     let fx = Fx::new();
     let a = fx.persistent("a", true, 60);

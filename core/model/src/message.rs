@@ -16,8 +16,9 @@ pub enum Origin {
 /// subscribers. MQTT 3.1.1 messages have them all at their defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MessageProperties {
-    /// Payload Format Indicator: `true` = UTF-8 text.
-    pub payload_is_utf8: bool,
+    /// Payload Format Indicator as the publisher sent it: `None` = absent, `Some(false)` = 0
+    /// (unspecified bytes), `Some(true)` = 1 (UTF-8 text). Forwarded unaltered [MQTT-3.3.2-4].
+    pub payload_is_utf8: Option<bool>,
     /// Message Expiry Interval in seconds, as the publisher set it.
     pub message_expiry_interval: Option<u32>,
     pub content_type: Option<String>,
