@@ -1,0 +1,390 @@
+//! The records the registry keeps, one per table. They hold validated values: the store
+//! refuses a row that does not parse back into one (see `StoreError::Corrupt`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use iothub_model::{DeviceId, HubId, HubLimits, Plan};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AccountId, ApiKeyId, NetworkId, RouteId};
+use crate::time::Timestamp;
+
+/// Why a stored or submitted word is not one of an enum's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a valid {kind} (expected one of: {expected})")]
+pub struct UnknownValue {
+    pub kind: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// Enums stored as their API word (`plan_shared`, `ready`, `s3` …), so a row reads the
+/// same in SQL as in JSON.
+macro_rules! word_enum {
+    ($(#[$doc:meta])* $name:ident, $kind:literal { $($(#[$vdoc:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $word)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word,)+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($word => Ok(Self::$variant),)+
+                    _ => Err(UnknownValue {
+                        kind: $kind,
+                        value: s.chars().take(64).collect(),
+                        expected: concat!($($word, " "),+),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+word_enum!(
+    /// A hub's lifecycle state (the reference's `status`).
+    HubStatus, "hub status" {
+        Unknown = "unknown",
+        Error = "error",
+        /// Created or enabled; the runtime is being told.
+        Enabling = "enabling",
+        /// Serving devices.
+        Ready = "ready",
+        /// Disabled; live connections are being closed.
+        Disabling = "disabling",
+        /// Refuses every connection.
+        Disabled = "disabled",
+    }
+);
+
+word_enum!(
+    /// Whether a device may connect.
+    DeviceStatus, "device status" {
+        Enabled = "enabled",
+        Disabled = "disabled",
+    }
+);
+
+word_enum!(
+    /// Accept or reject the listed topics; everything else gets the opposite.
+    FilterPolicy, "filter policy" {
+        Accept = "accept",
+        Reject = "reject",
+    }
+);
+
+word_enum!(
+    /// The kind of outside target a route writes to.
+    RouteType, "route type" {
+        S3 = "s3",
+        Database = "database",
+        Rest = "rest",
+    }
+);
+
+word_enum!(
+    /// The kind of device-unaware ingress a network is.
+    NetworkType, "network type" {
+        Sigfox = "sigfox",
+        Rest = "rest",
+        Lorawan = "lorawan",
+    }
+);
+
+word_enum!(
+    /// How an S3 route names objects: one per topic (overwritten) or one per message.
+    S3Strategy, "s3 strategy" {
+        PerTopic = "per_topic",
+        PerMessage = "per_message",
+    }
+);
+
+word_enum!(
+    /// The database a database route writes to.
+    DbEngine, "database engine" {
+        Postgresql = "postgresql",
+        Mysql = "mysql",
+    }
+);
+
+word_enum!(
+    /// The HTTP method of a REST route.
+    RestVerb, "http verb" {
+        Get = "get",
+        Post = "post",
+        Put = "put",
+        Patch = "patch",
+        Delete = "delete",
+    }
+);
+
+/// The product plan's API word (`plan_shared` …): `Plan` lives in the model crate, which
+/// serialises it but has no `FromStr`.
+pub fn plan_as_str(plan: Plan) -> &'static str {
+    match plan {
+        Plan::Shared => "plan_shared",
+        Plan::Dedicated => "plan_dedicated",
+        Plan::Ha => "plan_ha",
+    }
+}
+
+/// Parses `plan_shared|plan_dedicated|plan_ha`.
+pub fn parse_plan(s: &str) -> Result<Plan, UnknownValue> {
+    match s {
+        "plan_shared" => Ok(Plan::Shared),
+        "plan_dedicated" => Ok(Plan::Dedicated),
+        "plan_ha" => Ok(Plan::Ha),
+        _ => Err(UnknownValue {
+            kind: "product plan",
+            value: s.chars().take(64).collect(),
+            expected: "plan_shared plan_dedicated plan_ha",
+        }),
+    }
+}
+
+/// An account: owns hubs (and everything in them) and API keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountRecord {
+    pub id: AccountId,
+    pub name: String,
+    /// The bootstrap account; the only one allowed to create accounts.
+    pub is_admin: bool,
+    pub created_at: Timestamp,
+}
+
+/// An API key. The secret is never stored: `secret_hash` is the hex SHA-256 of the token.
+/// Tokens are 256 random bits, so a plain hash is as strong as a slow one (there is no
+/// dictionary to try) and lets `authenticate` look the key up by an index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyRecord {
+    pub id: ApiKeyId,
+    pub account_id: AccountId,
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+}
+
+/// A hub: one isolated MQTT namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HubRecord {
+    pub id: HubId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub status: HubStatus,
+    #[serde(rename = "product_plan")]
+    pub plan: Plan,
+    pub enabled: bool,
+    pub disable_events: bool,
+    pub events_topic_prefix: String,
+    pub enable_device_auto_provisioning: bool,
+    pub has_custom_ca: bool,
+    pub allow_anonymous: bool,
+    pub limits: HubLimits,
+    pub region: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Bumped by every stored change; the API's ETag.
+    pub version: i64,
+}
+
+/// One direction (publish or subscribe) of a device's message filters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRule {
+    pub policy: FilterPolicy,
+    /// MQTT filters, possibly holding `{{ hub.id }}`-style templates.
+    pub topics: Vec<String>,
+}
+
+impl Default for FilterRule {
+    /// The reference's default: reject nothing (reject with an empty list allows all).
+    fn default() -> Self {
+        Self {
+            policy: FilterPolicy::Reject,
+            topics: Vec::new(),
+        }
+    }
+}
+
+/// Which topics a device may publish to and subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessageFilters {
+    pub publish: FilterRule,
+    pub subscribe: FilterRule,
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceRecord {
+    pub id: DeviceId,
+    pub hub_id: HubId,
+    pub account_id: AccountId,
+    /// Unique in its hub; read-only after creation.
+    pub name: String,
+    pub description: String,
+    pub status: DeviceStatus,
+    pub allow_insecure: bool,
+    pub allow_multiple_connections: bool,
+    pub message_filters: MessageFilters,
+    pub has_custom_certificate: bool,
+    /// The epoch when the device never connected (as the reference answers).
+    pub last_activity_at: Timestamp,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub version: i64,
+}
+
+impl DeviceRecord {
+    pub fn enabled(&self) -> bool {
+        self.status == DeviceStatus::Enabled
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket_region: String,
+    pub bucket_name: String,
+    #[serde(default)]
+    pub object_prefix: String,
+    pub strategy: S3Strategy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbConfig {
+    pub engine: DbEngine,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+    /// SQL run per message; `$TOPIC` and `$PAYLOAD` are bound parameters.
+    pub query: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestConfig {
+    pub verb: RestVerb,
+    pub uri: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A route's target: exactly one of the reference's three config blocks. Serialised
+/// externally tagged, i.e. `{"s3_config": {...}}`, the shape of the API's field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteConfig {
+    #[serde(rename = "s3_config")]
+    S3(S3Config),
+    #[serde(rename = "db_config")]
+    Database(DbConfig),
+    #[serde(rename = "rest_config")]
+    Rest(RestConfig),
+}
+
+impl RouteConfig {
+    pub fn route_type(&self) -> RouteType {
+        match self {
+            Self::S3(_) => RouteType::S3,
+            Self::Database(_) => RouteType::Database,
+            Self::Rest(_) => RouteType::Rest,
+        }
+    }
+}
+
+/// A route of a hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteRecord {
+    pub id: RouteId,
+    pub hub_id: HubId,
+    pub account_id: AccountId,
+    pub name: String,
+    /// An MQTT filter.
+    pub topic: String,
+    #[serde(rename = "type")]
+    pub route_type: RouteType,
+    #[serde(flatten)]
+    pub config: RouteConfig,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub version: i64,
+}
+
+/// A device-unaware network of a hub. Networks have no update, hence no version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkRecord {
+    pub id: NetworkId,
+    pub hub_id: HubId,
+    pub account_id: AccountId,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub network_type: NetworkType,
+    /// A topic name (no wildcards) the network's messages are published under.
+    pub topic_prefix: String,
+    /// Hex SHA-256 of the secret shown once at creation.
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip() {
+        for s in HubStatus::ALL {
+            assert_eq!(s.as_str().parse::<HubStatus>(), Ok(*s));
+        }
+        for t in RouteType::ALL {
+            assert_eq!(t.as_str().parse::<RouteType>(), Ok(*t));
+        }
+        for p in [Plan::Shared, Plan::Dedicated, Plan::Ha] {
+            assert_eq!(parse_plan(plan_as_str(p)), Ok(p));
+        }
+        let err = "ready!".parse::<HubStatus>().unwrap_err();
+        assert_eq!(err.kind, "hub status");
+        assert!(parse_plan("plan_free").is_err());
+    }
+
+    #[test]
+    fn route_config_json_shape() {
+        let config = RouteConfig::Rest(RestConfig {
+            verb: RestVerb::Post,
+            uri: "http://127.0.0.1:9/x".into(),
+            headers: BTreeMap::new(),
+        });
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"rest_config": {"verb": "post", "uri": "http://127.0.0.1:9/x", "headers": {}}})
+        );
+        let back: RouteConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, config);
+    }
+}

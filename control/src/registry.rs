@@ -1,0 +1,1318 @@
+//! The registry: every rule of the control plane (validation, quotas, hub lifecycle,
+//! tenancy, authentication) over a [`Store`] and a [`Runtime`]. The HTTP layer only
+//! parses requests and maps [`RegistryError`] to responses.
+//!
+//! Tenancy: every lookup is scoped by the caller's account and answers `NotFound` for
+//! another account's ids, so an id's existence never leaks.
+//!
+//! Concurrency: updates are read-modify-write with the record's `version`. A request that
+//! carries the version it saw (`If-Match`) fails with `PreconditionFailed` when the record
+//! has moved on; one without is retried on the fresh record, so concurrent updates of one
+//! record are serialised rather than lost.
+//!
+//! Every mutation calls the runtime after the store accepted it.
+
+use std::sync::Arc;
+
+use iothub_model::{DeviceId, HubId, HubLimits, Plan};
+use serde::Deserialize;
+
+use crate::ids::{AccountId, ApiKeyId, NetworkId, RouteId};
+use crate::records::{
+    AccountRecord, ApiKeyRecord, DeviceRecord, DeviceStatus, FilterRule, HubRecord, HubStatus,
+    MessageFilters, NetworkRecord, NetworkType, RouteConfig, RouteRecord, plan_as_str,
+};
+use crate::runtime::Runtime;
+use crate::secret::{EntropyError, generate_secret, hash_secret};
+use crate::store::{
+    DeviceFilter, HubFilter, ListQuery, NetworkFilter, OrderBy, Page, Paging, RouteFilter, Store,
+    StoreError,
+};
+use crate::time::Timestamp;
+use crate::validate::{self, Invalid};
+
+/// The reference's default events prefix.
+pub const DEFAULT_EVENTS_TOPIC_PREFIX: &str = "$SCW/events";
+/// The default region name.
+pub const DEFAULT_REGION: &str = "fr-par";
+/// Default and largest `page_size` of lists.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+pub const MAX_PAGE_SIZE: u32 = 100;
+/// Attempts of an update without `If-Match` that keeps losing races before `Conflict`.
+const UPDATE_ATTEMPTS: usize = 8;
+
+/// Hubs an account may have, per plan.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanQuotas {
+    pub plan_shared: u64,
+    pub plan_dedicated: u64,
+    pub plan_ha: u64,
+}
+
+impl Default for PlanQuotas {
+    /// The reference's: 5 shared, 50 dedicated, 50 HA hubs per account.
+    fn default() -> Self {
+        Self {
+            plan_shared: 5,
+            plan_dedicated: 50,
+            plan_ha: 50,
+        }
+    }
+}
+
+impl PlanQuotas {
+    pub fn for_plan(&self, plan: Plan) -> u64 {
+        match plan {
+            Plan::Shared => self.plan_shared,
+            Plan::Dedicated => self.plan_dedicated,
+            Plan::Ha => self.plan_ha,
+        }
+    }
+}
+
+/// The `quotas:` block of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    pub hubs_per_account: PlanQuotas,
+    pub devices_per_hub: u64,
+    pub routes_per_hub: u64,
+    pub networks_per_hub: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            hubs_per_account: PlanQuotas::default(),
+            devices_per_hub: 10_000,
+            routes_per_hub: 100,
+            networks_per_hub: 100,
+        }
+    }
+}
+
+/// What the registry needs from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// The region this node serves (`fr-par` by default); stamped on hubs.
+    pub region: String,
+    pub quotas: Quotas,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            region: DEFAULT_REGION.to_owned(),
+            quotas: Quotas::default(),
+        }
+    }
+}
+
+/// Why a registry call failed; each variant is one HTTP status for the API.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// 400 `invalid_arguments`.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        field: String,
+        reason: String,
+        help: String,
+    },
+    /// 404 `not_found` (also for another account's ids).
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: String },
+    /// 403 `quotas_exceeded`.
+    #[error("quota exceeded for {resource}: {current} of {quota} used")]
+    QuotaExceeded {
+        resource: &'static str,
+        current: u64,
+        quota: u64,
+    },
+    /// 409 `conflict`: a unique field is taken.
+    #[error("a {resource} with this {field} already exists")]
+    AlreadyExists {
+        resource: &'static str,
+        field: &'static str,
+    },
+    /// 409 `conflict`: the record kept changing under an update without `If-Match`.
+    #[error("{resource} {id} is being changed concurrently; retry")]
+    Conflict { resource: &'static str, id: String },
+    /// 412 `precondition_failed`: the `If-Match` version is stale.
+    #[error("{resource} {id} is at version {current}, not {expected}")]
+    PreconditionFailed {
+        resource: &'static str,
+        id: String,
+        expected: i64,
+        current: i64,
+    },
+    /// 412 `precondition_failed` in the reference's sense: the request is valid but the
+    /// resource's state forbids it now (plan change on an enabled hub, hub with devices…).
+    #[error("{message}")]
+    FailedPrecondition { message: String },
+    /// 403 `permission_denied`: authenticated, but not allowed (e.g. a non-admin creating
+    /// an account).
+    #[error("{message}")]
+    Denied { message: String },
+    /// 500: the database failed or holds something unreadable.
+    #[error(transparent)]
+    Store(StoreError),
+    /// 500: no randomness for a secret.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
+}
+
+impl From<Invalid> for RegistryError {
+    fn from(i: Invalid) -> Self {
+        Self::InvalidArgument {
+            field: i.field,
+            reason: i.reason,
+            help: i.help,
+        }
+    }
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { resource, id } => Self::NotFound { resource, id },
+            StoreError::VersionConflict { resource, id, .. } => Self::Conflict { resource, id },
+            StoreError::Duplicate { resource, field } => Self::AlreadyExists { resource, field },
+            StoreError::QuotaExceeded {
+                resource,
+                current,
+                quota,
+            } => Self::QuotaExceeded {
+                resource,
+                current,
+                quota,
+            },
+            StoreError::UnsupportedOrder { resource, order_by } => Self::InvalidArgument {
+                field: "order_by".into(),
+                reason: format!("{resource}s cannot be ordered by {order_by}"),
+                help: "see the API reference for the orders of this list".into(),
+            },
+            StoreError::HubHasDevices { hub, devices } => Self::FailedPrecondition {
+                message: format!(
+                    "hub {hub} still has {devices} device(s): delete them first, or delete the hub with delete_devices=true"
+                ),
+            },
+            other => Self::Store(other),
+        }
+    }
+}
+
+fn invalid(field: &str, reason: impl Into<String>, help: impl Into<String>) -> RegistryError {
+    RegistryError::InvalidArgument {
+        field: field.to_owned(),
+        reason: reason.into(),
+        help: help.into(),
+    }
+}
+
+/// Paging and order of a list request, as the client sent them (`None`: default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListParams {
+    /// 1-based; default 1.
+    pub page: Option<u32>,
+    /// 1..=100; default 20.
+    pub page_size: Option<u32>,
+    /// `<field>_asc|_desc`; default `name_asc`.
+    pub order_by: Option<String>,
+}
+
+impl ListParams {
+    fn query<F>(&self, filter: F) -> Result<ListQuery<F>, RegistryError> {
+        let page = self.page.unwrap_or(1);
+        if page == 0 {
+            return Err(invalid(
+                "page",
+                "must be at least 1",
+                "pages are numbered from 1",
+            ));
+        }
+        let page_size = self.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+            return Err(invalid(
+                "page_size",
+                format!("must be between 1 and {MAX_PAGE_SIZE}"),
+                format!("ask for at most {MAX_PAGE_SIZE} items per page"),
+            ));
+        }
+        let order_by = match &self.order_by {
+            None => OrderBy::default(),
+            Some(s) => s.parse::<OrderBy>().map_err(|e| {
+                invalid(
+                    "order_by",
+                    e.to_string(),
+                    "e.g. name_asc or created_at_desc",
+                )
+            })?,
+        };
+        Ok(ListQuery {
+            filter,
+            order_by,
+            paging: Some(Paging { page, page_size }),
+        })
+    }
+}
+
+/// A hub as the API shows it: the record plus counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubInfo {
+    pub hub: HubRecord,
+    pub device_count: u64,
+    pub connected_device_count: u64,
+}
+
+/// A device as the API shows it: the record plus its connection state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub device: DeviceRecord,
+    pub is_connected: bool,
+}
+
+/// A new hub. Unset options take the reference's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubCreate {
+    pub name: String,
+    pub product_plan: Plan,
+    pub disable_events: Option<bool>,
+    pub events_topic_prefix: Option<String>,
+    pub enable_device_auto_provisioning: Option<bool>,
+    pub allow_anonymous: Option<bool>,
+    pub limits: Option<HubLimits>,
+}
+
+/// A hub update: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubUpdate {
+    pub name: Option<String>,
+    pub product_plan: Option<Plan>,
+    pub disable_events: Option<bool>,
+    pub events_topic_prefix: Option<String>,
+    pub enable_device_auto_provisioning: Option<bool>,
+    pub allow_anonymous: Option<bool>,
+    pub limits: Option<HubLimits>,
+}
+
+/// A new device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCreate {
+    pub hub_id: HubId,
+    pub name: String,
+    pub description: String,
+    pub allow_insecure: bool,
+    pub allow_multiple_connections: bool,
+    pub message_filters: MessageFilters,
+}
+
+/// Message filters to change: a direction left `None` keeps its rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageFiltersUpdate {
+    pub publish: Option<FilterRule>,
+    pub subscribe: Option<FilterRule>,
+}
+
+/// A device update (`name` is read-only, as in the reference). Setting `hub_id` moves the
+/// device to another hub of the same account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceUpdate {
+    pub description: Option<String>,
+    pub allow_insecure: Option<bool>,
+    pub allow_multiple_connections: Option<bool>,
+    pub message_filters: Option<MessageFiltersUpdate>,
+    pub hub_id: Option<HubId>,
+}
+
+/// A new route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCreate {
+    pub hub_id: HubId,
+    pub name: String,
+    pub topic: String,
+    pub config: RouteConfig,
+}
+
+/// A route update. `config` must be of the route's type (a route cannot change type).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteUpdate {
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub config: Option<RouteConfig>,
+}
+
+/// A new network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkCreate {
+    pub hub_id: HubId,
+    pub name: String,
+    pub network_type: NetworkType,
+    pub topic_prefix: String,
+}
+
+/// Outcome of one attempt of an optimistic update.
+enum Attempt<T> {
+    Done(T),
+    /// The stored version moved between read and write.
+    Raced,
+}
+
+/// The control plane's rules over a store and a runtime.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    runtime: Arc<dyn Runtime>,
+    config: RegistryConfig,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// The store must already be migrated.
+    pub fn new(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>, config: RegistryConfig) -> Self {
+        Self {
+            store,
+            runtime,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    pub fn region(&self) -> &str {
+        &self.config.region
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Accounts and authentication
+
+    fn new_key(
+        account_id: AccountId,
+        now: Timestamp,
+    ) -> Result<(ApiKeyRecord, String), RegistryError> {
+        let token = generate_secret()?;
+        let key = ApiKeyRecord {
+            id: ApiKeyId::new_random(),
+            account_id,
+            secret_hash: hash_secret(&token),
+            created_at: now,
+        };
+        Ok((key, token))
+    }
+
+    /// On a database without any account, creates the admin account and its API key and
+    /// returns them (the key is never retrievable again). `None` when an account exists.
+    pub async fn bootstrap_admin(&self) -> Result<Option<(AccountRecord, String)>, RegistryError> {
+        let now = Timestamp::now();
+        let account = AccountRecord {
+            id: AccountId::new_random(),
+            name: "admin".to_owned(),
+            is_admin: true,
+            created_at: now,
+        };
+        let (key, token) = Self::new_key(account.id, now)?;
+        if self.store.bootstrap_admin(&account, &key).await? {
+            tracing::info!(message = "created the admin account", account_id = %account.id);
+            Ok(Some((account, token)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Creates an account and its first API key (admin only).
+    pub async fn create_account(
+        &self,
+        caller: &AccountRecord,
+        name: &str,
+    ) -> Result<(AccountRecord, String), RegistryError> {
+        if !caller.is_admin {
+            return Err(RegistryError::Denied {
+                message: "only the admin account may create accounts".into(),
+            });
+        }
+        validate::name("name", name)?;
+        let now = Timestamp::now();
+        let account = AccountRecord {
+            id: AccountId::new_random(),
+            name: name.to_owned(),
+            is_admin: false,
+            created_at: now,
+        };
+        let (key, token) = Self::new_key(account.id, now)?;
+        self.store.insert_account(&account, &key).await?;
+        Ok((account, token))
+    }
+
+    /// Creates another API key for the caller's own account.
+    pub async fn create_api_key(
+        &self,
+        caller: &AccountRecord,
+    ) -> Result<(ApiKeyRecord, String), RegistryError> {
+        let (key, token) = Self::new_key(caller.id, Timestamp::now())?;
+        self.store.insert_api_key(&key).await?;
+        Ok((key, token))
+    }
+
+    /// The account an `X-Auth-Token` belongs to; `Ok(None)` for an unknown token (401),
+    /// `Err` only when the database fails (500).
+    pub async fn authenticate(&self, token: &str) -> Result<Option<AccountRecord>, RegistryError> {
+        if token.is_empty() || token.len() > 1024 {
+            return Ok(None);
+        }
+        let Some(key) = self.store.find_api_key(&hash_secret(token)).await? else {
+            return Ok(None);
+        };
+        Ok(self.store.get_account(key.account_id).await?)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Scoped lookups
+
+    async fn hub_of(&self, caller: &AccountRecord, id: HubId) -> Result<HubRecord, RegistryError> {
+        match self.store.get_hub(id).await? {
+            Some(hub) if hub.account_id == caller.id => Ok(hub),
+            _ => Err(RegistryError::NotFound {
+                resource: "hub",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    async fn device_of(
+        &self,
+        caller: &AccountRecord,
+        id: DeviceId,
+    ) -> Result<DeviceRecord, RegistryError> {
+        match self.store.get_device(id).await? {
+            Some(device) if device.account_id == caller.id => Ok(device),
+            _ => Err(RegistryError::NotFound {
+                resource: "device",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    async fn route_of(
+        &self,
+        caller: &AccountRecord,
+        id: RouteId,
+    ) -> Result<RouteRecord, RegistryError> {
+        match self.store.get_route(id).await? {
+            Some(route) if route.account_id == caller.id => Ok(route),
+            _ => Err(RegistryError::NotFound {
+                resource: "route",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    async fn network_of(
+        &self,
+        caller: &AccountRecord,
+        id: NetworkId,
+    ) -> Result<NetworkRecord, RegistryError> {
+        match self.store.get_network(id).await? {
+            Some(network) if network.account_id == caller.id => Ok(network),
+            _ => Err(RegistryError::NotFound {
+                resource: "network",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    /// `If-Match` check against the version just read.
+    fn check_version(
+        resource: &'static str,
+        id: &dyn std::fmt::Display,
+        if_version: Option<i64>,
+        current: i64,
+    ) -> Result<(), RegistryError> {
+        match if_version {
+            Some(expected) if expected != current => Err(RegistryError::PreconditionFailed {
+                resource,
+                id: id.to_string(),
+                expected,
+                current,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `attempt` until it is not raced; with `If-Match` a race is a stale version.
+    async fn optimistic<T>(
+        &self,
+        resource: &'static str,
+        id: &dyn std::fmt::Display,
+        if_version: Option<i64>,
+        mut attempt: impl AsyncFnMut() -> Result<Attempt<T>, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            match attempt().await {
+                Ok(Attempt::Done(value)) => return Ok(value),
+                Ok(Attempt::Raced) | Err(RegistryError::Conflict { .. }) => {
+                    if let Some(expected) = if_version {
+                        return Err(RegistryError::PreconditionFailed {
+                            resource,
+                            id: id.to_string(),
+                            expected,
+                            current: expected + 1,
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RegistryError::Conflict {
+            resource,
+            id: id.to_string(),
+        })
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Hubs
+
+    async fn hub_info(&self, hub: HubRecord) -> Result<HubInfo, RegistryError> {
+        let device_count = self
+            .store
+            .count_devices(&[hub.id])
+            .await?
+            .first()
+            .map_or(0, |(_, n)| *n);
+        let connected_device_count = self.runtime.hub_counts(hub.id).connected_devices;
+        Ok(HubInfo {
+            hub,
+            device_count,
+            connected_device_count,
+        })
+    }
+
+    fn check_hub_rules(hub: &HubRecord, anonymous_field: &str) -> Result<(), RegistryError> {
+        if hub.allow_anonymous && hub.plan == Plan::Shared {
+            return Err(invalid(
+                anonymous_field,
+                "anonymous clients are not available on plan_shared",
+                "use plan_dedicated or plan_ha, or leave allow_anonymous off",
+            ));
+        }
+        if hub.enable_device_auto_provisioning && !hub.has_custom_ca {
+            return Err(invalid(
+                "enable_device_auto_provisioning",
+                "device auto-provisioning needs a custom CA on the hub",
+                "set the hub's custom CA first",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stores a status step of the hub lifecycle and tells the runtime.
+    async fn hub_step(
+        &self,
+        hub: &HubRecord,
+        status: HubStatus,
+        enabled: bool,
+    ) -> Result<HubRecord, RegistryError> {
+        let next = HubRecord {
+            status,
+            enabled,
+            updated_at: Timestamp::now(),
+            ..hub.clone()
+        };
+        let stored = self.store.update_hub(&next, hub.version, None).await?;
+        self.runtime.hub_upserted(&stored);
+        Ok(stored)
+    }
+
+    /// Creates a hub: stored as `enabling`, applied to the runtime, then `ready`.
+    pub async fn create_hub(
+        &self,
+        caller: &AccountRecord,
+        req: HubCreate,
+    ) -> Result<HubInfo, RegistryError> {
+        validate::topic_safe_name("name", &req.name)?;
+        let events_topic_prefix = req
+            .events_topic_prefix
+            .unwrap_or_else(|| DEFAULT_EVENTS_TOPIC_PREFIX.to_owned());
+        validate::topic_prefix("events_topic_prefix", &events_topic_prefix)?;
+        let now = Timestamp::now();
+        let hub = HubRecord {
+            id: HubId::new_random(),
+            account_id: caller.id,
+            name: req.name,
+            status: HubStatus::Enabling,
+            plan: req.product_plan,
+            enabled: true,
+            disable_events: req.disable_events.unwrap_or(false),
+            events_topic_prefix,
+            enable_device_auto_provisioning: req.enable_device_auto_provisioning.unwrap_or(false),
+            has_custom_ca: false,
+            allow_anonymous: req.allow_anonymous.unwrap_or(false),
+            limits: req.limits.unwrap_or_default(),
+            region: self.config.region.clone(),
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        Self::check_hub_rules(&hub, "allow_anonymous")?;
+        let quota = self.config.quotas.hubs_per_account.for_plan(hub.plan);
+        self.store.insert_hub(&hub, quota).await?;
+        self.runtime.hub_upserted(&hub);
+        let ready = match self.hub_step(&hub, HubStatus::Ready, true).await {
+            Ok(ready) => ready,
+            // Someone changed the hub in the instant since it was stored: show theirs.
+            Err(RegistryError::Conflict { .. }) => self.hub_of(caller, hub.id).await?,
+            Err(e) => return Err(e),
+        };
+        self.hub_info(ready).await
+    }
+
+    pub async fn get_hub(
+        &self,
+        caller: &AccountRecord,
+        id: HubId,
+    ) -> Result<HubInfo, RegistryError> {
+        let hub = self.hub_of(caller, id).await?;
+        self.hub_info(hub).await
+    }
+
+    /// The caller's hubs (`filter.account_id` is ignored: always the caller's).
+    pub async fn list_hubs(
+        &self,
+        caller: &AccountRecord,
+        filter: HubFilter,
+        params: &ListParams,
+    ) -> Result<Page<HubInfo>, RegistryError> {
+        let query = params.query(HubFilter {
+            account_id: Some(caller.id),
+            ..filter
+        })?;
+        let page = self.store.list_hubs(&query).await?;
+        let ids: Vec<HubId> = page.items.iter().map(|h| h.id).collect();
+        let counts = self.store.count_devices(&ids).await?;
+        Ok(page.map(|hub| {
+            let device_count = counts
+                .iter()
+                .find(|(id, _)| *id == hub.id)
+                .map_or(0, |(_, n)| *n);
+            let connected_device_count = self.runtime.hub_counts(hub.id).connected_devices;
+            HubInfo {
+                hub,
+                device_count,
+                connected_device_count,
+            }
+        }))
+    }
+
+    /// Updates a hub. The product plan changes only while the hub is disabled.
+    pub async fn update_hub(
+        &self,
+        caller: &AccountRecord,
+        id: HubId,
+        req: HubUpdate,
+        if_version: Option<i64>,
+    ) -> Result<HubInfo, RegistryError> {
+        if let Some(name) = &req.name {
+            validate::topic_safe_name("name", name)?;
+        }
+        if let Some(prefix) = &req.events_topic_prefix {
+            validate::topic_prefix("events_topic_prefix", prefix)?;
+        }
+        let stored = self
+            .optimistic("hub", &id, if_version, async || {
+                let hub = self.hub_of(caller, id).await?;
+                Self::check_version("hub", &id, if_version, hub.version)?;
+                let plan_changes = req.product_plan.is_some_and(|p| p != hub.plan);
+                if plan_changes && (hub.enabled || hub.status != HubStatus::Disabled) {
+                    return Err(RegistryError::FailedPrecondition {
+                        message: format!("hub {id} must be disabled before its product plan changes"),
+                    });
+                }
+                let next = HubRecord {
+                    name: req.name.clone().unwrap_or_else(|| hub.name.clone()),
+                    plan: req.product_plan.unwrap_or(hub.plan),
+                    disable_events: req.disable_events.unwrap_or(hub.disable_events),
+                    events_topic_prefix: req
+                        .events_topic_prefix
+                        .clone()
+                        .unwrap_or_else(|| hub.events_topic_prefix.clone()),
+                    enable_device_auto_provisioning: req
+                        .enable_device_auto_provisioning
+                        .unwrap_or(hub.enable_device_auto_provisioning),
+                    allow_anonymous: req.allow_anonymous.unwrap_or(hub.allow_anonymous),
+                    limits: req.limits.clone().unwrap_or_else(|| hub.limits.clone()),
+                    updated_at: Timestamp::now(),
+                    ..hub.clone()
+                };
+                let anonymous_field = if req.allow_anonymous.is_some() {
+                    "allow_anonymous"
+                } else {
+                    "product_plan"
+                };
+                Self::check_hub_rules(&next, anonymous_field)?;
+                if plan_changes && next.plan == Plan::Shared {
+                    let multi = self
+                        .store
+                        .list_devices(&ListQuery {
+                            filter: DeviceFilter {
+                                hub_id: Some(id),
+                                allow_multiple_connections: Some(true),
+                                ..DeviceFilter::default()
+                            },
+                            order_by: OrderBy::default(),
+                            paging: Some(Paging { page: 1, page_size: 1 }),
+                        })
+                        .await?;
+                    if multi.total_count > 0 {
+                        return Err(RegistryError::FailedPrecondition {
+                            message: format!(
+                                "{} device(s) of hub {id} allow multiple connections, which plan_shared does not offer: turn it off first",
+                                multi.total_count
+                            ),
+                        });
+                    }
+                }
+                let quota = plan_changes.then(|| self.config.quotas.hubs_per_account.for_plan(next.plan));
+                match self.store.update_hub(&next, hub.version, quota).await {
+                    Ok(stored) => Ok(Attempt::Done(stored)),
+                    Err(StoreError::VersionConflict { .. }) => Ok(Attempt::Raced),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+        self.runtime.hub_upserted(&stored);
+        self.hub_info(stored).await
+    }
+
+    /// Enables a hub: `enabling`, applied to the runtime, then `ready`.
+    pub async fn enable_hub(
+        &self,
+        caller: &AccountRecord,
+        id: HubId,
+        if_version: Option<i64>,
+    ) -> Result<HubInfo, RegistryError> {
+        let hub = self
+            .optimistic("hub", &id, if_version, async || {
+                let hub = self.hub_of(caller, id).await?;
+                Self::check_version("hub", &id, if_version, hub.version)?;
+                if hub.enabled && hub.status == HubStatus::Ready {
+                    return Ok(Attempt::Done(hub));
+                }
+                match self.hub_step(&hub, HubStatus::Enabling, true).await {
+                    Ok(enabling) => Ok(Attempt::Done(
+                        self.hub_step(&enabling, HubStatus::Ready, true).await?,
+                    )),
+                    Err(RegistryError::Conflict { .. }) => Ok(Attempt::Raced),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        self.hub_info(hub).await
+    }
+
+    /// Disables a hub: `disabling` (the runtime closes its connections), then `disabled`.
+    pub async fn disable_hub(
+        &self,
+        caller: &AccountRecord,
+        id: HubId,
+        if_version: Option<i64>,
+    ) -> Result<HubInfo, RegistryError> {
+        let hub = self
+            .optimistic("hub", &id, if_version, async || {
+                let hub = self.hub_of(caller, id).await?;
+                Self::check_version("hub", &id, if_version, hub.version)?;
+                if !hub.enabled && hub.status == HubStatus::Disabled {
+                    return Ok(Attempt::Done(hub));
+                }
+                match self.hub_step(&hub, HubStatus::Disabling, false).await {
+                    Ok(disabling) => Ok(Attempt::Done(
+                        self.hub_step(&disabling, HubStatus::Disabled, false)
+                            .await?,
+                    )),
+                    Err(RegistryError::Conflict { .. }) => Ok(Attempt::Raced),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        self.hub_info(hub).await
+    }
+
+    /// Deletes a hub with its routes and networks. A hub with devices is refused unless
+    /// `delete_devices`, which deletes them too.
+    pub async fn delete_hub(
+        &self,
+        caller: &AccountRecord,
+        id: HubId,
+        delete_devices: bool,
+        if_version: Option<i64>,
+    ) -> Result<(), RegistryError> {
+        let hub = self.hub_of(caller, id).await?;
+        Self::check_version("hub", &id, if_version, hub.version)?;
+        let devices = match self.store.delete_hub(id, if_version, delete_devices).await {
+            Ok(devices) => devices,
+            Err(StoreError::VersionConflict { expected, .. }) => {
+                return Err(RegistryError::PreconditionFailed {
+                    resource: "hub",
+                    id: id.to_string(),
+                    expected,
+                    current: expected + 1,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for device in devices {
+            self.runtime.device_removed(device);
+        }
+        self.runtime.hub_removed(id);
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Devices
+
+    fn device_info(&self, device: DeviceRecord) -> DeviceInfo {
+        let is_connected = self.runtime.device_connected(device.id);
+        DeviceInfo {
+            device,
+            is_connected,
+        }
+    }
+
+    fn check_multiple_connections(hub: &HubRecord, allow: bool) -> Result<(), RegistryError> {
+        if allow && hub.plan == Plan::Shared {
+            return Err(invalid(
+                "allow_multiple_connections",
+                format!("is not available on {}", plan_as_str(hub.plan)),
+                "use a hub on plan_dedicated or plan_ha",
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn create_device(
+        &self,
+        caller: &AccountRecord,
+        req: DeviceCreate,
+    ) -> Result<DeviceInfo, RegistryError> {
+        validate::topic_safe_name("name", &req.name)?;
+        validate::description("description", &req.description)?;
+        validate::message_filters("message_filters", &req.message_filters)?;
+        let hub = self.hub_of(caller, req.hub_id).await?;
+        Self::check_multiple_connections(&hub, req.allow_multiple_connections)?;
+        let now = Timestamp::now();
+        let device = DeviceRecord {
+            id: DeviceId::new_random(),
+            hub_id: hub.id,
+            account_id: caller.id,
+            name: req.name,
+            description: req.description,
+            status: DeviceStatus::Enabled,
+            allow_insecure: req.allow_insecure,
+            allow_multiple_connections: req.allow_multiple_connections,
+            message_filters: req.message_filters,
+            has_custom_certificate: false,
+            last_activity_at: Timestamp::EPOCH,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        self.store
+            .insert_device(&device, self.config.quotas.devices_per_hub)
+            .await?;
+        self.runtime.device_upserted(&device);
+        Ok(self.device_info(device))
+    }
+
+    pub async fn get_device(
+        &self,
+        caller: &AccountRecord,
+        id: DeviceId,
+    ) -> Result<DeviceInfo, RegistryError> {
+        let device = self.device_of(caller, id).await?;
+        Ok(self.device_info(device))
+    }
+
+    /// The caller's devices (`filter.account_id` is ignored).
+    pub async fn list_devices(
+        &self,
+        caller: &AccountRecord,
+        filter: DeviceFilter,
+        params: &ListParams,
+    ) -> Result<Page<DeviceInfo>, RegistryError> {
+        let query = params.query(DeviceFilter {
+            account_id: Some(caller.id),
+            ..filter
+        })?;
+        let page = self.store.list_devices(&query).await?;
+        Ok(page.map(|d| self.device_info(d)))
+    }
+
+    /// Shared body of the device mutations: read, check, change, store, tell the runtime.
+    async fn change_device(
+        &self,
+        caller: &AccountRecord,
+        id: DeviceId,
+        if_version: Option<i64>,
+        change: impl AsyncFn(DeviceRecord) -> Result<DeviceRecord, RegistryError>,
+    ) -> Result<DeviceInfo, RegistryError> {
+        let stored = self
+            .optimistic("device", &id, if_version, async || {
+                let device = self.device_of(caller, id).await?;
+                Self::check_version("device", &id, if_version, device.version)?;
+                let version = device.version;
+                let mut next = change(device).await?;
+                next.updated_at = Timestamp::now();
+                match self
+                    .store
+                    .update_device(&next, version, self.config.quotas.devices_per_hub)
+                    .await
+                {
+                    Ok(stored) => Ok(Attempt::Done(stored)),
+                    Err(StoreError::VersionConflict { .. }) => Ok(Attempt::Raced),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+        self.runtime.device_upserted(&stored);
+        Ok(self.device_info(stored))
+    }
+
+    /// Updates a device; a new `hub_id` moves it (same account, target hub's quota).
+    pub async fn update_device(
+        &self,
+        caller: &AccountRecord,
+        id: DeviceId,
+        req: DeviceUpdate,
+        if_version: Option<i64>,
+    ) -> Result<DeviceInfo, RegistryError> {
+        if let Some(description) = &req.description {
+            validate::description("description", description)?;
+        }
+        if let Some(filters) = &req.message_filters {
+            let probe = MessageFilters {
+                publish: filters.publish.clone().unwrap_or_default(),
+                subscribe: filters.subscribe.clone().unwrap_or_default(),
+            };
+            validate::message_filters("message_filters", &probe)?;
+        }
+        self.change_device(caller, id, if_version, async |device| {
+            let hub_id = req.hub_id.unwrap_or(device.hub_id);
+            let hub = self.hub_of(caller, hub_id).await.map_err(|e| match e {
+                // The device's own hub vanished under it: that is the device's absence.
+                RegistryError::NotFound { .. } if req.hub_id.is_none() => RegistryError::NotFound {
+                    resource: "device",
+                    id: id.to_string(),
+                },
+                other => other,
+            })?;
+            let allow_multiple_connections = req
+                .allow_multiple_connections
+                .unwrap_or(device.allow_multiple_connections);
+            Self::check_multiple_connections(&hub, allow_multiple_connections)?;
+            let mut message_filters = device.message_filters.clone();
+            if let Some(update) = &req.message_filters {
+                if let Some(publish) = &update.publish {
+                    message_filters.publish = publish.clone();
+                }
+                if let Some(subscribe) = &update.subscribe {
+                    message_filters.subscribe = subscribe.clone();
+                }
+            }
+            Ok(DeviceRecord {
+                hub_id,
+                description: req
+                    .description
+                    .clone()
+                    .unwrap_or_else(|| device.description.clone()),
+                allow_insecure: req.allow_insecure.unwrap_or(device.allow_insecure),
+                allow_multiple_connections,
+                message_filters,
+                ..device
+            })
+        })
+        .await
+    }
+
+    pub async fn enable_device(
+        &self,
+        caller: &AccountRecord,
+        id: DeviceId,
+        if_version: Option<i64>,
+    ) -> Result<DeviceInfo, RegistryError> {
+        self.change_device(caller, id, if_version, async |device| {
+            Ok(DeviceRecord {
+                status: DeviceStatus::Enabled,
+                ..device
+            })
+        })
+        .await
+    }
+
+    /// Disables a device: the runtime closes its live connections.
+    pub async fn disable_device(
+        &self,
+        caller: &AccountRecord,
+        id: DeviceId,
+        if_version: Option<i64>,
+    ) -> Result<DeviceInfo, RegistryError> {
+        self.change_device(caller, id, if_version, async |device| {
+            Ok(DeviceRecord {
+                status: DeviceStatus::Disabled,
+                ..device
+            })
+        })
+        .await
+    }
+
+    pub async fn delete_device(
+        &self,
+        caller: &AccountRecord,
+        id: DeviceId,
+        if_version: Option<i64>,
+    ) -> Result<(), RegistryError> {
+        let device = self.device_of(caller, id).await?;
+        Self::check_version("device", &id, if_version, device.version)?;
+        match self.store.delete_device(id, if_version).await {
+            Ok(()) => {}
+            Err(StoreError::VersionConflict { expected, .. }) => {
+                return Err(RegistryError::PreconditionFailed {
+                    resource: "device",
+                    id: id.to_string(),
+                    expected,
+                    current: expected + 1,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.runtime.device_removed(id);
+        Ok(())
+    }
+
+    /// Records that a device was active (called by the runtime; no version bump).
+    pub async fn record_device_activity(
+        &self,
+        id: DeviceId,
+        at: Timestamp,
+    ) -> Result<(), RegistryError> {
+        Ok(self.store.set_device_last_activity(id, at).await?)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Routes
+
+    pub async fn create_route(
+        &self,
+        caller: &AccountRecord,
+        req: RouteCreate,
+    ) -> Result<RouteRecord, RegistryError> {
+        validate::name("name", &req.name)?;
+        validate::topic_filter("topic", &req.topic)?;
+        validate::route_config(&req.config)?;
+        let hub = self.hub_of(caller, req.hub_id).await?;
+        let now = Timestamp::now();
+        let route = RouteRecord {
+            id: RouteId::new_random(),
+            hub_id: hub.id,
+            account_id: caller.id,
+            name: req.name,
+            topic: req.topic,
+            route_type: req.config.route_type(),
+            config: req.config,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        self.store
+            .insert_route(&route, self.config.quotas.routes_per_hub)
+            .await?;
+        Ok(route)
+    }
+
+    pub async fn get_route(
+        &self,
+        caller: &AccountRecord,
+        id: RouteId,
+    ) -> Result<RouteRecord, RegistryError> {
+        self.route_of(caller, id).await
+    }
+
+    pub async fn list_routes(
+        &self,
+        caller: &AccountRecord,
+        filter: RouteFilter,
+        params: &ListParams,
+    ) -> Result<Page<RouteRecord>, RegistryError> {
+        let query = params.query(RouteFilter {
+            account_id: Some(caller.id),
+            ..filter
+        })?;
+        Ok(self.store.list_routes(&query).await?)
+    }
+
+    pub async fn update_route(
+        &self,
+        caller: &AccountRecord,
+        id: RouteId,
+        req: RouteUpdate,
+        if_version: Option<i64>,
+    ) -> Result<RouteRecord, RegistryError> {
+        if let Some(name) = &req.name {
+            validate::name("name", name)?;
+        }
+        if let Some(topic) = &req.topic {
+            validate::topic_filter("topic", topic)?;
+        }
+        if let Some(config) = &req.config {
+            validate::route_config(config)?;
+        }
+        self.optimistic("route", &id, if_version, async || {
+            let route = self.route_of(caller, id).await?;
+            Self::check_version("route", &id, if_version, route.version)?;
+            if let Some(config) = &req.config
+                && config.route_type() != route.route_type
+            {
+                let field = match config {
+                    RouteConfig::S3(_) => "s3_config",
+                    RouteConfig::Database(_) => "db_config",
+                    RouteConfig::Rest(_) => "rest_config",
+                };
+                return Err(invalid(
+                    field,
+                    format!(
+                        "the route is of type {}; its type cannot change",
+                        route.route_type
+                    ),
+                    "create a new route for another target type",
+                ));
+            }
+            let next = RouteRecord {
+                name: req.name.clone().unwrap_or_else(|| route.name.clone()),
+                topic: req.topic.clone().unwrap_or_else(|| route.topic.clone()),
+                config: req.config.clone().unwrap_or_else(|| route.config.clone()),
+                updated_at: Timestamp::now(),
+                ..route.clone()
+            };
+            match self.store.update_route(&next, route.version).await {
+                Ok(stored) => Ok(Attempt::Done(stored)),
+                Err(StoreError::VersionConflict { .. }) => Ok(Attempt::Raced),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    pub async fn delete_route(
+        &self,
+        caller: &AccountRecord,
+        id: RouteId,
+        if_version: Option<i64>,
+    ) -> Result<(), RegistryError> {
+        let route = self.route_of(caller, id).await?;
+        Self::check_version("route", &id, if_version, route.version)?;
+        match self.store.delete_route(id, if_version).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::VersionConflict { expected, .. }) => {
+                Err(RegistryError::PreconditionFailed {
+                    resource: "route",
+                    id: id.to_string(),
+                    expected,
+                    current: expected + 1,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Networks
+
+    /// Creates a network and returns it with its secret, shown this once (only its hash is
+    /// kept).
+    pub async fn create_network(
+        &self,
+        caller: &AccountRecord,
+        req: NetworkCreate,
+    ) -> Result<(NetworkRecord, String), RegistryError> {
+        validate::name("name", &req.name)?;
+        validate::topic_prefix("topic_prefix", &req.topic_prefix)?;
+        let hub = self.hub_of(caller, req.hub_id).await?;
+        let secret = generate_secret()?;
+        let network = NetworkRecord {
+            id: NetworkId::new_random(),
+            hub_id: hub.id,
+            account_id: caller.id,
+            name: req.name,
+            network_type: req.network_type,
+            topic_prefix: req.topic_prefix,
+            secret_hash: hash_secret(&secret),
+            created_at: Timestamp::now(),
+        };
+        self.store
+            .insert_network(&network, self.config.quotas.networks_per_hub)
+            .await?;
+        Ok((network, secret))
+    }
+
+    pub async fn get_network(
+        &self,
+        caller: &AccountRecord,
+        id: NetworkId,
+    ) -> Result<NetworkRecord, RegistryError> {
+        self.network_of(caller, id).await
+    }
+
+    pub async fn list_networks(
+        &self,
+        caller: &AccountRecord,
+        filter: NetworkFilter,
+        params: &ListParams,
+    ) -> Result<Page<NetworkRecord>, RegistryError> {
+        let query = params.query(NetworkFilter {
+            account_id: Some(caller.id),
+            ..filter
+        })?;
+        Ok(self.store.list_networks(&query).await?)
+    }
+
+    pub async fn delete_network(
+        &self,
+        caller: &AccountRecord,
+        id: NetworkId,
+    ) -> Result<(), RegistryError> {
+        self.network_of(caller, id).await?;
+        Ok(self.store.delete_network(id).await?)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Loading the runtime at start
+
+    /// Every hub of every account, for the binary to load into the engine at start.
+    pub async fn all_hubs(&self) -> Result<Vec<HubRecord>, RegistryError> {
+        let query = ListQuery {
+            filter: HubFilter::default(),
+            order_by: OrderBy::default(),
+            paging: None,
+        };
+        Ok(self.store.list_hubs(&query).await?.items)
+    }
+
+    /// Every device of every account, for the binary to load into the engine at start.
+    pub async fn all_devices(&self) -> Result<Vec<DeviceRecord>, RegistryError> {
+        let query = ListQuery {
+            filter: DeviceFilter::default(),
+            order_by: OrderBy::default(),
+            paging: None,
+        };
+        Ok(self.store.list_devices(&query).await?.items)
+    }
+}

@@ -1,0 +1,127 @@
+//! What the registry tells the running broker. The binary implements [`Runtime`] with the
+//! engine; this crate never names the engine, so the control plane can be tested (and
+//! reused) without a broker. Calls are synchronous and must be cheap: the engine queues
+//! the change and applies it on its own task.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard};
+
+use iothub_model::{DeviceId, HubId};
+
+use crate::records::{DeviceRecord, HubRecord};
+
+/// Live figures of a hub that only the broker knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HubCounts {
+    pub connected_devices: u64,
+}
+
+/// Runtime effects of registry changes. Each call comes after the change is stored, so
+/// the runtime never runs ahead of the database.
+pub trait Runtime: Send + Sync + 'static {
+    /// A hub was created, enabled or disabled, or its plan, limits or flags changed. The
+    /// record says the whole new state (`enabled` decides whether devices are admitted).
+    fn hub_upserted(&self, hub: &HubRecord);
+    /// A hub was deleted (its devices were reported removed before).
+    fn hub_removed(&self, hub: HubId);
+    /// A device was created, enabled or disabled, its filters or flags changed, or it moved
+    /// to another hub (`device.hub_id` is the new one).
+    fn device_upserted(&self, device: &DeviceRecord);
+    /// A device was deleted: its live connections must be closed.
+    fn device_removed(&self, device: DeviceId);
+    /// For the API's `connected_device_count`.
+    fn hub_counts(&self, hub: HubId) -> HubCounts;
+    /// For the API's `is_connected`.
+    fn device_connected(&self, device: DeviceId) -> bool;
+}
+
+/// A runtime that does nothing: for tools and tests that only need the records.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopRuntime;
+
+impl Runtime for NoopRuntime {
+    fn hub_upserted(&self, _hub: &HubRecord) {}
+    fn hub_removed(&self, _hub: HubId) {}
+    fn device_upserted(&self, _device: &DeviceRecord) {}
+    fn device_removed(&self, _device: DeviceId) {}
+    fn hub_counts(&self, _hub: HubId) -> HubCounts {
+        HubCounts::default()
+    }
+    fn device_connected(&self, _device: DeviceId) -> bool {
+        false
+    }
+}
+
+/// One call the registry made, as [`RecordingRuntime`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeCall {
+    HubUpserted(HubRecord),
+    HubRemoved(HubId),
+    DeviceUpserted(DeviceRecord),
+    DeviceRemoved(DeviceId),
+}
+
+/// A runtime that records every call, and answers `device_connected` from a set the test
+/// controls: the mock beside the trait, for tests of the registry.
+#[derive(Debug, Default)]
+pub struct RecordingRuntime {
+    calls: Mutex<Vec<RuntimeCall>>,
+    connected: Mutex<HashSet<(HubId, DeviceId)>>,
+}
+
+/// A poisoned lock only means a test thread panicked while holding it; the data is still
+/// what was recorded.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RecordingRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the calls recorded so far.
+    pub fn take_calls(&self) -> Vec<RuntimeCall> {
+        std::mem::take(&mut *lock(&self.calls))
+    }
+
+    /// Pretends a device of `hub` is (or is no longer) connected.
+    pub fn set_connected(&self, hub: HubId, device: DeviceId, connected: bool) {
+        let mut set = lock(&self.connected);
+        if connected {
+            set.insert((hub, device));
+        } else {
+            set.remove(&(hub, device));
+        }
+    }
+
+    fn push(&self, call: RuntimeCall) {
+        lock(&self.calls).push(call);
+    }
+}
+
+impl Runtime for RecordingRuntime {
+    fn hub_upserted(&self, hub: &HubRecord) {
+        self.push(RuntimeCall::HubUpserted(hub.clone()));
+    }
+    fn hub_removed(&self, hub: HubId) {
+        self.push(RuntimeCall::HubRemoved(hub));
+    }
+    fn device_upserted(&self, device: &DeviceRecord) {
+        self.push(RuntimeCall::DeviceUpserted(device.clone()));
+    }
+    fn device_removed(&self, device: DeviceId) {
+        lock(&self.connected).retain(|(_, d)| *d != device);
+        self.push(RuntimeCall::DeviceRemoved(device));
+    }
+    fn hub_counts(&self, hub: HubId) -> HubCounts {
+        let connected_devices = lock(&self.connected)
+            .iter()
+            .filter(|(h, _)| *h == hub)
+            .count() as u64;
+        HubCounts { connected_devices }
+    }
+    fn device_connected(&self, device: DeviceId) -> bool {
+        lock(&self.connected).iter().any(|(_, d)| *d == device)
+    }
+}

@@ -1,0 +1,531 @@
+//! Validation of what clients submit, and the message-filter templates.
+//!
+//! Every check answers a [`Invalid`] naming the field as the API spells it
+//! (`rest_config.uri`, `message_filters.publish.topics[2]`), with a reason and a hint, so
+//! the HTTP layer only has to copy it out.
+
+use iothub_model::{DeviceId, HubId, TopicFilter, TopicName};
+
+use crate::records::{DbConfig, FilterRule, MessageFilters, RestConfig, RouteConfig, S3Config};
+
+/// A refused field: what, why, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+    pub help: String,
+}
+
+impl Invalid {
+    pub fn new(
+        field: impl Into<String>,
+        reason: impl Into<String>,
+        help: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+            help: help.into(),
+        }
+    }
+}
+
+/// Longest name of any resource, in characters (the reference's limit).
+pub const MAX_NAME_CHARS: usize = 255;
+/// Longest device description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+/// Most topics in one direction of a device's message filters: every PUBLISH and SUBSCRIBE
+/// is checked against them, so the list stays short.
+pub const MAX_FILTER_TOPICS: usize = 100;
+
+/// A resource name: 1 to 255 characters, no control characters.
+pub fn name(field: &str, value: &str) -> Result<(), Invalid> {
+    let chars = value.chars().count();
+    if chars == 0 || value.trim().is_empty() {
+        return Err(Invalid::new(
+            field,
+            "must not be empty",
+            "give a name of 1 to 255 characters",
+        ));
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(Invalid::new(
+            field,
+            format!("is {chars} characters long; the maximum is {MAX_NAME_CHARS}"),
+            "use a shorter name",
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            field,
+            "must not contain control characters",
+            "use printable characters only",
+        ));
+    }
+    Ok(())
+}
+
+/// A hub or device name: a [`name`] that may also be substituted into a topic by the
+/// `{{ hub.name }}` / `{{ device.name }}` templates, so it holds no `/`, `+` or `#`.
+pub fn topic_safe_name(field: &str, value: &str) -> Result<(), Invalid> {
+    name(field, value)?;
+    if value.contains(['/', '+', '#']) {
+        return Err(Invalid::new(
+            field,
+            "must not contain '/', '+' or '#'",
+            "names are substituted into topic filters by templates; remove those characters",
+        ));
+    }
+    Ok(())
+}
+
+pub fn description(field: &str, value: &str) -> Result<(), Invalid> {
+    let chars = value.chars().count();
+    if chars > MAX_DESCRIPTION_CHARS {
+        return Err(Invalid::new(
+            field,
+            format!("is {chars} characters long; the maximum is {MAX_DESCRIPTION_CHARS}"),
+            "use a shorter description",
+        ));
+    }
+    if value.contains('\0') {
+        return Err(Invalid::new(
+            field,
+            "must not contain NUL",
+            "remove the NUL character",
+        ));
+    }
+    Ok(())
+}
+
+/// A topic prefix (events, networks): a topic name, so no wildcards.
+pub fn topic_prefix(field: &str, value: &str) -> Result<(), Invalid> {
+    TopicName::new(value).map(|_| ()).map_err(|e| {
+        Invalid::new(
+            field,
+            e.to_string(),
+            "give a topic without wildcards, e.g. \"sensors/site-1\"",
+        )
+    })
+}
+
+/// A route's topic: an MQTT filter (wildcards allowed).
+pub fn topic_filter(field: &str, value: &str) -> Result<(), Invalid> {
+    TopicFilter::new(value).map(|_| ()).map_err(|e| {
+        Invalid::new(
+            field,
+            e.to_string(),
+            "give an MQTT topic filter, e.g. \"sensors/+/temperature\"",
+        )
+    })
+}
+
+/// Values substituted into message-filter templates.
+#[derive(Debug, Clone, Copy)]
+pub struct TemplateVars<'a> {
+    pub hub_id: HubId,
+    pub hub_name: &'a str,
+    pub device_id: DeviceId,
+    pub device_name: &'a str,
+}
+
+/// Why a templated filter is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("'{{{{' is not closed by '}}}}'")]
+    Unclosed,
+    #[error("unknown template variable {0:?}; known: hub.id, hub.name, device.id, device.name")]
+    UnknownVariable(String),
+    #[error("{0}")]
+    Topic(#[from] iothub_model::TopicError),
+}
+
+/// Substitutes `{{ hub.id }}`, `{{ hub.name }}`, `{{ device.id }}` and `{{ device.name }}`
+/// (spaces inside the braces optional) and parses the result as an MQTT filter.
+pub fn render_filter(
+    template: &str,
+    vars: &TemplateVars<'_>,
+) -> Result<TopicFilter, TemplateError> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
+        match after[..end].trim() {
+            "hub.id" => out.push_str(&vars.hub_id.to_string()),
+            "hub.name" => out.push_str(vars.hub_name),
+            "device.id" => out.push_str(&vars.device_id.to_string()),
+            "device.name" => out.push_str(vars.device_name),
+            other => {
+                return Err(TemplateError::UnknownVariable(
+                    other.chars().take(64).collect(),
+                ));
+            }
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(TopicFilter::new(&out)?)
+}
+
+fn filter_rule(field: &str, rule: &FilterRule) -> Result<(), Invalid> {
+    if rule.topics.len() > MAX_FILTER_TOPICS {
+        return Err(Invalid::new(
+            format!("{field}.topics"),
+            format!(
+                "has {} topics; the maximum is {MAX_FILTER_TOPICS}",
+                rule.topics.len()
+            ),
+            "use wildcards to cover several topics with one filter",
+        ));
+    }
+    // Names cannot hold '/', '+' or '#', so any valid name renders the same way as these.
+    let sample = TemplateVars {
+        hub_id: HubId::from_uuid(uuid::Uuid::nil()),
+        hub_name: "hub",
+        device_id: DeviceId::from_uuid(uuid::Uuid::nil()),
+        device_name: "device",
+    };
+    for (i, topic) in rule.topics.iter().enumerate() {
+        render_filter(topic, &sample).map_err(|e| {
+            Invalid::new(
+                format!("{field}.topics[{i}]"),
+                e.to_string(),
+                "give an MQTT filter; templates {{ hub.id }}, {{ hub.name }}, {{ device.id }}, {{ device.name }} are allowed",
+            )
+        })?;
+    }
+    Ok(())
+}
+
+pub fn message_filters(field: &str, filters: &MessageFilters) -> Result<(), Invalid> {
+    filter_rule(&format!("{field}.publish"), &filters.publish)?;
+    filter_rule(&format!("{field}.subscribe"), &filters.subscribe)
+}
+
+fn non_empty(field: &str, value: &str, max: usize, help: &str) -> Result<(), Invalid> {
+    if value.trim().is_empty() {
+        return Err(Invalid::new(field, "must not be empty", help));
+    }
+    let chars = value.chars().count();
+    if chars > max {
+        return Err(Invalid::new(
+            field,
+            format!("is {chars} characters long; the maximum is {max}"),
+            help,
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            field,
+            "must not contain control characters",
+            help,
+        ));
+    }
+    Ok(())
+}
+
+fn s3(config: &S3Config) -> Result<(), Invalid> {
+    let region = &config.bucket_region;
+    if region.is_empty()
+        || region.len() > 64
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(Invalid::new(
+            "s3_config.bucket_region",
+            "must be 1 to 64 characters of a-z, 0-9 and '-'",
+            "give the bucket's region, e.g. \"fr-par\"",
+        ));
+    }
+    let bucket = config.bucket_name.as_bytes();
+    let edge_ok = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !(3..=63).contains(&bucket.len())
+        || !bucket
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        || !edge_ok(bucket.first())
+        || !edge_ok(bucket.last())
+    {
+        return Err(Invalid::new(
+            "s3_config.bucket_name",
+            "must be 3 to 63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit",
+            "give an S3 bucket name, e.g. \"my-bucket\"",
+        ));
+    }
+    if config.object_prefix.len() > 1024 || config.object_prefix.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            "s3_config.object_prefix",
+            "must be at most 1024 bytes without control characters",
+            "give a shorter prefix",
+        ));
+    }
+    Ok(())
+}
+
+fn db(config: &DbConfig) -> Result<(), Invalid> {
+    if config.host.is_empty()
+        || config.host.len() > 255
+        || config.host.contains(char::is_whitespace)
+    {
+        return Err(Invalid::new(
+            "db_config.host",
+            "must be a host name or address of 1 to 255 characters without spaces",
+            "give the database host, e.g. \"127.0.0.1\"",
+        ));
+    }
+    if config.port == 0 {
+        return Err(Invalid::new(
+            "db_config.port",
+            "must be 1 to 65535",
+            "give the database port, e.g. 5432",
+        ));
+    }
+    non_empty(
+        "db_config.dbname",
+        &config.dbname,
+        255,
+        "give the database name",
+    )?;
+    non_empty(
+        "db_config.username",
+        &config.username,
+        255,
+        "give the user to connect as",
+    )?;
+    if config.password.len() > 1024 {
+        return Err(Invalid::new(
+            "db_config.password",
+            "is longer than 1024 bytes",
+            "use a shorter password",
+        ));
+    }
+    if config.query.trim().is_empty() || config.query.len() > 65_535 || config.query.contains('\0')
+    {
+        return Err(Invalid::new(
+            "db_config.query",
+            "must be 1 to 65535 bytes of SQL without NUL",
+            "give the statement run per message; $TOPIC and $PAYLOAD are bound parameters",
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9110 token characters, what a header name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn rest(config: &RestConfig) -> Result<(), Invalid> {
+    let uri = &config.uri;
+    let host = uri
+        .strip_prefix("http://")
+        .or_else(|| uri.strip_prefix("https://"))
+        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
+    if host.is_none_or(str::is_empty)
+        || uri.len() > 2048
+        || uri.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Invalid::new(
+            "rest_config.uri",
+            "must be an http:// or https:// URL with a host, at most 2048 bytes, without spaces",
+            "give the URL to call, e.g. \"https://example.com/ingest\"",
+        ));
+    }
+    if config.headers.len() > 64 {
+        return Err(Invalid::new(
+            "rest_config.headers",
+            "has more than 64 headers",
+            "send fewer headers",
+        ));
+    }
+    for (name, value) in &config.headers {
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(Invalid::new(
+                format!("rest_config.headers.{name}"),
+                "is not a valid header name",
+                "header names are letters, digits and !#$%&'*+-.^_`|~",
+            ));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) || value.len() > 8192 {
+            return Err(Invalid::new(
+                format!("rest_config.headers.{name}"),
+                "must be at most 8192 bytes without CR, LF or NUL",
+                "give a single-line header value",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn route_config(config: &RouteConfig) -> Result<(), Invalid> {
+    match config {
+        RouteConfig::S3(c) => s3(c),
+        RouteConfig::Database(c) => db(c),
+        RouteConfig::Rest(c) => rest(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let long = "n".repeat(256);
+        let max = "é".repeat(255);
+        let cases: &[(&str, bool, bool)] = &[
+            // value, valid as name, valid as topic-safe name
+            ("sensor-1", true, true),
+            ("my hub", true, true),
+            (&max, true, true),
+            ("", false, false),
+            ("   ", false, false),
+            (&long, false, false),
+            ("a\nb", false, false),
+            ("a/b", true, false),
+            ("a+b", true, false),
+            ("a#", true, false),
+        ];
+        for &(value, plain, safe) in cases {
+            assert_eq!(name("name", value).is_ok(), plain, "{value:?}");
+            assert_eq!(topic_safe_name("name", value).is_ok(), safe, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn templates_render() {
+        let hub_id: HubId = "0b2c7a5e-1f44-4c1b-9a53-3f0c2d1e6a11".parse().unwrap();
+        let device_id: DeviceId = "1b2c7a5e-1f44-4c1b-9a53-3f0c2d1e6a11".parse().unwrap();
+        let vars = TemplateVars {
+            hub_id,
+            hub_name: "plant",
+            device_id,
+            device_name: "pump",
+        };
+        let cases: &[(&str, Result<&str, TemplateError>)] = &[
+            ("a/b", Ok("a/b")),
+            ("{{ hub.name }}/{{device.name}}/#", Ok("plant/pump/#")),
+            (
+                "d/{{ device.id }}/+",
+                Ok("d/1b2c7a5e-1f44-4c1b-9a53-3f0c2d1e6a11/+"),
+            ),
+            (
+                "h/{{  hub.id  }}",
+                Ok("h/0b2c7a5e-1f44-4c1b-9a53-3f0c2d1e6a11"),
+            ),
+            ("x-{{ device.name }}-y", Ok("x-pump-y")),
+            ("a/{{ hub.name", Err(TemplateError::Unclosed)),
+            (
+                "{{ hub.owner }}",
+                Err(TemplateError::UnknownVariable("hub.owner".into())),
+            ),
+            (
+                "a/#/b",
+                Err(TemplateError::Topic(
+                    iothub_model::TopicError::MisplacedMultiLevelWildcard,
+                )),
+            ),
+            (
+                "",
+                Err(TemplateError::Topic(iothub_model::TopicError::Empty)),
+            ),
+        ];
+        for (template, want) in cases {
+            let got = render_filter(template, &vars);
+            match want {
+                Ok(s) => assert_eq!(got.as_ref().map(|f| f.as_str()), Ok(*s), "{template}"),
+                Err(e) => assert_eq!(got.as_ref().err(), Some(e), "{template}"),
+            }
+        }
+    }
+
+    #[test]
+    fn filter_fields_are_named() {
+        let filters = MessageFilters {
+            publish: FilterRule::default(),
+            subscribe: FilterRule {
+                policy: crate::records::FilterPolicy::Accept,
+                topics: vec!["ok/+".into(), "bad/#/x".into()],
+            },
+        };
+        let err = message_filters("message_filters", &filters).unwrap_err();
+        assert_eq!(err.field, "message_filters.subscribe.topics[1]");
+    }
+
+    #[test]
+    fn route_configs() {
+        use crate::records::{DbEngine, RestVerb, S3Strategy};
+        let s3c = |region: &str, bucket: &str| {
+            RouteConfig::S3(S3Config {
+                bucket_region: region.into(),
+                bucket_name: bucket.into(),
+                object_prefix: "p".into(),
+                strategy: S3Strategy::PerTopic,
+            })
+        };
+        let rest_c = |uri: &str, header: (&str, &str)| {
+            RouteConfig::Rest(RestConfig {
+                verb: RestVerb::Post,
+                uri: uri.into(),
+                headers: [(header.0.to_owned(), header.1.to_owned())].into(),
+            })
+        };
+        let db_c = |host: &str, port: u16, query: &str| {
+            RouteConfig::Database(DbConfig {
+                engine: DbEngine::Postgresql,
+                host: host.into(),
+                port,
+                dbname: "iot".into(),
+                username: "u".into(),
+                password: String::new(),
+                query: query.into(),
+            })
+        };
+        let cases: Vec<(RouteConfig, Option<&str>)> = vec![
+            (s3c("fr-par", "my-bucket"), None),
+            (s3c("", "my-bucket"), Some("s3_config.bucket_region")),
+            (s3c("fr-par", "My_Bucket"), Some("s3_config.bucket_name")),
+            (s3c("fr-par", "ab"), Some("s3_config.bucket_name")),
+            (s3c("fr-par", "-bucket"), Some("s3_config.bucket_name")),
+            (rest_c("https://example.com/x", ("X-Key", "v")), None),
+            (rest_c("http://127.0.0.1:8080", ("A", "")), None),
+            (
+                rest_c("ftp://example.com", ("A", "v")),
+                Some("rest_config.uri"),
+            ),
+            (rest_c("http:///path", ("A", "v")), Some("rest_config.uri")),
+            (rest_c("http://a b", ("A", "v")), Some("rest_config.uri")),
+            (
+                rest_c("http://h", ("Bad Header", "v")),
+                Some("rest_config.headers.Bad Header"),
+            ),
+            (
+                rest_c("http://h", ("A", "v\r\nInjected: 1")),
+                Some("rest_config.headers.A"),
+            ),
+            (
+                db_c("127.0.0.1", 5432, "INSERT INTO t VALUES ($TOPIC, $PAYLOAD)"),
+                None,
+            ),
+            (db_c("", 5432, "SELECT 1"), Some("db_config.host")),
+            (db_c("h", 0, "SELECT 1"), Some("db_config.port")),
+            (db_c("h", 5432, " "), Some("db_config.query")),
+        ];
+        for (config, want) in cases {
+            let got = route_config(&config).err().map(|e| e.field);
+            assert_eq!(got.as_deref(), want, "{config:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes_and_filters() {
+        assert!(topic_prefix("p", "$SCW/events").is_ok());
+        assert!(topic_prefix("p", "a/+").is_err());
+        assert!(topic_prefix("p", "").is_err());
+        assert!(topic_filter("t", "a/+/#").is_ok());
+        assert!(topic_filter("t", "a#").is_err());
+    }
+}
