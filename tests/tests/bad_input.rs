@@ -328,7 +328,8 @@ fn a_second_connect_is_a_protocol_error() {
     run_cases(&hub, cases.into_iter().collect());
 }
 
-/// v5: [MQTT-3.3.4-6] [MQTT-2.2.2-1] and §2.2.2.2 (a property twice, an unknown property, a
+/// v5: [MQTT-3.3.4-6] [MQTT-2.2.2-1] and §2.2.2.2 (a PUBLISH without its Property Length,
+/// a property twice, an unknown property, a
 /// property length past the packet), §3.8.2.1.2 (Subscription Identifier 0), §3.14.2.2.2
 /// (a non-zero Session Expiry on DISCONNECT after 0 on CONNECT).
 #[test]
@@ -351,7 +352,21 @@ fn v5_bad_properties_close_the_connection() {
     let mut overrun = Vec::new();
     put_str(&mut overrun, "a/b");
     overrun.extend_from_slice(&[20, 0x01, 1]);
+    let mut no_props_q0 = Vec::new();
+    put_str(&mut no_props_q0, "a/b");
+    let mut no_props_q1 = no_props_q0.clone();
+    no_props_q1.extend_from_slice(&[0, 1]);
     let cases = vec![
+        v5(
+            "QoS 0 PUBLISH ending before its Property Length",
+            MALFORMED,
+            frame(0x30, &no_props_q0),
+        ),
+        v5(
+            "QoS 1 PUBLISH ending before its Property Length",
+            MALFORMED,
+            frame(0x32, &no_props_q1),
+        ),
         v5(
             "Topic Alias property twice",
             PROTOCOL,

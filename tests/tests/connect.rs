@@ -500,3 +500,80 @@ fn data_after_a_refused_connect_is_not_processed() {
     assert!(sub.publishes_until(&sentinel).is_empty());
     sub.expect_silence(QUIET);
 }
+
+/// Clients need not wait for CONNACK: CONNECT, SUBSCRIBE and PUBLISH written at once are all
+/// processed, and CONNACK comes first.
+/// v3.1.1: [MQTT-3.2.0-1] §3.1.4 / v5: [MQTT-3.2.0-1] [MQTT-3.2.0-2] §3.1.4
+#[test]
+fn packets_pipelined_behind_connect_are_processed_after_connack() {
+    let hub = Hub::start();
+    for level in [4u8, 5] {
+        let id = unique("pipe");
+        let topic = format!("{id}/self");
+        let connect = Connect {
+            level,
+            ..Connect::v4(&id, true)
+        };
+        let props: &[(u8, PropValue)] = &[];
+        let publish = if level == 5 {
+            iothub_e2e::frames::Publish::v5(&topic, b"me")
+        } else {
+            iothub_e2e::frames::Publish::v4(&topic, b"me")
+        };
+        let mut bytes = connect.encode();
+        bytes.extend_from_slice(&iothub_e2e::frames::subscribe(
+            1,
+            &[(&topic, 0)],
+            (level == 5).then_some(props),
+        ));
+        bytes.extend_from_slice(&publish.qos(1, 2).encode());
+        let mut c = RawClient::connect(hub.mqtt_addr());
+        c.v5 = level == 5;
+        c.send_ok(&bytes);
+        let first = c.expect_packet("CONNACK");
+        assert_eq!(
+            (first.kind(), first.body.get(1)),
+            (kind::CONNACK, Some(&0)),
+            "level {level}"
+        );
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let p = c.read_packet(WAIT).unwrap_or_else(|e| {
+                panic!("level {level}: after CONNACK got {kinds:?}, then {e:?}")
+            });
+            assert_ne!(p.kind(), kind::CONNACK, "only one CONNACK");
+            kinds.push(p.kind());
+        }
+        kinds.sort_unstable();
+        assert_eq!(
+            kinds,
+            vec![kind::PUBLISH, kind::PUBACK, kind::SUBACK],
+            "level {level}"
+        );
+    }
+}
+
+/// Keep Alive 0 turns the keep-alive mechanism off (§3.1.2.10): a silent 3.1.1 client stays
+/// connected; an MQTT 5 client too unless the hub announced a Server Keep Alive.
+#[test]
+fn keep_alive_zero_disables_the_timeout() {
+    let hub = Hub::start();
+    let mut clients = Vec::new();
+    for level in [4u8, 5] {
+        let connect = Connect {
+            level,
+            ..Connect::v4(&unique("ka0"), true)
+        }
+        .keep_alive(0);
+        let (c, ack) = RawClient::connected(hub.mqtt_addr(), &connect);
+        if ack.prop(prop::SERVER_KEEP_ALIVE).is_some() {
+            eprintln!("note: level {level}: the hub set a Server Keep Alive; not checked");
+            continue;
+        }
+        clients.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    for mut c in clients {
+        c.ping();
+    }
+}

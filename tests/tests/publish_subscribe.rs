@@ -490,3 +490,55 @@ fn payloads_and_topics_arrive_byte_for_byte() {
         sub.expect_silence(QUIET);
     }
 }
+
+/// One message to many subscribers: 60 clients (3.1.1 and 5 alternating) each get all 20
+/// messages, in order.
+/// v3.1.1: [MQTT-4.5.0-1] [MQTT-4.6.0-5] / v5: [MQTT-4.5.0-1] [MQTT-4.6.0-5]
+#[test]
+fn fan_out_reaches_every_subscriber_in_order() {
+    let hub = Hub::start();
+    let topic = format!("{}/fan", unique("t"));
+    let mut subs: Vec<RawClient> = (0..60)
+        .map(|i| {
+            let mut c = raw(&hub, if i % 2 == 0 { 4 } else { 5 });
+            c.subscribe(1, &[(&topic, 1)]);
+            c
+        })
+        .collect();
+    let mut p = raw(&hub, 4);
+    for i in 0..20u8 {
+        p.publish(&Publish::v4(&topic, &[i]).qos(1, u16::from(i) + 1));
+    }
+    for (n, s) in subs.iter_mut().enumerate() {
+        let got: Vec<u8> = (0..20)
+            .map(|_| s.next_publish(WAIT).unwrap().payload[0])
+            .collect();
+        assert_eq!(got, (0..20).collect::<Vec<u8>>(), "subscriber {n}");
+    }
+}
+
+/// Topic names and filters may be up to 65,535 bytes ([MQTT-4.7.3-3] in both versions): a
+/// maximal topic works end to end.
+#[test]
+fn a_65535_byte_topic_works() {
+    let hub = Hub::start();
+    let head = format!("{}/", unique("t"));
+    let topic = head.clone() + &"x".repeat(65_535 - head.len());
+    assert_eq!(topic.len(), 65_535);
+    for level in [4u8, 5] {
+        let mut sub = raw(&hub, level);
+        assert_eq!(sub.subscribe(1, &[(&topic, 0)]), vec![0]);
+        let mut p = raw(&hub, level);
+        let m = if level == 5 {
+            Publish::v5(&topic, b"long")
+        } else {
+            Publish::v4(&topic, b"long")
+        };
+        p.publish(&m);
+        let r = sub.expect_publish();
+        assert_eq!(
+            (r.topic.len(), r.payload.as_slice()),
+            (65_535, &b"long"[..])
+        );
+    }
+}

@@ -304,3 +304,68 @@ fn takeover_with_rumqttc_clients() {
     new4.publish(&topic, rumqttc::QoS::AtLeastOnce, false, b"served");
     assert_eq!(new.expect_publish().payload.as_ref(), b"served");
 }
+
+/// The hub's side of an inbound QoS 2 exchange survives a reconnect of the publisher's
+/// session: a PUBREL sent on the new connection is answered with PUBCOMP, a DUP resend before
+/// it with PUBREC, and the message is delivered exactly once.
+/// v3.1.1: [MQTT-4.4.0-1] [MQTT-4.3.3-2] / v5: [MQTT-4.4.0-1] [MQTT-4.3.3-10] [MQTT-4.3.3-11]
+#[test]
+fn inbound_qos2_state_survives_a_reconnect() {
+    let hub = Hub::start();
+    for level in [4u8, 5] {
+        for resend_publish in [false, true] {
+            let id = unique("iq");
+            let topic = format!("{id}/q2");
+            let sentinel = format!("{id}/end");
+            let (mut sub, _) =
+                RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("s"), true));
+            sub.subscribe(1, &[(&topic, 2), (&sentinel, 0)]);
+            let publish = |dup: bool| {
+                let mut p = if level == 5 {
+                    Publish::v5(&topic, b"once")
+                } else {
+                    Publish::v4(&topic, b"once")
+                };
+                p.dup = dup;
+                p.qos(2, 77)
+            };
+            let (mut c, _) = RawClient::connected(hub.mqtt_addr(), &persistent(level, &id, 300));
+            c.send_ok(&publish(false).encode());
+            let rec = c.expect_kind(kind::PUBREC, "PUBREC");
+            assert_eq!(&rec.body[..2], &[0, 77]);
+            c.drop_connection();
+            let (mut c, ack) = RawClient::connected(hub.mqtt_addr(), &persistent(level, &id, 300));
+            assert!(ack.session_present());
+            if resend_publish {
+                c.send_ok(&publish(true).encode());
+                let rec = c.expect_kind(kind::PUBREC, "PUBREC for the resent PUBLISH");
+                assert_eq!(&rec.body[..2], &[0, 77]);
+            }
+            c.send_ok(&frames::ack(kind::PUBREL, 77));
+            let comp = c.expect_kind(kind::PUBCOMP, "PUBCOMP");
+            assert_eq!(&comp.body[..2], &[0, 77]);
+            if level == 5 && comp.body.len() > 2 {
+                assert_eq!(
+                    comp.body[2], 0,
+                    "PUBCOMP success, not 0x92 Packet Identifier not found"
+                );
+            }
+            let end = if level == 5 {
+                Publish::v5(&sentinel, b"")
+            } else {
+                Publish::v4(&sentinel, b"")
+            };
+            c.publish(&end.qos(1, 78));
+            let got: Vec<Vec<u8>> = sub
+                .publishes_until(&sentinel)
+                .into_iter()
+                .map(|r| r.payload)
+                .collect();
+            assert_eq!(
+                got,
+                vec![b"once".to_vec()],
+                "level {level} resend {resend_publish}"
+            );
+        }
+    }
+}
