@@ -5,6 +5,7 @@
 //! Exit codes: 0 after a clean shutdown, 1 when the hub cannot start or run (a port that cannot
 //! be bound, for example), 2 for a configuration mistake.
 
+mod cli;
 mod config;
 mod serve;
 
@@ -24,6 +25,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    api: cli::ApiArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -34,6 +37,18 @@ enum Command {
     Serve(ServeArgs),
     /// Print the embedded default configuration (YAML) to stdout, to start a config file from.
     GenerateConfig,
+    /// Manage hubs through the API.
+    #[command(subcommand)]
+    Hub(cli::HubCmd),
+    /// Manage devices through the API.
+    #[command(subcommand)]
+    Device(cli::DeviceCmd),
+    /// Manage routes through the API.
+    #[command(subcommand)]
+    Route(cli::RouteCmd),
+    /// Manage networks through the API.
+    #[command(subcommand)]
+    Network(cli::NetworkCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -65,6 +80,30 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve(args) => serve_command(args),
+        Command::Hub(c) => api_command(cli.api, cli::Resource::Hub(c)),
+        Command::Device(c) => api_command(cli.api, cli::Resource::Device(c)),
+        Command::Route(c) => api_command(cli.api, cli::Resource::Route(c)),
+        Command::Network(c) => api_command(cli.api, cli::Resource::Network(c)),
+    }
+}
+
+fn api_command(args: cli::ApiArgs, resource: cli::Resource) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("iothub: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(args, resource)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iothub: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
