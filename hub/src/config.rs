@@ -56,6 +56,15 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the hub keeps its state (registry database, admin key). Relative paths are
+    /// relative to the working directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Quotas of the control plane (hubs per account per plan, devices, routes, networks per hub).
+    #[serde(default)]
+    pub quotas: iothub_control::registry::Quotas,
     #[serde(default)]
     pub listeners: Listeners,
     #[serde(default)]
@@ -100,16 +109,36 @@ fn default_mqtt_name() -> String {
     "mqtt".into()
 }
 
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("iothub-data")
+}
+
+/// The registry database.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`; empty = SQLite in `data_dir`.
+    pub url: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub bind: SocketAddr,
+    /// The region in the API's paths (`/iot/v1/regions/{region}/...`).
+    #[serde(default = "default_region")]
+    pub region: String,
+}
+
+fn default_region() -> String {
+    "fr-par".into()
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            region: default_region(),
         }
     }
 }
@@ -202,6 +231,15 @@ impl Config {
         })?;
         config.validate(&source_name)?;
         Ok(config)
+    }
+
+    /// The registry database URL: the configured one, or SQLite in the data directory.
+    pub fn store_url(&self) -> String {
+        if self.store.url.is_empty() {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("iothub.db").display())
+        } else {
+            self.store.url.clone()
+        }
     }
 
     fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
@@ -297,6 +335,26 @@ impl Config {
                 }
             }
         }
+        if !self.store.url.is_empty()
+            && !["sqlite:", "postgres:", "postgresql:"]
+                .iter()
+                .any(|p| self.store.url.starts_with(p))
+        {
+            return Err(plain(
+                "store.url must start with sqlite:, postgres: or postgresql:".into(),
+            ));
+        }
+        if self.api.region.is_empty()
+            || !self
+                .api
+                .region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(plain(
+                "api.region must be letters, digits and '-' (e.g. fr-par)".into(),
+            ));
+        }
         if self.mqtt.connect_timeout_secs == 0 {
             return Err(plain(
                 "mqtt.connect_timeout_secs must be greater than 0".into(),
@@ -328,6 +386,10 @@ mod tests {
         assert_eq!(c.listeners.mqtt.len(), 1);
         assert_eq!(c.listeners.mqtt[0].bind, d.listeners.mqtt[0].bind);
         assert_eq!(c.api.bind, d.api.bind);
+        assert_eq!(c.api.region, d.api.region);
+        assert_eq!(c.data_dir, d.data_dir);
+        assert_eq!(c.store.url, d.store.url);
+        assert_eq!(c.quotas, d.quotas);
         assert_eq!(c.mqtt.connect_timeout_secs, d.mqtt.connect_timeout_secs);
         assert_eq!(c.mqtt.max_packet_size, d.mqtt.max_packet_size);
         assert_eq!(c.hubs.len(), 1);
