@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
         1 => Some(ProtocolVersion::V311),
         _ => Some(ProtocolVersion::V5),
     };
-    let max = if mode & 0x80 != 0 { u32::from(mode) } else { u32::MAX };
+    let max = if mode & 0x80 != 0 {
+        u32::from(mode)
+    } else {
+        u32::MAX
+    };
     let mut buf = BytesMut::from(stream);
     while let Ok(Some(packet)) = decode(&mut buf, version, max) {
         let negotiated = match &packet {
@@ -34,7 +38,11 @@ fuzz_target!(|data: &[u8]| {
             _ => Some(negotiated),
         };
         let again = decode(&mut encoded, again_version, u32::MAX);
-        assert_eq!(again, Ok(Some(packet)), "re-encoded packet decodes differently");
+        assert_eq!(
+            again,
+            Ok(Some(packet)),
+            "re-encoded packet decodes differently"
+        );
         assert!(encoded.is_empty(), "re-encoded packet left bytes behind");
         version = Some(negotiated);
     }
