@@ -358,6 +358,44 @@ enum Attempt<T> {
     Raced,
 }
 
+/// Runs an attempt (an async block answering `Result<Attempt<T>, RegistryError>`) until it
+/// is not raced, at most `UPDATE_ATTEMPTS` times; evaluates to the `T`. A macro rather
+/// than a function taking an async closure: async closures borrowing the caller's
+/// arguments currently make the future lose `Send`, which the HTTP layer needs.
+macro_rules! retry_raced {
+    ($resource:expr, $id:expr, $if_version:expr, $attempt:block) => {{
+        let mut done = None;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let attempt: Result<Attempt<_>, RegistryError> = async $attempt.await;
+            match attempt {
+                Ok(Attempt::Done(value)) => {
+                    done = Some(value);
+                    break;
+                }
+                Ok(Attempt::Raced) | Err(RegistryError::Conflict { .. }) => {
+                    Self::raced($resource, &$id, $if_version)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match done {
+            Some(value) => value,
+            None => {
+                return Err(RegistryError::Conflict {
+                    resource: $resource,
+                    id: $id.to_string(),
+                })
+            }
+        }
+    }};
+}
+
+/// What a device mutation changes.
+enum DeviceChange<'a> {
+    Status(DeviceStatus),
+    Update(&'a DeviceUpdate),
+}
+
 /// The control plane's rules over a store and a runtime.
 pub struct Registry {
     store: Arc<dyn Store>,
@@ -550,34 +588,22 @@ impl Registry {
         }
     }
 
-    /// Runs `attempt` until it is not raced; with `If-Match` a race is a stale version.
-    async fn optimistic<T>(
-        &self,
+    /// A read-modify-write lost a race. With `If-Match` the client's version is now stale;
+    /// without, the caller tries again on the fresh record.
+    fn raced(
         resource: &'static str,
         id: &dyn std::fmt::Display,
         if_version: Option<i64>,
-        mut attempt: impl AsyncFnMut() -> Result<Attempt<T>, RegistryError>,
-    ) -> Result<T, RegistryError> {
-        for _ in 0..UPDATE_ATTEMPTS {
-            match attempt().await {
-                Ok(Attempt::Done(value)) => return Ok(value),
-                Ok(Attempt::Raced) | Err(RegistryError::Conflict { .. }) => {
-                    if let Some(expected) = if_version {
-                        return Err(RegistryError::PreconditionFailed {
-                            resource,
-                            id: id.to_string(),
-                            expected,
-                            current: expected + 1,
-                        });
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+    ) -> Result<(), RegistryError> {
+        match if_version {
+            Some(expected) => Err(RegistryError::PreconditionFailed {
+                resource,
+                id: id.to_string(),
+                expected,
+                current: expected + 1,
+            }),
+            None => Ok(()),
         }
-        Err(RegistryError::Conflict {
-            resource,
-            id: id.to_string(),
-        })
     }
 
     // -----------------------------------------------------------------------------------
@@ -728,68 +754,70 @@ impl Registry {
         if let Some(prefix) = &req.events_topic_prefix {
             validate::topic_prefix("events_topic_prefix", prefix)?;
         }
-        let stored = self
-            .optimistic("hub", &id, if_version, async || {
-                let hub = self.hub_of(caller, id).await?;
-                Self::check_version("hub", &id, if_version, hub.version)?;
-                let plan_changes = req.product_plan.is_some_and(|p| p != hub.plan);
-                if plan_changes && (hub.enabled || hub.status != HubStatus::Disabled) {
+        let stored = retry_raced!("hub", id, if_version, {
+            let hub = self.hub_of(caller, id).await?;
+            Self::check_version("hub", &id, if_version, hub.version)?;
+            let plan_changes = req.product_plan.is_some_and(|p| p != hub.plan);
+            if plan_changes && (hub.enabled || hub.status != HubStatus::Disabled) {
+                return Err(RegistryError::FailedPrecondition {
+                    message: format!("hub {id} must be disabled before its product plan changes"),
+                });
+            }
+            let next = HubRecord {
+                name: req.name.clone().unwrap_or_else(|| hub.name.clone()),
+                plan: req.product_plan.unwrap_or(hub.plan),
+                disable_events: req.disable_events.unwrap_or(hub.disable_events),
+                events_topic_prefix: req
+                    .events_topic_prefix
+                    .clone()
+                    .unwrap_or_else(|| hub.events_topic_prefix.clone()),
+                enable_device_auto_provisioning: req
+                    .enable_device_auto_provisioning
+                    .unwrap_or(hub.enable_device_auto_provisioning),
+                allow_anonymous: req.allow_anonymous.unwrap_or(hub.allow_anonymous),
+                limits: req.limits.clone().unwrap_or_else(|| hub.limits.clone()),
+                updated_at: Timestamp::now(),
+                ..hub.clone()
+            };
+            let anonymous_field = if req.allow_anonymous.is_some() {
+                "allow_anonymous"
+            } else {
+                "product_plan"
+            };
+            Self::check_hub_rules(&next, anonymous_field)?;
+            if plan_changes && next.plan == Plan::Shared {
+                let multi = self
+                    .store
+                    .list_devices(&ListQuery {
+                        filter: DeviceFilter {
+                            hub_id: Some(id),
+                            allow_multiple_connections: Some(true),
+                            ..DeviceFilter::default()
+                        },
+                        order_by: OrderBy::default(),
+                        paging: Some(Paging {
+                            page: 1,
+                            page_size: 1,
+                        }),
+                    })
+                    .await?;
+                if multi.total_count > 0 {
                     return Err(RegistryError::FailedPrecondition {
-                        message: format!("hub {id} must be disabled before its product plan changes"),
+                        message: format!(
+                            "{} device(s) of hub {id} allow multiple connections, which plan_shared does not offer: turn it off first",
+                            multi.total_count
+                        ),
                     });
                 }
-                let next = HubRecord {
-                    name: req.name.clone().unwrap_or_else(|| hub.name.clone()),
-                    plan: req.product_plan.unwrap_or(hub.plan),
-                    disable_events: req.disable_events.unwrap_or(hub.disable_events),
-                    events_topic_prefix: req
-                        .events_topic_prefix
-                        .clone()
-                        .unwrap_or_else(|| hub.events_topic_prefix.clone()),
-                    enable_device_auto_provisioning: req
-                        .enable_device_auto_provisioning
-                        .unwrap_or(hub.enable_device_auto_provisioning),
-                    allow_anonymous: req.allow_anonymous.unwrap_or(hub.allow_anonymous),
-                    limits: req.limits.clone().unwrap_or_else(|| hub.limits.clone()),
-                    updated_at: Timestamp::now(),
-                    ..hub.clone()
-                };
-                let anonymous_field = if req.allow_anonymous.is_some() {
-                    "allow_anonymous"
-                } else {
-                    "product_plan"
-                };
-                Self::check_hub_rules(&next, anonymous_field)?;
-                if plan_changes && next.plan == Plan::Shared {
-                    let multi = self
-                        .store
-                        .list_devices(&ListQuery {
-                            filter: DeviceFilter {
-                                hub_id: Some(id),
-                                allow_multiple_connections: Some(true),
-                                ..DeviceFilter::default()
-                            },
-                            order_by: OrderBy::default(),
-                            paging: Some(Paging { page: 1, page_size: 1 }),
-                        })
-                        .await?;
-                    if multi.total_count > 0 {
-                        return Err(RegistryError::FailedPrecondition {
-                            message: format!(
-                                "{} device(s) of hub {id} allow multiple connections, which plan_shared does not offer: turn it off first",
-                                multi.total_count
-                            ),
-                        });
-                    }
-                }
-                let quota = plan_changes.then(|| self.config.quotas.hubs_per_account.for_plan(next.plan));
-                match self.store.update_hub(&next, hub.version, quota).await {
-                    Ok(stored) => Ok(Attempt::Done(stored)),
-                    Err(StoreError::VersionConflict { .. }) => Ok(Attempt::Raced),
-                    Err(e) => Err(e.into()),
-                }
-            })
-            .await?;
+            }
+            let quota =
+                plan_changes.then(|| self.config.quotas.hubs_per_account.for_plan(next.plan));
+            match self.store.update_hub(&next, hub.version, quota).await {
+                Ok(stored) => Ok(Attempt::Done(stored)),
+                Err(StoreError::VersionConflict { .. }) => Ok(Attempt::Raced),
+                Err(e) => Err(e.into()),
+            }
+        });
         self.runtime.hub_upserted(&stored);
         self.hub_info(stored).await
     }
@@ -801,22 +829,20 @@ impl Registry {
         id: HubId,
         if_version: Option<i64>,
     ) -> Result<HubInfo, RegistryError> {
-        let hub = self
-            .optimistic("hub", &id, if_version, async || {
-                let hub = self.hub_of(caller, id).await?;
-                Self::check_version("hub", &id, if_version, hub.version)?;
-                if hub.enabled && hub.status == HubStatus::Ready {
-                    return Ok(Attempt::Done(hub));
-                }
-                match self.hub_step(&hub, HubStatus::Enabling, true).await {
-                    Ok(enabling) => Ok(Attempt::Done(
-                        self.hub_step(&enabling, HubStatus::Ready, true).await?,
-                    )),
-                    Err(RegistryError::Conflict { .. }) => Ok(Attempt::Raced),
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
+        let hub = retry_raced!("hub", id, if_version, {
+            let hub = self.hub_of(caller, id).await?;
+            Self::check_version("hub", &id, if_version, hub.version)?;
+            if hub.enabled && hub.status == HubStatus::Ready {
+                return Ok(Attempt::Done(hub));
+            }
+            match self.hub_step(&hub, HubStatus::Enabling, true).await {
+                Ok(enabling) => Ok(Attempt::Done(
+                    self.hub_step(&enabling, HubStatus::Ready, true).await?,
+                )),
+                Err(RegistryError::Conflict { .. }) => Ok(Attempt::Raced),
+                Err(e) => Err(e),
+            }
+        });
         self.hub_info(hub).await
     }
 
@@ -827,23 +853,21 @@ impl Registry {
         id: HubId,
         if_version: Option<i64>,
     ) -> Result<HubInfo, RegistryError> {
-        let hub = self
-            .optimistic("hub", &id, if_version, async || {
-                let hub = self.hub_of(caller, id).await?;
-                Self::check_version("hub", &id, if_version, hub.version)?;
-                if !hub.enabled && hub.status == HubStatus::Disabled {
-                    return Ok(Attempt::Done(hub));
-                }
-                match self.hub_step(&hub, HubStatus::Disabling, false).await {
-                    Ok(disabling) => Ok(Attempt::Done(
-                        self.hub_step(&disabling, HubStatus::Disabled, false)
-                            .await?,
-                    )),
-                    Err(RegistryError::Conflict { .. }) => Ok(Attempt::Raced),
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
+        let hub = retry_raced!("hub", id, if_version, {
+            let hub = self.hub_of(caller, id).await?;
+            Self::check_version("hub", &id, if_version, hub.version)?;
+            if !hub.enabled && hub.status == HubStatus::Disabled {
+                return Ok(Attempt::Done(hub));
+            }
+            match self.hub_step(&hub, HubStatus::Disabling, false).await {
+                Ok(disabling) => Ok(Attempt::Done(
+                    self.hub_step(&disabling, HubStatus::Disabled, false)
+                        .await?,
+                )),
+                Err(RegistryError::Conflict { .. }) => Ok(Attempt::Raced),
+                Err(e) => Err(e),
+            }
+        });
         self.hub_info(hub).await
     }
 
@@ -963,28 +987,71 @@ impl Registry {
         caller: &AccountRecord,
         id: DeviceId,
         if_version: Option<i64>,
-        change: impl AsyncFn(DeviceRecord) -> Result<DeviceRecord, RegistryError>,
+        change: DeviceChange<'_>,
     ) -> Result<DeviceInfo, RegistryError> {
-        let stored = self
-            .optimistic("device", &id, if_version, async || {
-                let device = self.device_of(caller, id).await?;
-                Self::check_version("device", &id, if_version, device.version)?;
-                let version = device.version;
-                let mut next = change(device).await?;
-                next.updated_at = Timestamp::now();
-                match self
-                    .store
-                    .update_device(&next, version, self.config.quotas.devices_per_hub)
-                    .await
-                {
-                    Ok(stored) => Ok(Attempt::Done(stored)),
-                    Err(StoreError::VersionConflict { .. }) => Ok(Attempt::Raced),
-                    Err(e) => Err(e.into()),
-                }
-            })
-            .await?;
+        let stored = retry_raced!("device", id, if_version, {
+            let device = self.device_of(caller, id).await?;
+            Self::check_version("device", &id, if_version, device.version)?;
+            let version = device.version;
+            let mut next = match change {
+                DeviceChange::Status(status) => DeviceRecord { status, ..device },
+                DeviceChange::Update(req) => self.apply_device_update(caller, device, req).await?,
+            };
+            next.updated_at = Timestamp::now();
+            match self
+                .store
+                .update_device(&next, version, self.config.quotas.devices_per_hub)
+                .await
+            {
+                Ok(stored) => Ok(Attempt::Done(stored)),
+                Err(StoreError::VersionConflict { .. }) => Ok(Attempt::Raced),
+                Err(e) => Err(e.into()),
+            }
+        });
         self.runtime.device_upserted(&stored);
         Ok(self.device_info(stored))
+    }
+
+    /// The device as `req` changes it, checked against its (possibly new) hub.
+    async fn apply_device_update(
+        &self,
+        caller: &AccountRecord,
+        device: DeviceRecord,
+        req: &DeviceUpdate,
+    ) -> Result<DeviceRecord, RegistryError> {
+        let hub_id = req.hub_id.unwrap_or(device.hub_id);
+        let hub = self.hub_of(caller, hub_id).await.map_err(|e| match e {
+            // The device's own hub vanished under it: that is the device's absence.
+            RegistryError::NotFound { .. } if req.hub_id.is_none() => RegistryError::NotFound {
+                resource: "device",
+                id: device.id.to_string(),
+            },
+            other => other,
+        })?;
+        let allow_multiple_connections = req
+            .allow_multiple_connections
+            .unwrap_or(device.allow_multiple_connections);
+        Self::check_multiple_connections(&hub, allow_multiple_connections)?;
+        let mut message_filters = device.message_filters.clone();
+        if let Some(update) = &req.message_filters {
+            if let Some(publish) = &update.publish {
+                message_filters.publish = publish.clone();
+            }
+            if let Some(subscribe) = &update.subscribe {
+                message_filters.subscribe = subscribe.clone();
+            }
+        }
+        Ok(DeviceRecord {
+            hub_id,
+            description: req
+                .description
+                .clone()
+                .unwrap_or_else(|| device.description.clone()),
+            allow_insecure: req.allow_insecure.unwrap_or(device.allow_insecure),
+            allow_multiple_connections,
+            message_filters,
+            ..device
+        })
     }
 
     /// Updates a device; a new `hub_id` moves it (same account, target hub's quota).
@@ -1005,42 +1072,8 @@ impl Registry {
             };
             validate::message_filters("message_filters", &probe)?;
         }
-        self.change_device(caller, id, if_version, async |device| {
-            let hub_id = req.hub_id.unwrap_or(device.hub_id);
-            let hub = self.hub_of(caller, hub_id).await.map_err(|e| match e {
-                // The device's own hub vanished under it: that is the device's absence.
-                RegistryError::NotFound { .. } if req.hub_id.is_none() => RegistryError::NotFound {
-                    resource: "device",
-                    id: id.to_string(),
-                },
-                other => other,
-            })?;
-            let allow_multiple_connections = req
-                .allow_multiple_connections
-                .unwrap_or(device.allow_multiple_connections);
-            Self::check_multiple_connections(&hub, allow_multiple_connections)?;
-            let mut message_filters = device.message_filters.clone();
-            if let Some(update) = &req.message_filters {
-                if let Some(publish) = &update.publish {
-                    message_filters.publish = publish.clone();
-                }
-                if let Some(subscribe) = &update.subscribe {
-                    message_filters.subscribe = subscribe.clone();
-                }
-            }
-            Ok(DeviceRecord {
-                hub_id,
-                description: req
-                    .description
-                    .clone()
-                    .unwrap_or_else(|| device.description.clone()),
-                allow_insecure: req.allow_insecure.unwrap_or(device.allow_insecure),
-                allow_multiple_connections,
-                message_filters,
-                ..device
-            })
-        })
-        .await
+        self.change_device(caller, id, if_version, DeviceChange::Update(&req))
+            .await
     }
 
     pub async fn enable_device(
@@ -1049,12 +1082,12 @@ impl Registry {
         id: DeviceId,
         if_version: Option<i64>,
     ) -> Result<DeviceInfo, RegistryError> {
-        self.change_device(caller, id, if_version, async |device| {
-            Ok(DeviceRecord {
-                status: DeviceStatus::Enabled,
-                ..device
-            })
-        })
+        self.change_device(
+            caller,
+            id,
+            if_version,
+            DeviceChange::Status(DeviceStatus::Enabled),
+        )
         .await
     }
 
@@ -1065,12 +1098,12 @@ impl Registry {
         id: DeviceId,
         if_version: Option<i64>,
     ) -> Result<DeviceInfo, RegistryError> {
-        self.change_device(caller, id, if_version, async |device| {
-            Ok(DeviceRecord {
-                status: DeviceStatus::Disabled,
-                ..device
-            })
-        })
+        self.change_device(
+            caller,
+            id,
+            if_version,
+            DeviceChange::Status(DeviceStatus::Disabled),
+        )
         .await
     }
 
@@ -1175,7 +1208,7 @@ impl Registry {
         if let Some(config) = &req.config {
             validate::route_config(config)?;
         }
-        self.optimistic("route", &id, if_version, async || {
+        Ok(retry_raced!("route", id, if_version, {
             let route = self.route_of(caller, id).await?;
             Self::check_version("route", &id, if_version, route.version)?;
             if let Some(config) = &req.config
@@ -1207,8 +1240,7 @@ impl Registry {
                 Err(StoreError::VersionConflict { .. }) => Ok(Attempt::Raced),
                 Err(e) => Err(e.into()),
             }
-        })
-        .await
+        }))
     }
 
     pub async fn delete_route(
@@ -1315,4 +1347,40 @@ impl Registry {
         };
         Ok(self.store.list_devices(&query).await?.items)
     }
+}
+
+/// The HTTP layer runs registry calls on a multi-threaded runtime: every future must be
+/// `Send`. This does not run; it fails to compile when a future stops being `Send`.
+#[cfg(test)]
+#[allow(dead_code)]
+fn registry_futures_are_send(r: &Registry, a: &AccountRecord, hub: HubId, device: DeviceId) {
+    fn send<T: Send>(_: T) {}
+    let p = ListParams::default();
+    send(r.bootstrap_admin());
+    send(r.create_account(a, "x"));
+    send(r.create_api_key(a));
+    send(r.authenticate("t"));
+    send(r.create_hub(a, HubCreate::default()));
+    send(r.get_hub(a, hub));
+    send(r.list_hubs(a, HubFilter::default(), &p));
+    send(r.update_hub(a, hub, HubUpdate::default(), None));
+    send(r.enable_hub(a, hub, None));
+    send(r.disable_hub(a, hub, None));
+    send(r.delete_hub(a, hub, false, None));
+    send(r.get_device(a, device));
+    send(r.list_devices(a, DeviceFilter::default(), &p));
+    send(r.update_device(a, device, DeviceUpdate::default(), None));
+    send(r.enable_device(a, device, None));
+    send(r.disable_device(a, device, None));
+    send(r.delete_device(a, device, None));
+    send(r.record_device_activity(device, Timestamp::EPOCH));
+    send(r.list_routes(a, RouteFilter::default(), &p));
+    send(r.update_route(a, RouteId::new_random(), RouteUpdate::default(), None));
+    send(r.delete_route(a, RouteId::new_random(), None));
+    send(r.get_route(a, RouteId::new_random()));
+    send(r.list_networks(a, NetworkFilter::default(), &p));
+    send(r.get_network(a, NetworkId::new_random()));
+    send(r.delete_network(a, NetworkId::new_random()));
+    send(r.all_hubs());
+    send(r.all_devices());
 }
