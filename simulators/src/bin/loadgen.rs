@@ -149,7 +149,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr())
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
+        ProgressStyle::with_template("{spinner} [{bar:20}] {wide_msg}")
             .context("progress bar template")?
             .progress_chars("=> "),
     );
@@ -198,7 +198,7 @@ async fn show_progress(bar: ProgressBar, live: Arc<Live>) {
         };
         let (sent, delivered) = (live.sent(), live.delivered());
         bar.set_message(format!(
-            "{phase}  sent {sent} ({}/s)  delivered {delivered} ({}/s)",
+            "{phase}: sent {sent} ({}/s), delivered {delivered} ({}/s)",
             (sent - last_sent) * 4,
             (delivered - last_delivered) * 4
         ));
