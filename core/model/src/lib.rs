@@ -6,12 +6,17 @@
 //! copy. This crate must never depend on an async runtime, a socket, a wire format or any
 //! other iothub crate: it is the bottom of the crate graph.
 
+mod filters;
 mod ids;
 mod message;
 mod plan;
 mod qos;
 mod topic;
 
+pub use filters::{
+    CompiledFilters, CompiledRule, FilterError, FilterPolicy, FilterRule, MessageFilters,
+    SubscriptionCheck, TemplateError, TemplateVars,
+};
 pub use ids::{ClientId, DeviceId, HubId, IdError};
 pub use message::{Message, MessageProperties, Origin};
 pub use plan::{HubLimits, Plan};
