@@ -162,7 +162,10 @@ impl Hub {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let path = dir.path().join("iothub.yaml");
         std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("write config: {e}"));
+        // The temporary directory is also the working directory, so that anything the hub
+        // writes relative to it (a data directory, say) goes away with the test.
         let mut child = Command::new(iothub_bin())
+            .current_dir(dir.path())
             .args(["serve", "--config"])
             .arg(&path)
             .args(["--mqtt-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
@@ -316,6 +319,45 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    /// RUST_TESTS_INDEX.md (which docs/CONFORMANCE.md links to) names every test in
+    /// tests/*.rs, so a new or renamed test cannot silently fall out of it.
+    #[test]
+    fn the_index_lists_every_test() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let index = std::fs::read_to_string(root.join("RUST_TESTS_INDEX.md")).unwrap();
+        let mut missing = Vec::new();
+        let mut count = 0;
+        for entry in std::fs::read_dir(root.join("tests")).unwrap() {
+            let path = entry.unwrap().path();
+            let Some(file) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut lines = text.lines();
+            while let Some(line) = lines.next() {
+                if line.trim() != "#[test]" {
+                    continue;
+                }
+                let Some(name) = lines
+                    .next()
+                    .and_then(|l| l.trim().strip_prefix("fn "))
+                    .and_then(|l| l.split('(').next())
+                else {
+                    continue;
+                };
+                count += 1;
+                if !index.contains(&format!("`{file}::{name}`")) {
+                    missing.push(format!("{file}::{name}"));
+                }
+            }
+        }
+        assert!(count > 0, "no tests found under {}", root.display());
+        assert!(
+            missing.is_empty(),
+            "not in RUST_TESTS_INDEX.md: {missing:?}"
+        );
     }
 
     #[test]

@@ -328,7 +328,8 @@ fn a_second_connect_is_a_protocol_error() {
     run_cases(&hub, cases.into_iter().collect());
 }
 
-/// v5: [MQTT-3.3.4-6] [MQTT-2.2.2-1] and §2.2.2.2 (a PUBLISH without its Property Length,
+/// v5: [MQTT-3.3.4-6] [MQTT-2.2.2-1] — malformed or forbidden properties close the connection:
+/// §2.2.2.2 (a PUBLISH without its Property Length,
 /// a property twice, an unknown property, a
 /// property length past the packet), §3.8.2.1.2 (Subscription Identifier 0), §3.14.2.2.2
 /// (a non-zero Session Expiry on DISCONNECT after 0 on CONNECT).
@@ -513,8 +514,8 @@ fn invalid_topic_filters_are_refused() {
 
 /// v3.1.1: [MQTT-4.3.3-2] / v5: [MQTT-4.3.3-10] — a packet id reused while its QoS 2
 /// exchange is still open (before PUBREL), even with other content: acknowledged with PUBREC,
-/// never delivered twice; QoS 1: after PUBACK the id is free again ([MQTT-4.3.2-2] /
-/// [MQTT-4.3.2-5]) and the second message is a new one.
+/// never delivered twice; QoS 1: after PUBACK the id is free again (v3.1.1: [MQTT-4.3.2-2] /
+/// v5: [MQTT-4.3.2-5]) and the second message is a new one.
 #[test]
 fn packet_id_reused_while_in_flight_is_not_delivered_twice() {
     let hub = Hub::start();
@@ -595,8 +596,8 @@ fn packet_id_reused_while_in_flight_is_not_delivered_twice() {
     assert_serving(hub.mqtt_addr());
 }
 
-/// A half-written packet followed by silence: closed by the keep-alive timer
-/// (v3.1.1 [MQTT-3.1.2-24], v5 [MQTT-3.1.2-22]).
+/// v3.1.1: [MQTT-3.1.2-24] / v5: [MQTT-3.1.2-22] — a half-written packet followed by silence
+/// is closed by the keep-alive timer.
 #[test]
 fn half_written_packet_then_silence_is_closed_by_keep_alive() {
     let hub = Hub::start();

@@ -17,7 +17,10 @@ use serde::Deserialize;
 /// Runs the binary with `args`; returns its exit status (None if it had to be killed after
 /// `timeout`), stdout and stderr.
 fn run(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String, String) {
+    // A scratch working directory: whatever the binary writes relative to it is discarded.
+    let cwd = tempfile::tempdir().unwrap();
     let mut child = Command::new(iothub_bin())
+        .current_dir(cwd.path())
         .args(args)
         .env_remove("IOTHUB_CONFIG")
         .env_remove("IOTHUB_MQTT_ADDR")
@@ -65,10 +68,12 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// The configuration schema of hub-interface.md, strict: an unexpected key fails the parse.
+/// The part of the configuration schema that hub-interface.md documents for issue 2. Later
+/// issues add keys (data_dir, store, quotas...), so keys not listed here are ignored; iothub
+/// itself rejects unknown keys, which `config_mistakes_exit_2_naming_file_line_and_column`
+/// checks.
 #[allow(dead_code)] // the fields are read through Debug and PartialEq only
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 struct ConfigFile {
     listeners: Listeners,
     api: Api,
@@ -78,14 +83,12 @@ struct ConfigFile {
 
 #[allow(dead_code)]
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 struct Listeners {
     mqtt: Vec<MqttListener>,
 }
 
 #[allow(dead_code)]
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 struct MqttListener {
     name: String,
     bind: SocketAddr,
@@ -94,14 +97,12 @@ struct MqttListener {
 
 #[allow(dead_code)]
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 struct Api {
     bind: SocketAddr,
 }
 
 #[allow(dead_code)]
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 struct MqttSection {
     connect_timeout_secs: u64,
     max_packet_size: u64,
@@ -109,7 +110,6 @@ struct MqttSection {
 
 #[allow(dead_code)]
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 struct HubSection {
     name: String,
     plan: String,
@@ -119,7 +119,6 @@ struct HubSection {
 
 #[allow(dead_code)]
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 struct Limits {
     max_payload_bytes: u64,
     budget_bytes: u64,
@@ -133,7 +132,7 @@ struct Limits {
 }
 
 /// `iothub generate-config` prints exactly configs/iothub.yaml (the embedded default), which
-/// parses under the documented schema with the documented defaults.
+/// parses as YAML with the documented keys at their documented defaults.
 #[test]
 fn generate_config_prints_the_embedded_default() {
     if skip_unless_iothub("generate_config_prints_the_embedded_default") {

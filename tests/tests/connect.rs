@@ -398,9 +398,9 @@ fn v5_unsupported_authentication_method_is_refused() {
     assert_serving(hub.mqtt_addr());
 }
 
-/// The CONNACK of an MQTT 5 client announces the limits configured for the hub (3.2.2.3):
-/// Receive Maximum, Topic Alias Maximum, Maximum Packet Size, and caps Session Expiry and
-/// Keep Alive at the configured maxima (Server Keep Alive, [MQTT-3.2.2-21] [MQTT-3.2.2-22]).
+/// v5: [MQTT-3.2.2-21] [MQTT-3.2.2-22] — the MQTT 5 CONNACK announces the limits configured
+/// for the hub (§3.2.2.3): Receive Maximum, Topic Alias Maximum, Maximum Packet Size, and caps
+/// Session Expiry and Keep Alive (Server Keep Alive) at the configured maxima.
 #[test]
 fn v5_connack_announces_the_configured_limits() {
     let yaml = config(

@@ -66,7 +66,7 @@ fn client_topic_aliases_are_accepted_and_remapped() {
     }
 }
 
-/// v5: [MQTT-3.3.2-8] [MQTT-3.3.2-9] §3.3.2.3.4 — alias 0 or above the announced maximum:
+/// v5: [MQTT-3.3.2-8] [MQTT-3.3.2-9] — (§3.3.2.3.4) alias 0 or above the announced maximum:
 /// DISCONNECT 0x94 (Topic Alias invalid); an empty topic with an alias never set, or an alias
 /// from a previous connection ([MQTT-3.3.2-7]): DISCONNECT 0x82.
 #[test]
@@ -164,7 +164,7 @@ fn server_topic_aliases_respect_the_client_maximum() {
     }
 }
 
-/// v5: [MQTT-3.3.4-3] [MQTT-3.3.4-4] §3.8.2.1.2 — a subscription's identifier comes with each
+/// v5: [MQTT-3.3.4-3] [MQTT-3.3.4-4] — a subscription's identifier (§3.8.2.1.2) comes with each
 /// message it delivers; a subscription without one adds none; re-subscribing changes it.
 #[test]
 fn subscription_identifiers_are_returned_with_messages() {
@@ -443,7 +443,7 @@ fn client_maximum_packet_size_is_respected() {
     small.ping();
 }
 
-/// v5 §3.4.2.1 — a QoS 1 publish nobody subscribes to is acknowledged with 0x00 or 0x10 (No
+/// MQTT 5 §3.4.2.1: a QoS 1 publish nobody subscribes to is acknowledged with 0x00 or 0x10 (No
 /// matching subscribers), never an error.
 #[test]
 fn puback_for_a_topic_without_subscribers_is_a_success() {

@@ -456,10 +456,11 @@ fn one_publishers_messages_arrive_in_order() {
     }
 }
 
-/// Payloads are opaque and topics are not normalised: every byte value, an empty payload and
-/// a BOM in the topic arrive unchanged (v3.1.1 [MQTT-1.5.3-3] [MQTT-4.7.3-4], v5 [MQTT-1.5.4-3]
-/// [MQTT-4.7.3-4]); QoS 0 deliveries have DUP 0 and no packet id (v3.1.1 [MQTT-3.3.1-2]
-/// [MQTT-2.3.1-5], v5 [MQTT-3.3.1-2] [MQTT-2.2.1-2] [MQTT-4.3.1-1]).
+/// v3.1.1: [MQTT-1.5.3-3] [MQTT-4.7.3-4] [MQTT-3.3.1-2] [MQTT-2.3.1-5] [MQTT-4.3.1-1]
+/// v5: [MQTT-1.5.4-3] [MQTT-4.7.3-4] [MQTT-3.3.1-2] [MQTT-2.2.1-2] [MQTT-4.3.1-1]
+/// — payloads are opaque and topics not normalised: every byte value, an empty and a 200 kB
+/// payload and a BOM in the topic arrive unchanged; QoS 0 deliveries have DUP 0 and no
+/// packet id.
 #[test]
 fn payloads_and_topics_arrive_byte_for_byte() {
     let hub = Hub::start();
@@ -517,8 +518,8 @@ fn fan_out_reaches_every_subscriber_in_order() {
     }
 }
 
-/// Topic names and filters may be up to 65,535 bytes ([MQTT-4.7.3-3] in both versions): a
-/// maximal topic works end to end.
+/// v3.1.1: [MQTT-4.7.3-3] / v5: [MQTT-4.7.3-3] — topic names and filters may be up to 65,535
+/// bytes: a maximal topic works end to end.
 #[test]
 fn a_65535_byte_topic_works() {
     let hub = Hub::start();

@@ -17,7 +17,7 @@ fn drain(c: &mut RawClient) -> Vec<u32> {
         .collect()
 }
 
-/// v5: [MQTT-4.8.2-3] and §4.8.2 — each message goes to exactly one member of a group, every
+/// v5: [MQTT-4.8.2-3] — §4.8.2: each message goes to exactly one member of a group, every
 /// group gets every message, and a non-shared subscription on the same filter gets them too.
 #[test]
 fn each_group_gets_each_message_once() {
@@ -69,7 +69,7 @@ fn members_receive_at_their_granted_qos() {
     assert_eq!(r.qos, 0);
 }
 
-/// v5 §4.8.2 — when a member's session ends with a QoS 1 message unacknowledged, the message
+/// MQTT 5 §4.8.2: when a member's session ends with a QoS 1 message unacknowledged, the message
 /// goes to another member of the group (the spec's SHOULD, which issue 2 makes a promise).
 #[test]
 fn unacknowledged_messages_go_to_another_member_when_one_leaves() {

@@ -148,9 +148,9 @@ fn will_retain_flag_makes_the_will_a_retained_message() {
     }
 }
 
-/// v5 §3.1.3.2 — will properties (content type, response topic, correlation data, user
-/// properties, payload format) travel with the will like with any PUBLISH
-/// ([MQTT-3.3.2-4] [MQTT-3.3.2-15] [MQTT-3.3.2-16] [MQTT-3.3.2-17] [MQTT-3.3.2-20]).
+/// v5: [MQTT-3.3.2-4] [MQTT-3.3.2-15] [MQTT-3.3.2-16] [MQTT-3.3.2-17] [MQTT-3.3.2-18]
+/// [MQTT-3.3.2-20] — will properties (§3.1.3.2: content type, response topic, correlation
+/// data, user properties in order, payload format) travel with the will like with a PUBLISH.
 #[test]
 fn v5_will_properties_are_forwarded() {
     let hub = Hub::start();
@@ -236,8 +236,8 @@ fn v5_will_delay_defers_cancels_and_yields_to_session_end() {
     }
 }
 
-/// The will of a connection that is taken over: MQTT 5 publishes it (Will Delay 0, §3.1.4);
-/// with a Will Delay the new connection cancels it ([MQTT-3.1.3-9]).
+/// v5: [MQTT-3.1.4-3] [MQTT-3.1.3-9] — the will of a connection that is taken over is
+/// published when its Will Delay is 0 (§3.1.4); with a Will Delay the new connection cancels it.
 #[test]
 fn v5_will_on_takeover_depends_on_will_delay() {
     let hub = Hub::start();
