@@ -2,6 +2,7 @@
 -- Written once for SQLite and PostgreSQL: TEXT ids (UUIDs), BIGINT timestamps in
 -- microseconds since the epoch, BOOLEAN flags, TEXT holding JSON, BIGINT versions for
 -- optimistic concurrency.
+-- The runner splits files at semicolons, so none may appear in a literal or a comment.
 
 CREATE TABLE accounts (
     id TEXT PRIMARY KEY,

@@ -9,16 +9,16 @@ use std::path::Path;
 
 use sqlx::Connection;
 
-use crate::store::StoreError;
+use crate::store::{SqlStore, StoreError};
 
 /// The variable that overrides the test server's URL.
 pub const POSTGRES_URL_VAR: &str = "IOTHUB_TEST_POSTGRES_URL";
 /// The test server when the variable is unset.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// The URL of a SQLite database file in `dir` (created on first connection).
+/// The URL of a SQLite database file `iothub.db` in `dir` (created on first connection).
 pub fn sqlite_url(dir: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", dir.join("iothub.db").display())
+    SqlStore::sqlite_url(&dir.join("iothub.db"))
 }
 
 /// A fresh PostgreSQL schema; [`PostgresSchema::url`] connects with it as `search_path`.

@@ -995,3 +995,22 @@ on_both_backends!(
 fn order_by_default_is_name_asc() {
     assert_eq!(OrderBy::default().to_string(), "name_asc");
 }
+
+/// Paths with URL-special characters still name the right file.
+#[tokio::test]
+async fn sqlite_paths_with_special_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "plain.db",
+        "with space.db",
+        "per%cent.db",
+        "what?.db",
+        "hash#.db",
+    ] {
+        let path = dir.path().join(name);
+        let store = SqlStore::open(&SqlStore::sqlite_url(&path)).await.unwrap();
+        store.migrate().await.unwrap();
+        store.close().await;
+        assert!(path.exists(), "{name}");
+    }
+}

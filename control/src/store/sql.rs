@@ -92,6 +92,22 @@ impl SqlStore {
         Ok(Self { pool, backend })
     }
 
+    /// The URL of the SQLite database file at `path` (created on first open). `%`, `?` and
+    /// `#` in the path are percent-encoded, as the SQLite URL parser expects.
+    pub fn sqlite_url(path: &std::path::Path) -> String {
+        let mut url = String::from("sqlite://");
+        for c in path.display().to_string().chars() {
+            match c {
+                '%' => url.push_str("%25"),
+                '?' => url.push_str("%3F"),
+                '#' => url.push_str("%23"),
+                c => url.push(c),
+            }
+        }
+        url.push_str("?mode=rwc");
+        url
+    }
+
     pub fn backend(&self) -> StoreBackend {
         self.backend
     }
@@ -1349,4 +1365,48 @@ fn statements(sql: &str) -> impl Iterator<Item = &str> {
             .lines()
             .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_split_into_whole_statements() {
+        for (version, name, sql) in MIGRATIONS {
+            for line in sql.lines().filter(|l| l.trim_start().starts_with("--")) {
+                assert!(
+                    !line.contains(';'),
+                    "migration {version} {name}: ';' in comment {line:?}"
+                );
+            }
+            for statement in statements(sql) {
+                let code: Vec<&str> = statement
+                    .lines()
+                    .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+                    .collect();
+                assert!(
+                    code.first().is_some_and(|l| l.starts_with("CREATE ")),
+                    "migration {version} {name}: {statement:?}"
+                );
+            }
+        }
+        let split: Vec<&str> = statements("-- c\nA;\n\n;B ;-- only a comment\n").collect();
+        assert_eq!(split, ["-- c\nA", "B"]);
+    }
+
+    #[test]
+    fn backends_of_urls() {
+        let cases: &[(&str, Option<StoreBackend>)] = &[
+            ("sqlite://x.db?mode=rwc", Some(StoreBackend::Sqlite)),
+            ("sqlite::memory:", Some(StoreBackend::Sqlite)),
+            ("postgres://u@h/db", Some(StoreBackend::Postgres)),
+            ("postgresql://u@h/db", Some(StoreBackend::Postgres)),
+            ("mysql://u@h/db", None),
+            ("x.db", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(StoreBackend::of_url(url).ok(), *want, "{url}");
+        }
+    }
 }

@@ -12,344 +12,41 @@
 //!
 //! Every mutation calls the runtime after the store accepted it.
 
+mod config;
+mod error;
+mod requests;
+
 use std::sync::Arc;
 
-use iothub_model::{DeviceId, HubId, HubLimits, Plan};
-use serde::Deserialize;
+use iothub_model::{DeviceId, HubId, Plan};
+
+pub use config::{
+    DEFAULT_EVENTS_TOPIC_PREFIX, DEFAULT_PAGE_SIZE, DEFAULT_REGION, MAX_PAGE_SIZE, PlanQuotas,
+    Quotas, RegistryConfig,
+};
+pub use error::RegistryError;
+use error::invalid;
+pub use requests::{
+    DeviceCreate, DeviceInfo, DeviceUpdate, HubCreate, HubInfo, HubUpdate, ListParams,
+    MessageFiltersUpdate, NetworkCreate, RouteCreate, RouteUpdate,
+};
 
 use crate::ids::{AccountId, ApiKeyId, NetworkId, RouteId};
 use crate::records::{
-    AccountRecord, ApiKeyRecord, DeviceRecord, DeviceStatus, FilterRule, HubRecord, HubStatus,
-    MessageFilters, NetworkRecord, NetworkType, RouteConfig, RouteRecord, plan_as_str,
+    AccountRecord, ApiKeyRecord, DeviceRecord, DeviceStatus, HubRecord, HubStatus, MessageFilters,
+    NetworkRecord, RouteConfig, RouteRecord, plan_as_str,
 };
 use crate::runtime::Runtime;
-use crate::secret::{EntropyError, generate_secret, hash_secret};
+use crate::secret::{generate_secret, hash_secret};
 use crate::store::{
     DeviceFilter, HubFilter, ListQuery, NetworkFilter, OrderBy, Page, Paging, RouteFilter, Store,
     StoreError,
 };
 use crate::time::Timestamp;
-use crate::validate::{self, Invalid};
+use crate::validate;
 
-/// The reference's default events prefix.
-pub const DEFAULT_EVENTS_TOPIC_PREFIX: &str = "$SCW/events";
-/// The default region name.
-pub const DEFAULT_REGION: &str = "fr-par";
-/// Default and largest `page_size` of lists.
-pub const DEFAULT_PAGE_SIZE: u32 = 20;
-pub const MAX_PAGE_SIZE: u32 = 100;
 /// Attempts of an update without `If-Match` that keeps losing races before `Conflict`.
 const UPDATE_ATTEMPTS: usize = 8;
-
-/// Hubs an account may have, per plan.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PlanQuotas {
-    pub plan_shared: u64,
-    pub plan_dedicated: u64,
-    pub plan_ha: u64,
-}
-
-impl Default for PlanQuotas {
-    /// The reference's: 5 shared, 50 dedicated, 50 HA hubs per account.
-    fn default() -> Self {
-        Self {
-            plan_shared: 5,
-            plan_dedicated: 50,
-            plan_ha: 50,
-        }
-    }
-}
-
-impl PlanQuotas {
-    pub fn for_plan(&self, plan: Plan) -> u64 {
-        match plan {
-            Plan::Shared => self.plan_shared,
-            Plan::Dedicated => self.plan_dedicated,
-            Plan::Ha => self.plan_ha,
-        }
-    }
-}
-
-/// The `quotas:` block of the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Quotas {
-    pub hubs_per_account: PlanQuotas,
-    pub devices_per_hub: u64,
-    pub routes_per_hub: u64,
-    pub networks_per_hub: u64,
-}
-
-impl Default for Quotas {
-    fn default() -> Self {
-        Self {
-            hubs_per_account: PlanQuotas::default(),
-            devices_per_hub: 10_000,
-            routes_per_hub: 100,
-            networks_per_hub: 100,
-        }
-    }
-}
-
-/// What the registry needs from the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistryConfig {
-    /// The region this node serves (`fr-par` by default); stamped on hubs.
-    pub region: String,
-    pub quotas: Quotas,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        Self {
-            region: DEFAULT_REGION.to_owned(),
-            quotas: Quotas::default(),
-        }
-    }
-}
-
-/// Why a registry call failed; each variant is one HTTP status for the API.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// 400 `invalid_arguments`.
-    #[error("invalid {field}: {reason}")]
-    InvalidArgument {
-        field: String,
-        reason: String,
-        help: String,
-    },
-    /// 404 `not_found` (also for another account's ids).
-    #[error("{resource} {id} not found")]
-    NotFound { resource: &'static str, id: String },
-    /// 403 `quotas_exceeded`.
-    #[error("quota exceeded for {resource}: {current} of {quota} used")]
-    QuotaExceeded {
-        resource: &'static str,
-        current: u64,
-        quota: u64,
-    },
-    /// 409 `conflict`: a unique field is taken.
-    #[error("a {resource} with this {field} already exists")]
-    AlreadyExists {
-        resource: &'static str,
-        field: &'static str,
-    },
-    /// 409 `conflict`: the record kept changing under an update without `If-Match`.
-    #[error("{resource} {id} is being changed concurrently; retry")]
-    Conflict { resource: &'static str, id: String },
-    /// 412 `precondition_failed`: the `If-Match` version is stale.
-    #[error("{resource} {id} is at version {current}, not {expected}")]
-    PreconditionFailed {
-        resource: &'static str,
-        id: String,
-        expected: i64,
-        current: i64,
-    },
-    /// 412 `precondition_failed` in the reference's sense: the request is valid but the
-    /// resource's state forbids it now (plan change on an enabled hub, hub with devices…).
-    #[error("{message}")]
-    FailedPrecondition { message: String },
-    /// 403 `permission_denied`: authenticated, but not allowed (e.g. a non-admin creating
-    /// an account).
-    #[error("{message}")]
-    Denied { message: String },
-    /// 500: the database failed or holds something unreadable.
-    #[error(transparent)]
-    Store(StoreError),
-    /// 500: no randomness for a secret.
-    #[error(transparent)]
-    Entropy(#[from] EntropyError),
-}
-
-impl From<Invalid> for RegistryError {
-    fn from(i: Invalid) -> Self {
-        Self::InvalidArgument {
-            field: i.field,
-            reason: i.reason,
-            help: i.help,
-        }
-    }
-}
-
-impl From<StoreError> for RegistryError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound { resource, id } => Self::NotFound { resource, id },
-            StoreError::VersionConflict { resource, id, .. } => Self::Conflict { resource, id },
-            StoreError::Duplicate { resource, field } => Self::AlreadyExists { resource, field },
-            StoreError::QuotaExceeded {
-                resource,
-                current,
-                quota,
-            } => Self::QuotaExceeded {
-                resource,
-                current,
-                quota,
-            },
-            StoreError::UnsupportedOrder { resource, order_by } => Self::InvalidArgument {
-                field: "order_by".into(),
-                reason: format!("{resource}s cannot be ordered by {order_by}"),
-                help: "see the API reference for the orders of this list".into(),
-            },
-            StoreError::HubHasDevices { hub, devices } => Self::FailedPrecondition {
-                message: format!(
-                    "hub {hub} still has {devices} device(s): delete them first, or delete the hub with delete_devices=true"
-                ),
-            },
-            other => Self::Store(other),
-        }
-    }
-}
-
-fn invalid(field: &str, reason: impl Into<String>, help: impl Into<String>) -> RegistryError {
-    RegistryError::InvalidArgument {
-        field: field.to_owned(),
-        reason: reason.into(),
-        help: help.into(),
-    }
-}
-
-/// Paging and order of a list request, as the client sent them (`None`: default).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListParams {
-    /// 1-based; default 1.
-    pub page: Option<u32>,
-    /// 1..=100; default 20.
-    pub page_size: Option<u32>,
-    /// `<field>_asc|_desc`; default `name_asc`.
-    pub order_by: Option<String>,
-}
-
-impl ListParams {
-    fn query<F>(&self, filter: F) -> Result<ListQuery<F>, RegistryError> {
-        let page = self.page.unwrap_or(1);
-        if page == 0 {
-            return Err(invalid(
-                "page",
-                "must be at least 1",
-                "pages are numbered from 1",
-            ));
-        }
-        let page_size = self.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
-        if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-            return Err(invalid(
-                "page_size",
-                format!("must be between 1 and {MAX_PAGE_SIZE}"),
-                format!("ask for at most {MAX_PAGE_SIZE} items per page"),
-            ));
-        }
-        let order_by = match &self.order_by {
-            None => OrderBy::default(),
-            Some(s) => s.parse::<OrderBy>().map_err(|e| {
-                invalid(
-                    "order_by",
-                    e.to_string(),
-                    "e.g. name_asc or created_at_desc",
-                )
-            })?,
-        };
-        Ok(ListQuery {
-            filter,
-            order_by,
-            paging: Some(Paging { page, page_size }),
-        })
-    }
-}
-
-/// A hub as the API shows it: the record plus counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubInfo {
-    pub hub: HubRecord,
-    pub device_count: u64,
-    pub connected_device_count: u64,
-}
-
-/// A device as the API shows it: the record plus its connection state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceInfo {
-    pub device: DeviceRecord,
-    pub is_connected: bool,
-}
-
-/// A new hub. Unset options take the reference's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HubCreate {
-    pub name: String,
-    pub product_plan: Plan,
-    pub disable_events: Option<bool>,
-    pub events_topic_prefix: Option<String>,
-    pub enable_device_auto_provisioning: Option<bool>,
-    pub allow_anonymous: Option<bool>,
-    pub limits: Option<HubLimits>,
-}
-
-/// A hub update: `None` leaves a field as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HubUpdate {
-    pub name: Option<String>,
-    pub product_plan: Option<Plan>,
-    pub disable_events: Option<bool>,
-    pub events_topic_prefix: Option<String>,
-    pub enable_device_auto_provisioning: Option<bool>,
-    pub allow_anonymous: Option<bool>,
-    pub limits: Option<HubLimits>,
-}
-
-/// A new device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceCreate {
-    pub hub_id: HubId,
-    pub name: String,
-    pub description: String,
-    pub allow_insecure: bool,
-    pub allow_multiple_connections: bool,
-    pub message_filters: MessageFilters,
-}
-
-/// Message filters to change: a direction left `None` keeps its rule.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageFiltersUpdate {
-    pub publish: Option<FilterRule>,
-    pub subscribe: Option<FilterRule>,
-}
-
-/// A device update (`name` is read-only, as in the reference). Setting `hub_id` moves the
-/// device to another hub of the same account.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceUpdate {
-    pub description: Option<String>,
-    pub allow_insecure: Option<bool>,
-    pub allow_multiple_connections: Option<bool>,
-    pub message_filters: Option<MessageFiltersUpdate>,
-    pub hub_id: Option<HubId>,
-}
-
-/// A new route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteCreate {
-    pub hub_id: HubId,
-    pub name: String,
-    pub topic: String,
-    pub config: RouteConfig,
-}
-
-/// A route update. `config` must be of the route's type (a route cannot change type).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RouteUpdate {
-    pub name: Option<String>,
-    pub topic: Option<String>,
-    pub config: Option<RouteConfig>,
-}
-
-/// A new network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkCreate {
-    pub hub_id: HubId,
-    pub name: String,
-    pub network_type: NetworkType,
-    pub topic_prefix: String,
-}
 
 /// Outcome of one attempt of an optimistic update.
 enum Attempt<T> {
