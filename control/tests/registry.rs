@@ -1336,7 +1336,52 @@ async fn concurrent_updates_are_serialised(db: &TestDb) {
     );
 }
 
+async fn interrupted_transitions_finish_at_start(db: &TestDb) {
+    let f = fixture(db).await;
+    let a = f.hub(&f.admin, "a", Plan::Dedicated).await;
+    let b = f.hub(&f.admin, "b", Plan::Dedicated).await;
+    let c = f.hub(&f.admin, "c", Plan::Dedicated).await;
+    // Simulate a stop between the two steps of enable and of disable.
+    let store = db.open().await;
+    for (id, status, enabled) in [(a, "enabling", true), (b, "disabling", false)] {
+        sqlx::query("UPDATE hubs SET status = $2, enabled = $3 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(status)
+            .bind(enabled)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    f.runtime.take_calls();
+    assert_eq!(
+        f.registry.finish_interrupted_transitions().await.unwrap(),
+        2
+    );
+    let state = |id| {
+        let registry = Arc::clone(&f.registry);
+        let admin = f.admin.clone();
+        async move {
+            let hub = registry.get_hub(&admin, id).await.unwrap().hub;
+            (hub.status, hub.enabled)
+        }
+    };
+    assert_eq!(state(a).await, (HubStatus::Ready, true));
+    assert_eq!(state(b).await, (HubStatus::Disabled, false));
+    assert_eq!(state(c).await, (HubStatus::Ready, true));
+    let mut told = statuses(&f.runtime.take_calls());
+    told.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        told,
+        [(HubStatus::Disabled, false), (HubStatus::Ready, true)]
+    );
+    assert_eq!(
+        f.registry.finish_interrupted_transitions().await.unwrap(),
+        0
+    );
+}
+
 on_both_backends!(
+    interrupted_transitions_finish_at_start,
     accounts_and_authentication,
     hub_lifecycle,
     hub_rules,

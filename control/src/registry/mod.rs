@@ -1035,6 +1035,27 @@ impl Registry {
         Ok(self.store.list_hubs(&query).await?.items)
     }
 
+    /// Completes hub transitions a stop interrupted (`enabling` -> `ready`, `disabling` ->
+    /// `disabled`, telling the runtime), and answers how many it completed. The binary
+    /// calls it at start, after loading the hubs into the engine.
+    pub async fn finish_interrupted_transitions(&self) -> Result<usize, RegistryError> {
+        let mut finished = 0;
+        for hub in self.all_hubs().await? {
+            let target = match hub.status {
+                HubStatus::Enabling => HubStatus::Ready,
+                HubStatus::Disabling => HubStatus::Disabled,
+                _ => continue,
+            };
+            match self.hub_step(&hub, target, hub.enabled).await {
+                Ok(_) => finished += 1,
+                // Changed meanwhile by a request, which completes its own transition.
+                Err(RegistryError::Conflict { .. } | RegistryError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(finished)
+    }
+
     /// Every device of every account, for the binary to load into the engine at start.
     pub async fn all_devices(&self) -> Result<Vec<DeviceRecord>, RegistryError> {
         let query = ListQuery {
@@ -1080,4 +1101,5 @@ fn registry_futures_are_send(r: &Registry, a: &AccountRecord, hub: HubId, device
     send(r.delete_network(a, NetworkId::new_random()));
     send(r.all_hubs());
     send(r.all_devices());
+    send(r.finish_interrupted_transitions());
 }
