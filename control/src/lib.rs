@@ -6,11 +6,13 @@
 //! [`store::SqlStore`] over sqlx's `AnyPool` and the migrations in `control/migrations/`);
 //! [`registry`] holds every rule (validation, quotas, hub lifecycle, tenancy, API keys) and
 //! tells the broker about changes through the [`runtime::Runtime`] trait, which the binary
-//! implements with the engine.
+//! implements with the engine. [`api`] is the management REST API over the registry, with
+//! its OpenAPI document (`control/openapi.json`).
 //!
 //! This crate must never depend on the engine, the adapters, the MQTT codec or wasmtime:
 //! the control plane is testable without a broker, and the broker without a database.
 
+pub mod api;
 pub mod ids;
 pub mod records;
 pub mod registry;

@@ -92,7 +92,10 @@ pub async fn list(
         status: query.parse::<DeviceStatus>("status", "use enabled or disabled")?,
     };
     query.finish()?;
-    let page = state.registry.list_devices(&caller, filter, &params).await?;
+    let page = state
+        .registry
+        .list_devices(&caller, filter, &params)
+        .await?;
     Ok(Json(DeviceList {
         devices: page.items.into_iter().map(DeviceView::from).collect(),
         total_count: page.total_count,
@@ -105,7 +108,9 @@ pub async fn get(
     Caller(caller): Caller,
     PathId(id): PathId<DeviceId>,
 ) -> Result<Response, ApiError> {
-    Ok(device_response(state.registry.get_device(&caller, id).await?))
+    Ok(device_response(
+        state.registry.get_device(&caller, id).await?,
+    ))
 }
 
 pub async fn update(
@@ -146,7 +151,10 @@ pub async fn delete(
     PathId(id): PathId<DeviceId>,
     IfMatch(if_version): IfMatch,
 ) -> Result<Response, ApiError> {
-    state.registry.delete_device(&caller, id, if_version).await?;
+    state
+        .registry
+        .delete_device(&caller, id, if_version)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -157,7 +165,10 @@ pub async fn enable(
     IfMatch(if_version): IfMatch,
 ) -> Result<Response, ApiError> {
     Ok(device_response(
-        state.registry.enable_device(&caller, id, if_version).await?,
+        state
+            .registry
+            .enable_device(&caller, id, if_version)
+            .await?,
     ))
 }
 
@@ -168,6 +179,9 @@ pub async fn disable(
     IfMatch(if_version): IfMatch,
 ) -> Result<Response, ApiError> {
     Ok(device_response(
-        state.registry.disable_device(&caller, id, if_version).await?,
+        state
+            .registry
+            .disable_device(&caller, id, if_version)
+            .await?,
     ))
 }

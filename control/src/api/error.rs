@@ -176,9 +176,10 @@ fn registry_error(e: RegistryError) -> (StatusCode, ErrorBody) {
                 ..ErrorBody::new("conflict", format!("the {resource} already exists"))
             },
         ),
-        e @ RegistryError::Conflict { .. } => {
-            (StatusCode::CONFLICT, ErrorBody::new("conflict", e.to_string()))
-        }
+        e @ RegistryError::Conflict { .. } => (
+            StatusCode::CONFLICT,
+            ErrorBody::new("conflict", e.to_string()),
+        ),
         e @ RegistryError::PreconditionFailed { .. } => (
             StatusCode::PRECONDITION_FAILED,
             ErrorBody::precondition("etag_mismatch", e.to_string(), STALE_HELP),

@@ -77,7 +77,11 @@ where
             .map(|(_, value)| value)
             .ok_or_else(|| ApiError::Internal(format!("no {} in the route", T::NAME)))?;
         raw.parse().map(PathId).map_err(|e: T::Err| {
-            ApiError::invalid(T::NAME, e.to_string(), "ids are UUIDs as the API returned them")
+            ApiError::invalid(
+                T::NAME,
+                e.to_string(),
+                "ids are UUIDs as the API returned them",
+            )
         })
     }
 }
@@ -184,11 +188,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     const HELP: &str = "send a JSON object with the fields the API reference lists";
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => {
-            return Err(ApiError::invalid(
-                "body",
-                "the request body is empty",
-                HELP,
-            ));
+            return Err(ApiError::invalid("body", "the request body is empty", HELP));
         }
         // serde would read a struct from an array too; the API takes objects only.
         Some(b'{') => {}

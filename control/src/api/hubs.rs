@@ -1,9 +1,9 @@
 //! `/hubs`: create, list, get, update, delete, enable, disable.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use iothub_model::{HubId, HubLimits, Plan};
 use serde::Deserialize;
 
@@ -105,7 +105,10 @@ pub async fn update(
         limits: body.limits,
     };
     Ok(hub_response(
-        state.registry.update_hub(&caller, id, req, if_version).await?,
+        state
+            .registry
+            .update_hub(&caller, id, req, if_version)
+            .await?,
     ))
 }
 

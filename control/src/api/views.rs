@@ -3,8 +3,6 @@
 //! carry what clients must not see (`account_id` of devices, versions, secret hashes,
 //! database passwords), and the API's shape must not move when a column does.
 
-use std::collections::BTreeMap;
-
 use iothub_model::{DeviceId, HubId, HubLimits, Plan};
 use serde::Serialize;
 
