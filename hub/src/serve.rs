@@ -74,6 +74,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 plan: hub.plan,
                 limits: hub.limits.clone(),
                 allow_anonymous: hub.allow_anonymous.value,
+                anonymous_filters: Default::default(),
+                enabled: true,
             })
             .with_context(|| format!("cannot create hub {:?}", hub.name.value))?;
         hub_ids.insert(hub.name.value.clone(), id);
@@ -93,11 +95,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 .and_then(|h| hub_ids.get(&h.value).copied()),
             connect_timeout: Duration::from_secs(u64::from(config.mqtt.connect_timeout_secs)),
             max_packet_size: config.mqtt.max_packet_size,
-            max_keep_alive_secs: l
-                .anonymous_hub
-                .as_ref()
-                .and_then(|h| config.hubs.iter().find(|c| c.name.value == h.value))
-                .map_or(u16::MAX, |h| h.limits.max_keep_alive_secs),
         };
         mqtt_listeners.push((tcp, settings));
     }

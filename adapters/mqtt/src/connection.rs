@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use iothub_engine::{
-    ConnectRequest, Connected, DisconnectKind, Engine, Outgoing, OutgoingPublish, PublishAck,
-    PublishError, Session, SubscribeError, SubscribeRequest, Will,
+    ConnectRequest, Connected, Credentials, DisconnectKind, Engine, Identity, Outgoing,
+    OutgoingPublish, PublishAck, PublishError, Session, SubscribeError, SubscribeRequest, Will,
 };
 use iothub_model::{ClientId, Message, Origin, SubscriptionFilter, TopicName};
 use iothub_mqtt_codec::{self as codec, Packet, ProtocolVersion, ReasonCode};
@@ -217,10 +217,23 @@ where
                     )
                 })?)
             };
-            let hub = self
-                .settings
-                .anonymous_hub
-                .ok_or_else(|| refuse(ReasonCode::NOT_AUTHORIZED, "not authorized"))?;
+            // Who the client is and which hub it joins (DESIGN.md, identity). Plain
+            // transports carry no certificate; TLS listeners (issue 4) will pass the device
+            // their client certificate names.
+            let credentials = Credentials {
+                client_id: &c.client_id,
+                username: c.username.as_deref(),
+                password_is_empty: c.password.as_ref().is_none_or(|p| p.is_empty()),
+                certificate: None,
+            };
+            let (hub, identity) = engine
+                .resolve_client(self.settings.anonymous_hub, &credentials)
+                .map_err(|e| convert::connect_refusal(&e))?;
+            // Messages name the session they come from: a device's is its device id.
+            let origin = match identity {
+                Identity::Device { id, .. } => Origin::Client(ClientId::from(id)),
+                Identity::Anonymous => client_id.clone().map_or(Origin::Hub, Origin::Client),
+            };
             let will = match &c.will {
                 None => None,
                 Some(w) => {
@@ -260,7 +273,7 @@ where
                             qos: convert::qos_in(w.qos),
                             retain: w.retain,
                             properties,
-                            origin: client_id.clone().map_or(Origin::Hub, Origin::Client),
+                            origin,
                         },
                         delay_secs: p.will_delay_interval.unwrap_or(0),
                     })
@@ -274,14 +287,17 @@ where
                 u32::MAX
             };
             let connected = engine
-                .connect(ConnectRequest {
-                    hub,
-                    client_id,
-                    clean_start: c.clean_start,
-                    session_expiry_secs,
-                    receive_maximum: c.properties.receive_maximum.unwrap_or(u16::MAX),
-                    will,
-                })
+                .connect_as(
+                    identity,
+                    ConnectRequest {
+                        hub,
+                        client_id,
+                        clean_start: c.clean_start,
+                        session_expiry_secs,
+                        receive_maximum: c.properties.receive_maximum.unwrap_or(u16::MAX),
+                        will,
+                    },
+                )
                 .map_err(|e| convert::connect_refusal(&e))?;
             Ok((
                 connected,
@@ -295,7 +311,7 @@ where
         let (connected, info) = match result {
             Ok(ok) => ok,
             Err((code, why)) => {
-                debug!(message = "connection refused", peer = %self.peer, reason = why, code = code.0);
+                debug!(message = "connection refused", peer = %self.peer, client_id = %c.client_id, username = ?c.username, reason = why, code = code.0);
                 let ack = codec::ConnAck {
                     session_present: false,
                     reason_code: code,
@@ -313,7 +329,7 @@ where
         let client_id = connected.client_id.clone();
         let caps = connected.caps;
         let requested_keep_alive = c.keep_alive;
-        let max_keep_alive = self.settings.max_keep_alive_secs;
+        let max_keep_alive = caps.max_keep_alive_secs;
         let keep_alive_secs = if v5 && (requested_keep_alive > max_keep_alive) {
             max_keep_alive
         } else {

@@ -55,7 +55,9 @@ pub fn message_properties(
     })
 }
 
-/// MQTT 3.1.1 CONNACK return code / MQTT 5 CONNACK reason code for an engine refusal.
+/// MQTT 3.1.1 CONNACK return code / MQTT 5 CONNACK reason code for an engine refusal, with
+/// the reason string MQTT 5 clients get. Identity refusals are all 0x87 Not authorized
+/// (3.1.1 return code 5); the string tells which rule refused.
 pub fn connect_refusal(e: &iothub_engine::ConnectError) -> (codec::ReasonCode, &'static str) {
     use iothub_engine::ConnectError as E;
     match e {
@@ -69,6 +71,8 @@ pub fn connect_refusal(e: &iothub_engine::ConnectError) -> (codec::ReasonCode, &
             "client identifier not valid",
         ),
         E::NotAuthorized => (codec::ReasonCode::NOT_AUTHORIZED, "not authorized"),
+        E::DeviceDisabled => (codec::ReasonCode::NOT_AUTHORIZED, "device disabled"),
+        E::MutualTlsRequired => (codec::ReasonCode::NOT_AUTHORIZED, "mutual TLS required"),
         E::CleanStartRequired => (
             codec::ReasonCode::NOT_AUTHORIZED,
             "the hub's plan requires clean start and no session expiry",

@@ -27,15 +27,13 @@ use tracing::{debug, warn};
 pub struct ListenerSettings {
     /// The listener's name, used in logs and metric labels.
     pub name: String,
-    /// The hub that clients which are not registered devices join, if any.
+    /// The hub that clients which are not registered devices join, if any (the last step of
+    /// `Engine::resolve_client`; devices always join their own hub).
     pub anonymous_hub: Option<HubId>,
     /// How long a client may take between opening the connection and sending CONNECT.
     pub connect_timeout: Duration,
     /// Largest packet accepted from a client (fixed header included); announced in CONNACK.
     pub max_packet_size: u32,
-    /// Longest keep-alive granted to MQTT 5 clients (a longer one is lowered with Server Keep
-    /// Alive); the anonymous hub's `max_keep_alive_secs`.
-    pub max_keep_alive_secs: u16,
 }
 
 /// Accepts TCP connections until `stop` is cancelled, running each on `tracker` so the caller

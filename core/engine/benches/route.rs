@@ -63,6 +63,8 @@ fn run(
             plan: Plan::Dedicated,
             limits,
             allow_anonymous: true,
+            anonymous_filters: Default::default(),
+            enabled: true,
         })
         .unwrap();
     let subs: Vec<Session> = (0..subscribers)

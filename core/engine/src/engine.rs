@@ -2,13 +2,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use iothub_model::{ClientId, DeviceId, HubId, HubLimits, Message, Plan, QoS};
-use parking_lot::RwLock;
+use iothub_model::{
+    ClientId, DeviceId, FilterError, HubId, HubLimits, Message, MessageFilters, Plan, QoS,
+    SubscriptionFilter,
+};
+use parking_lot::{Mutex, RwLock};
 
 use crate::clock::{Clock, SystemClock};
-use crate::hub::Hub;
+use crate::directory::{Credentials, DeviceEntry, DeviceSpec, Directory};
+use crate::hub::{DeviceChange, Hub, HubConfig};
 use crate::session::{KickReason, Session};
 
 /// How the engine is built. Only the clock today; tests pass a `ManualClock`.
@@ -25,7 +29,8 @@ impl Default for EngineConfig {
     }
 }
 
-/// What the control plane knows about a hub when it asks the engine to serve it.
+/// What the control plane knows about a hub when it asks the engine to serve it
+/// ([`Engine::create_hub`]) or changes it ([`Engine::update_hub`]).
 #[derive(Debug, Clone)]
 pub struct HubSpec {
     pub id: HubId,
@@ -35,9 +40,15 @@ pub struct HubSpec {
     /// Whether clients that are not a registered device may join this hub (always refused
     /// on the shared plan).
     pub allow_anonymous: bool,
+    /// The message filters of anonymous clients. `{{ device.id }}` and `{{ device.name }}`
+    /// stand for the client's id there (expanded at CONNECT; a client id holding '/', '+'
+    /// or '#' is then refused with `ClientIdInvalid`).
+    pub anonymous_filters: MessageFilters,
+    /// A disabled hub refuses CONNECT with `HubDisabled`.
+    pub enabled: bool,
 }
 
-/// Hub administration failures.
+/// Administration failures (hubs and devices).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     #[error("hub {0} already exists")]
@@ -46,6 +57,21 @@ pub enum EngineError {
     HubNameTaken(String),
     #[error("hub {0} does not exist")]
     UnknownHub(HubId),
+    #[error("device {0} does not exist")]
+    UnknownDevice(DeviceId),
+    #[error("invalid message filters: {0}")]
+    InvalidFilters(#[from] FilterError),
+}
+
+/// A subscription removed by a live change of message filters (it is no longer allowed),
+/// for the caller to raise an event about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedSubscription {
+    pub hub: HubId,
+    /// The device, or `None` for an anonymous client.
+    pub device: Option<DeviceId>,
+    pub client_id: ClientId,
+    pub filter: SubscriptionFilter,
 }
 
 /// What a hub offers its clients, derived from its plan and limits. The adapter announces
@@ -62,6 +88,8 @@ pub struct HubCaps {
     pub receive_maximum: u16,
     pub topic_alias_maximum: u16,
     pub max_payload_bytes: u32,
+    /// Longest keep-alive granted; a longer one is lowered (MQTT 5 Server Keep Alive).
+    pub max_keep_alive_secs: u16,
 }
 
 /// Messages dropped by the engine, by reason (the `reason` label of
@@ -93,14 +121,21 @@ pub struct HubStats {
     pub dropped: DroppedCounts,
 }
 
-/// Who is connecting. The adapter decides it (certificate, device id, listener); the
-/// engine applies the hub's rules to it.
+/// Who is connecting, as [`Engine::resolve_client`] decided it; the engine applies the
+/// hub's and the device's rules to it again at [`Engine::connect_as`], under the hub's
+/// session lock, so a concurrent live change is never missed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Identity {
-    /// A client that is not a registered device (the default hub of issue 2).
+    /// A client that is not a registered device: its own client id is its session.
     Anonymous,
-    /// A registered device of the hub: its client id must be the device id, or empty.
-    Device(DeviceId),
+    /// A registered device: its session's client id is the device id, whatever client id
+    /// the client sent (with `certificate`, that must be the device id or empty).
+    Device {
+        id: DeviceId,
+        /// The client presented a verified certificate of this device (issue 4). Without
+        /// one, the device must allow insecure connections.
+        certificate: bool,
+    },
 }
 
 /// A will message and its MQTT 5 Will Delay Interval (0 for MQTT 3.1.1).
@@ -150,6 +185,10 @@ pub enum ConnectError {
     ClientIdInvalid,
     #[error("not authorized")]
     NotAuthorized,
+    #[error("the device is disabled")]
+    DeviceDisabled,
+    #[error("the device requires mutual TLS (it does not allow insecure connections)")]
+    MutualTlsRequired,
     #[error("the hub's plan requires a clean session")]
     CleanStartRequired,
     #[error("the hub's budget cannot hold the will message")]
@@ -170,8 +209,16 @@ pub struct Engine {
 
 struct EngineInner {
     clock: Arc<dyn Clock>,
-    /// The hub registry: first in the lock order, held only to find or change hubs.
+    /// Serialises administration (hubs and devices), so live changes reach sessions in the
+    /// order they were made. Never taken on a client's path; first in the lock order.
+    admin: Mutex<()>,
+    /// The hub registry, held only to find or change hubs.
     hubs: RwLock<Hubs>,
+    /// The device directory, shared with every hub: the registry pushes devices in, CONNECT
+    /// reads them.
+    devices: Arc<Directory>,
+    /// Version of the next device record (see `Inner::admitted`).
+    device_version: AtomicU64,
 }
 
 #[derive(Default)]
@@ -185,7 +232,10 @@ impl Engine {
         Engine {
             inner: Arc::new(EngineInner {
                 clock: config.clock,
+                admin: Mutex::new(()),
                 hubs: RwLock::new(Hubs::default()),
+                devices: Arc::new(Directory::default()),
+                device_version: AtomicU64::new(1),
             }),
         }
     }
@@ -203,8 +253,12 @@ impl Engine {
         self.inner.hubs.read().by_id.values().cloned().collect()
     }
 
-    /// Starts serving a hub. Ids and names are unique.
+    // ---- hubs ---------------------------------------------------------------------------
+
+    /// Starts serving a hub. Ids and names are unique; the anonymous filters must expand.
     pub fn create_hub(&self, spec: HubSpec) -> Result<(), EngineError> {
+        let _admin = self.inner.admin.lock();
+        let config = HubConfig::new(&spec)?;
         let mut hubs = self.inner.hubs.write();
         if hubs.by_id.contains_key(&spec.id) {
             return Err(EngineError::HubExists(spec.id));
@@ -212,23 +266,88 @@ impl Engine {
         if hubs.by_name.contains_key(&spec.name) {
             return Err(EngineError::HubNameTaken(spec.name));
         }
-        let (id, name) = (spec.id, spec.name.clone());
-        let hub = Arc::new(Hub::new(spec, self.inner.clock.clone()));
+        let id = spec.id;
+        let hub = Arc::new(Hub::new(
+            id,
+            config,
+            spec.enabled,
+            self.inner.clock.clone(),
+            self.inner.devices.clone(),
+        ));
         hub.update_gauges();
         hubs.by_id.insert(id, hub);
-        hubs.by_name.insert(name, id);
+        hubs.by_name.insert(spec.name, id);
         tracing::debug!(message = "hub created", hub_id = %id);
         Ok(())
     }
 
+    /// Changes a hub, with immediate effect on its live connections:
+    /// - `enabled` off: connections kicked (`AdministrativeAction`), sessions kept, CONNECT
+    ///   refused with `HubDisabled`; on: admitted again;
+    /// - a plan change: every connection is kicked so it reconnects under the new caps (the
+    ///   reference raises "plan changed"); moving to the shared plan also ends every
+    ///   session, since that plan keeps none;
+    /// - limits: budget and queue bounds apply at once; when the caps announced in CONNACK
+    ///   (or the keep-alive maximum) change, connections are kicked to learn them;
+    /// - anonymous clients no longer admitted (`allow_anonymous` off, or the shared plan):
+    ///   their sessions end;
+    /// - anonymous filters, or a new name that templates use: applied like a device's
+    ///   filter change (see [`Engine::upsert_device`]).
+    ///
+    /// Refused, with nothing changed, for an unknown hub, a name another hub has, or filters
+    /// (the hub's or, after a rename, its devices') that do not expand.
+    pub fn update_hub(&self, spec: HubSpec) -> Result<Vec<RevokedSubscription>, EngineError> {
+        let _admin = self.inner.admin.lock();
+        let hub = self.hub(spec.id).ok_or(EngineError::UnknownHub(spec.id))?;
+        let config = HubConfig::new(&spec)?;
+        let old_name = hub.config().name.clone();
+        let renamed = old_name != spec.name;
+        // Devices whose filters change with the name, re-expanded before anything changes.
+        let mut reexpanded: Vec<(DeviceId, DeviceEntry)> = Vec::new();
+        if renamed {
+            if self.inner.hubs.read().by_name.contains_key(&spec.name) {
+                return Err(EngineError::HubNameTaken(spec.name));
+            }
+            let devices = self.inner.devices.read();
+            for (id, entry) in devices.iter().filter(|(_, e)| e.hub == spec.id) {
+                let fresh = entry.renamed(*id, &spec.name, self.next_device_version())?;
+                if !fresh.filters.same_as(&entry.filters) {
+                    reexpanded.push((*id, fresh));
+                }
+            }
+        }
+        if renamed {
+            let mut hubs = self.inner.hubs.write();
+            hubs.by_name.remove(&old_name);
+            hubs.by_name.insert(spec.name.clone(), spec.id);
+        }
+        let mut revoked = hub.reconfigure(config, spec.enabled);
+        for (id, entry) in reexpanded {
+            let filters = entry.filters.clone();
+            let version = entry.version;
+            self.inner.devices.write().insert(id, Arc::new(entry));
+            revoked.extend(hub.apply_device(
+                id,
+                DeviceChange::Update {
+                    kick: false,
+                    filters: Some(filters),
+                    version,
+                },
+            ));
+        }
+        Ok(revoked)
+    }
+
     /// Removes a hub: its sessions are kicked with `KickReason::AdministrativeAction` and
     /// everything it holds (sessions, subscriptions, retained messages, wills) is freed.
-    /// Wills are not published: there is no hub left to publish them to.
+    /// Wills are not published: there is no hub left to publish them to. Devices still
+    /// registered in it can no longer connect (remove them too).
     pub fn remove_hub(&self, id: HubId) -> Result<(), EngineError> {
+        let _admin = self.inner.admin.lock();
         let hub = {
             let mut hubs = self.inner.hubs.write();
             let hub = hubs.by_id.remove(&id).ok_or(EngineError::UnknownHub(id))?;
-            hubs.by_name.remove(&hub.name);
+            hubs.by_name.remove(&hub.config().name);
             hub
         };
         hub.enabled.store(false, Ordering::Release);
@@ -241,11 +360,9 @@ impl Engine {
     /// `KickReason::AdministrativeAction` (sessions stay); a disabled hub refuses CONNECT
     /// with `HubDisabled`.
     pub fn set_hub_enabled(&self, id: HubId, enabled: bool) -> Result<(), EngineError> {
+        let _admin = self.inner.admin.lock();
         let hub = self.hub(id).ok_or(EngineError::UnknownHub(id))?;
-        hub.enabled.store(enabled, Ordering::Release);
-        if !enabled {
-            hub.kick_all(KickReason::AdministrativeAction);
-        }
+        hub.set_enabled(enabled);
         Ok(())
     }
 
@@ -253,15 +370,150 @@ impl Engine {
         self.inner.hubs.read().by_name.get(name).copied()
     }
 
+    // ---- devices ------------------------------------------------------------------------
+
+    fn next_device_version(&self) -> u64 {
+        self.inner.device_version.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a device, or changes one, with immediate effect on its sessions (connected
+    /// or kept offline):
+    /// - disabled: its connections are kicked (`AdministrativeAction`, MQTT 5 DISCONNECT
+    ///   0x98), its sessions kept; CONNECT refused with `DeviceDisabled`;
+    /// - moved to another hub: its sessions in the old hub end (kicked the same way); the
+    ///   next CONNECT joins the new hub;
+    /// - `allow_insecure` or `allow_multiple_connections` turned off: its connections are
+    ///   kicked so each reconnects under the new rule (the reference's "device security
+    ///   changed");
+    /// - message filters changed: each session takes the new filters at once; its
+    ///   subscriptions are re-checked and those no longer allowed removed (returned, for an
+    ///   event), queued messages the new subscribe rule refuses are dropped, and a will the
+    ///   new publish rule refuses is discarded.
+    ///
+    /// Refused, with nothing changed, when the hub is unknown or the filters do not expand.
+    pub fn upsert_device(&self, spec: DeviceSpec) -> Result<Vec<RevokedSubscription>, EngineError> {
+        let _admin = self.inner.admin.lock();
+        let hub = self
+            .hub(spec.hub)
+            .ok_or(EngineError::UnknownHub(spec.hub))?;
+        let hub_name = hub.config().name.clone();
+        let id = spec.id;
+        let entry = DeviceEntry::new(spec, &hub_name, self.next_device_version())?;
+        let change = entry.clone();
+        let old = self.inner.devices.write().insert(id, Arc::new(entry));
+        let Some(old) = old else {
+            return Ok(Vec::new());
+        };
+        if old.hub != change.hub {
+            if let Some(old_hub) = self.hub(old.hub) {
+                old_hub.apply_device(id, DeviceChange::End);
+            }
+            return Ok(Vec::new());
+        }
+        let kick = (old.enabled && !change.enabled)
+            || (old.allow_insecure && !change.allow_insecure)
+            || (old.allow_multiple_connections && !change.allow_multiple_connections);
+        let filters = (!old.filters.same_as(&change.filters)).then(|| change.filters.clone());
+        if !kick && filters.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(hub.apply_device(
+            id,
+            DeviceChange::Update {
+                kick,
+                filters,
+                version: change.version,
+            },
+        ))
+    }
+
+    /// Unregisters a device: its sessions end (live connections kicked with
+    /// `AdministrativeAction`) and its CONNECTs are no longer recognised.
+    pub fn remove_device(&self, id: DeviceId) -> Result<(), EngineError> {
+        let _admin = self.inner.admin.lock();
+        let old = self
+            .inner
+            .devices
+            .write()
+            .remove(&id)
+            .ok_or(EngineError::UnknownDevice(id))?;
+        if let Some(hub) = self.hub(old.hub) {
+            hub.apply_device(id, DeviceChange::End);
+        }
+        Ok(())
+    }
+
+    /// Whether the device has at least one live connection (the API's `is_connected`).
+    pub fn device_connected(&self, id: DeviceId) -> bool {
+        let hub = self.inner.devices.read().get(&id).map(|e| e.hub);
+        hub.and_then(|h| self.hub(h))
+            .is_some_and(|hub| hub.device_connected(id))
+    }
+
+    /// Devices of the hub with at least one live connection (the API's
+    /// `connected_device_count`); 0 for an unknown hub.
+    pub fn hub_connected_devices(&self, hub: HubId) -> u64 {
+        self.hub(hub).map_or(0, |h| h.connected_devices())
+    }
+
+    /// Decides who a CONNECT is and which hub it joins (DESIGN.md, identity), in order:
+    /// 1. a verified client certificate names the device (issue 4 fills
+    ///    `credentials.certificate`); the client id must then be that device's id or empty;
+    /// 2. the client id is the id of a registered device;
+    /// 3. the username is the id of a registered device and the password is empty;
+    /// 4. the username is the id of a hub that admits anonymous clients: the client joins
+    ///    that hub anonymously (the convention for reaching a hub other than the
+    ///    listener's; a hub that does not admit them refuses);
+    /// 5. the listener's anonymous hub, if it has one.
+    ///
+    /// A device found in steps 1–3 must be enabled (`DeviceDisabled`) and, without a
+    /// certificate, allow insecure connections (`MutualTlsRequired`). Anything else is
+    /// `NotAuthorized`. Costs one read-locked map lookup in the usual cases and allocates
+    /// nothing.
+    pub fn resolve_client(
+        &self,
+        listener_anonymous_hub: Option<HubId>,
+        credentials: &Credentials<'_>,
+    ) -> Result<(HubId, Identity), ConnectError> {
+        if let Some(found) = crate::directory::resolve(&self.inner.devices, credentials) {
+            return found;
+        }
+        if let Some(hub) = credentials.username.and_then(crate::directory::parse_uuid) {
+            let hub = HubId::from_uuid(hub);
+            if let Some(h) = self.hub(hub) {
+                return if h.config().admits_anonymous() {
+                    Ok((hub, Identity::Anonymous))
+                } else {
+                    Err(ConnectError::NotAuthorized)
+                };
+            }
+        }
+        listener_anonymous_hub
+            .map(|hub| (hub, Identity::Anonymous))
+            .ok_or(ConnectError::NotAuthorized)
+    }
+
+    // ---- clients ------------------------------------------------------------------------
+
     /// An anonymous client connects (`connect_as(Identity::Anonymous, ..)`).
     pub fn connect(&self, req: ConnectRequest) -> Result<Connected, ConnectError> {
         self.connect_as(Identity::Anonymous, req)
     }
 
-    /// A client connects. Anonymous clients need a hub with `allow_anonymous` and not on the
-    /// shared plan; a device must use its device id as client id (or an empty one, which
-    /// then becomes the device id). An existing session of the client id is resumed, or
-    /// discarded with `clean_start` [MQTT-3.1.2-4]; a live connection to it is taken over
+    /// A client connects, usually as [`Engine::resolve_client`] decided.
+    ///
+    /// Anonymous clients need a hub with `allow_anonymous` and not on the shared plan, and
+    /// get the hub's anonymous filters. A device must be registered in `req.hub`, enabled,
+    /// and allow insecure connections unless it presented its certificate; its session's
+    /// client id is the device id (`assigned` when the client sent another or none).
+    /// With `allow_multiple_connections` (not on the shared plan), a connection arriving
+    /// while the device's session is connected gets its own session, client id
+    /// `<device-id>.<n>`, that ends with the connection; the first connection keeps the
+    /// device's (possibly persistent) session and none kicks another. Without it, the new
+    /// connection takes the session over (the old one gets `SessionTakenOver`, 0x8E).
+    ///
+    /// An existing session of the client id is resumed, or discarded with `clean_start`
+    /// [MQTT-3.1.2-4] or when another owner held it; a live connection to it is taken over
     /// [MQTT-3.1.4-3].
     pub fn connect_as(
         &self,

@@ -12,19 +12,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use iothub_model::{ClientId, HubId, HubLimits, Message, Plan, QoS, TopicName};
+use iothub_model::{
+    ClientId, CompiledRule, DeviceId, FilterError, HubId, HubLimits, Message, MessageFilters, Plan,
+    QoS, SubscriptionFilter, TemplateVars, TopicName,
+};
 use parking_lot::{Mutex, RwLock};
 
 use crate::clock::Clock;
+use crate::directory::Directory;
 use crate::engine::{
     ConnectError, ConnectRequest, Connected, HubCaps, HubSpec, HubStats, Identity,
+    RevokedSubscription,
 };
 use crate::metrics::{DropReason, HubMetrics};
 use crate::retained::{Retained, RetainedStore};
 use crate::session::{DisconnectKind, KickReason, PublishError, Session};
 use crate::state::{
-    Conn, Inflight, InflightState, Inner, Queued, SessionState, SharedOrigin, StoredWill, SubEntry,
-    SubOptions, TimerKey,
+    Conn, Inflight, InflightState, Inner, Owner, Queued, SessionFilters, SessionState,
+    SharedOrigin, StoredWill, SubEntry, SubOptions, TimerKey,
 };
 use crate::trie::{SharedGroup, SubTrie, too_deep};
 
@@ -79,16 +84,178 @@ pub(crate) struct Ended {
     shared: Vec<Queued>,
 }
 
-pub(crate) struct Hub {
-    pub(crate) id: HubId,
+/// A hub's settings. Replaced whole by [`Hub::reconfigure`]; each connection keeps the
+/// snapshot it was admitted under (a change of caps kicks it, so it never outlives them).
+#[derive(Debug)]
+pub(crate) struct HubConfig {
     pub(crate) name: String,
     pub(crate) plan: Plan,
     pub(crate) limits: HubLimits,
     pub(crate) allow_anonymous: bool,
     pub(crate) caps: HubCaps,
+    pub(crate) anonymous_filters: MessageFilters,
+    /// The anonymous filters expanded once, when they name no device template; otherwise
+    /// they are expanded per client at CONNECT.
+    anonymous_compiled: Option<SessionFilters>,
+}
+
+impl HubConfig {
+    pub(crate) fn new(spec: &HubSpec) -> Result<Arc<Self>, FilterError> {
+        let filters = &spec.anonymous_filters;
+        let probe = |device: &'static str| TemplateVars {
+            hub_id: spec.id,
+            hub_name: &spec.name,
+            device_id: device,
+            device_name: device,
+        };
+        let anonymous_compiled = if filters.is_open() {
+            Some(SessionFilters::default())
+        } else if filters.uses_device_templates() {
+            // Checked now with a stand-in client id, so CONNECT can only fail on the id.
+            filters.expand(&probe("client"))?;
+            None
+        } else {
+            Some(SessionFilters::new(filters.expand(&probe("client"))?))
+        };
+        Ok(Arc::new(Self {
+            name: spec.name.clone(),
+            plan: spec.plan,
+            limits: spec.limits.clone(),
+            allow_anonymous: spec.allow_anonymous,
+            caps: caps_for(spec.plan, &spec.limits),
+            anonymous_filters: filters.clone(),
+            anonymous_compiled,
+        }))
+    }
+
+    /// Anonymous clients are admitted: `allow_anonymous`, and never on the shared plan.
+    pub(crate) fn admits_anonymous(&self) -> bool {
+        self.allow_anonymous && self.plan != Plan::Shared
+    }
+
+    /// Highest QoS granted to a subscription. The shared plan has "no QoS 1/2 subscribe":
+    /// such requests are granted QoS 0, the downgrade MQTT allows [MQTT-3.8.4-7].
+    pub(crate) fn max_subscribe_qos(&self) -> QoS {
+        match self.plan {
+            Plan::Shared => QoS::AtMostOnce,
+            Plan::Dedicated | Plan::Ha => QoS::ExactlyOnce,
+        }
+    }
+
+    /// The filters of anonymous client `client` of hub `hub`.
+    fn anonymous_filters_for(
+        &self,
+        hub: HubId,
+        client: &ClientId,
+    ) -> Result<SessionFilters, FilterError> {
+        if let Some(compiled) = &self.anonymous_compiled {
+            return Ok(compiled.clone());
+        }
+        let vars = TemplateVars {
+            hub_id: hub,
+            hub_name: &self.name,
+            device_id: client.as_str(),
+            device_name: client.as_str(),
+        };
+        Ok(SessionFilters::new(self.anonymous_filters.expand(&vars)?))
+    }
+}
+
+/// The sessions of one hub, by client id and by device.
+#[derive(Default)]
+pub(crate) struct Registry {
+    by_client: HashMap<ClientId, Arc<SessionState>>,
+    /// Every session of each device: its own and, with multiple connections, the extra
+    /// ones.
+    by_device: HashMap<DeviceId, Vec<Arc<SessionState>>>,
+}
+
+impl Registry {
+    fn get(&self, client: &ClientId) -> Option<&Arc<SessionState>> {
+        self.by_client.get(client)
+    }
+
+    fn insert(&mut self, state: Arc<SessionState>) {
+        if let Owner::Device(device) = state.owner {
+            self.by_device
+                .entry(device)
+                .or_default()
+                .push(state.clone());
+        }
+        self.by_client.insert(state.client_id.clone(), state);
+    }
+
+    /// Removes `state` if it is the registered session of its client id.
+    fn remove(&mut self, state: &Arc<SessionState>) {
+        if !self
+            .by_client
+            .get(&state.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, state))
+        {
+            return;
+        }
+        self.by_client.remove(&state.client_id);
+        if let Owner::Device(device) = state.owner
+            && let Some(list) = self.by_device.get_mut(&device)
+        {
+            list.retain(|s| !Arc::ptr_eq(s, state));
+            if list.is_empty() {
+                self.by_device.remove(&device);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    fn sessions(&self) -> impl Iterator<Item = &Arc<SessionState>> {
+        self.by_client.values()
+    }
+
+    fn of_device(&self, device: DeviceId) -> Vec<Arc<SessionState>> {
+        self.by_device.get(&device).cloned().unwrap_or_default()
+    }
+}
+
+/// A live change of one device, as the engine applies it to the device's sessions.
+pub(crate) enum DeviceChange {
+    /// Removed, or moved to another hub: its sessions here end.
+    End,
+    Update {
+        /// Kick connections admitted before `version` (disabled, security changed).
+        kick: bool,
+        /// New filters, for every session of the device.
+        filters: Option<SessionFilters>,
+        version: u64,
+    },
+}
+
+/// Who a CONNECT turned out to be, under the session lock.
+struct Admission {
+    client_id: ClientId,
+    assigned: bool,
+    owner: Owner,
+    filters: SessionFilters,
+    /// An extra connection of a device with multiple connections: a session that ends
+    /// with its connection.
+    ephemeral: bool,
+    /// The device record's version (0 for anonymous clients).
+    version: u64,
+}
+
+pub(crate) struct Hub {
+    pub(crate) id: HubId,
+    config: RwLock<Arc<HubConfig>>,
+    /// Limits read on the publish path, copied out of `config` so routing takes no lock
+    /// for them.
+    budget_bytes: AtomicU64,
+    queue_max_messages: AtomicUsize,
+    queue_max_bytes: AtomicU64,
     pub(crate) enabled: AtomicBool,
     clock: Arc<dyn Clock>,
-    sessions: Mutex<HashMap<ClientId, Arc<SessionState>>>,
+    directory: Arc<Directory>,
+    sessions: Mutex<Registry>,
     subs: RwLock<SubTrie<SubEntry>>,
     retained: RwLock<RetainedStore>,
     /// Deadlines in order. A map rather than a heap so that timers can be cancelled.
@@ -101,19 +268,23 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(spec: HubSpec, clock: Arc<dyn Clock>) -> Self {
-        let caps = caps_for(spec.plan, &spec.limits);
-        Self {
-            metrics: HubMetrics::new(spec.id),
-            id: spec.id,
-            name: spec.name,
-            plan: spec.plan,
-            limits: spec.limits,
-            allow_anonymous: spec.allow_anonymous,
-            caps,
-            enabled: AtomicBool::new(true),
+    pub(crate) fn new(
+        id: HubId,
+        config: Arc<HubConfig>,
+        enabled: bool,
+        clock: Arc<dyn Clock>,
+        directory: Arc<Directory>,
+    ) -> Self {
+        let hub = Self {
+            metrics: HubMetrics::new(id),
+            id,
+            budget_bytes: AtomicU64::new(0),
+            queue_max_messages: AtomicUsize::new(0),
+            queue_max_bytes: AtomicU64::new(0),
+            enabled: AtomicBool::new(enabled),
             clock,
-            sessions: Mutex::new(HashMap::new()),
+            directory,
+            sessions: Mutex::new(Registry::default()),
             subs: RwLock::new(SubTrie::default()),
             retained: RwLock::new(RetainedStore::default()),
             timers: Mutex::new(BTreeMap::new()),
@@ -121,20 +292,30 @@ impl Hub {
             generation: AtomicU64::new(0),
             budget_used: AtomicU64::new(0),
             connected: AtomicUsize::new(0),
-        }
+            config: RwLock::new(config.clone()),
+        };
+        hub.set_hot_limits(&config.limits);
+        hub
+    }
+
+    /// The current settings.
+    pub(crate) fn config(&self) -> Arc<HubConfig> {
+        self.config.read().clone()
+    }
+
+    fn set_hot_limits(&self, limits: &HubLimits) {
+        self.budget_bytes
+            .store(limits.budget_bytes, Ordering::Relaxed);
+        self.queue_max_messages.store(
+            usize::try_from(limits.max_session_queue_messages.max(1)).unwrap_or(usize::MAX),
+            Ordering::Relaxed,
+        );
+        self.queue_max_bytes
+            .store(limits.max_session_queue_bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn now(&self) -> Instant {
         self.clock.now()
-    }
-
-    /// Highest QoS granted to a subscription. The shared plan has "no QoS 1/2 subscribe":
-    /// such requests are granted QoS 0, the downgrade MQTT allows [MQTT-3.8.4-7].
-    pub(crate) fn max_subscribe_qos(&self) -> QoS {
-        match self.plan {
-            Plan::Shared => QoS::AtMostOnce,
-            Plan::Dedicated | Plan::Ha => QoS::ExactlyOnce,
-        }
     }
 
     // ---- budget -------------------------------------------------------------------------
@@ -143,7 +324,7 @@ impl Hub {
     /// budget would be exceeded.
     pub(crate) fn try_reserve(&self, weight: u64) -> bool {
         let before = self.budget_used.fetch_add(weight, Ordering::AcqRel);
-        if before + weight > self.limits.budget_bytes {
+        if before + weight > self.budget_bytes.load(Ordering::Relaxed) {
             self.budget_used.fetch_sub(weight, Ordering::AcqRel);
             return false;
         }
@@ -174,6 +355,110 @@ impl Hub {
 
     // ---- connect / disconnect -----------------------------------------------------------
 
+    /// Admits `identity` with `req` under the session lock (`registry` held), so that a
+    /// live change (hub disabled, device changed, settings replaced) either happened before
+    /// and is seen here, or happens after and sees the new session.
+    fn admit(
+        &self,
+        config: &HubConfig,
+        identity: Identity,
+        req: &ConnectRequest,
+        registry: &Registry,
+        generation: u64,
+    ) -> Result<Admission, ConnectError> {
+        match identity {
+            Identity::Anonymous => {
+                if !config.admits_anonymous() {
+                    return Err(ConnectError::NotAuthorized);
+                }
+                let (client_id, assigned) = match &req.client_id {
+                    Some(id) => (id.clone(), false),
+                    None => {
+                        let id = format!("{ASSIGNED_PREFIX}{}", uuid::Uuid::new_v4());
+                        let id = ClientId::new(&id).map_err(|_| ConnectError::ClientIdInvalid)?;
+                        (id, true)
+                    }
+                };
+                // Only fails when a client id would change the structure of a templated
+                // filter (a '/', '+' or '#' in it).
+                let filters = config
+                    .anonymous_filters_for(self.id, &client_id)
+                    .map_err(|_| ConnectError::ClientIdInvalid)?;
+                Ok(Admission {
+                    client_id,
+                    assigned,
+                    owner: Owner::Anonymous,
+                    filters,
+                    ephemeral: false,
+                    version: 0,
+                })
+            }
+            Identity::Device { id, certificate } => {
+                let entry = self
+                    .directory
+                    .read()
+                    .get(&id)
+                    .cloned()
+                    .ok_or(ConnectError::NotAuthorized)?;
+                if entry.hub != self.id {
+                    return Err(ConnectError::NotAuthorized);
+                }
+                entry.admit(certificate)?;
+                let own = &entry.client_id;
+                if certificate && req.client_id.as_ref().is_some_and(|c| c != own) {
+                    return Err(ConnectError::ClientIdInvalid);
+                }
+                let owner = Owner::Device(id);
+                let multiple = entry.allow_multiple_connections && config.plan != Plan::Shared;
+                let own_session_connected = registry
+                    .get(own)
+                    .is_some_and(|s| s.owner == owner && s.is_connected());
+                if multiple && own_session_connected {
+                    let extra = ClientId::new(&format!("{own}.{generation}"))
+                        .map_err(|_| ConnectError::ClientIdInvalid)?;
+                    return Ok(Admission {
+                        client_id: extra,
+                        assigned: false,
+                        owner,
+                        filters: entry.filters.clone(),
+                        ephemeral: true,
+                        version: entry.version,
+                    });
+                }
+                Ok(Admission {
+                    client_id: own.clone(),
+                    assigned: req.client_id.as_ref() != Some(own),
+                    owner,
+                    filters: entry.filters.clone(),
+                    ephemeral: false,
+                    version: entry.version,
+                })
+            }
+        }
+    }
+
+    /// Checks a will against the hub's caps and the client's publish rule.
+    fn check_will(
+        config: &HubConfig,
+        filters: &SessionFilters,
+        will: &crate::engine::Will,
+    ) -> Result<(), ConnectError> {
+        let m = &will.message;
+        if m.payload.len() > config.caps.max_payload_bytes as usize {
+            return Err(ConnectError::PayloadTooLarge);
+        }
+        if m.qos > config.caps.maximum_qos {
+            return Err(ConnectError::QosNotSupported);
+        }
+        if m.retain && !config.caps.retain_available {
+            return Err(ConnectError::RetainNotSupported);
+        }
+        if reserved_topic(&m.topic) || !filters.allows_publish(m.topic.as_str()) {
+            return Err(ConnectError::NotAuthorized);
+        }
+        Ok(())
+    }
+
     pub(crate) fn connect(
         self: &Arc<Self>,
         identity: Identity,
@@ -182,75 +467,54 @@ impl Hub {
         if !self.enabled.load(Ordering::Acquire) {
             return Err(ConnectError::HubDisabled);
         }
-        let (client_id, assigned) = match identity {
-            Identity::Anonymous => {
-                if !self.allow_anonymous || self.plan == Plan::Shared {
-                    return Err(ConnectError::NotAuthorized);
-                }
-                match req.client_id {
-                    Some(id) => (id, false),
-                    None => {
-                        let id = format!("{ASSIGNED_PREFIX}{}", uuid::Uuid::new_v4());
-                        let id = ClientId::new(&id).map_err(|_| ConnectError::ClientIdInvalid)?;
-                        (id, true)
-                    }
-                }
-            }
-            Identity::Device(device) => {
-                let own = ClientId::from(device);
-                match req.client_id {
-                    Some(id) if id == own => (id, false),
-                    Some(_) => return Err(ConnectError::ClientIdInvalid),
-                    None => (own, true),
-                }
-            }
-        };
-        if self.plan == Plan::Shared && (!req.clean_start || req.session_expiry_secs > 0) {
-            return Err(ConnectError::CleanStartRequired);
-        }
-        if let Some(will) = &req.will {
-            let m = &will.message;
-            if m.payload.len() > self.caps.max_payload_bytes as usize {
-                return Err(ConnectError::PayloadTooLarge);
-            }
-            if m.qos > self.caps.maximum_qos {
-                return Err(ConnectError::QosNotSupported);
-            }
-            if m.retain && !self.caps.retain_available {
-                return Err(ConnectError::RetainNotSupported);
-            }
-            if reserved_topic(&m.topic) {
-                return Err(ConnectError::NotAuthorized);
-            }
-        }
-        let expiry = req
-            .session_expiry_secs
-            .min(self.limits.max_session_expiry_secs);
-        let window = req
-            .receive_maximum
-            .min(self.limits.max_inflight_messages)
-            .max(1);
-        let mut will = match req.will {
-            Some(will) => {
-                let weight = will.message.weight() as u64;
-                if !self.try_reserve(weight) {
-                    return Err(ConnectError::QuotaExceeded);
-                }
-                Some(StoredWill { will, weight })
-            }
-            None => None,
-        };
         let now = self.now();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let conn = Arc::new(Conn::default());
         let mut wills: Vec<(StoredWill, Arc<SessionState>)> = Vec::new();
         let mut moved: Vec<Queued> = Vec::new();
-        let (state, session_present) = {
+        let (state, session_present, admission, config, expiry) = {
             let mut registry = self.sessions.lock();
-            let resumed = match registry.get(&client_id).cloned() {
-                Some(old) if req.clean_start || old.inner.lock().expired(now) => {
-                    // [MQTT-3.1.2-4]: discard the session (or it had already expired); it
-                    // ends, so its will goes out.
+            let config = self.config();
+            if !self.enabled.load(Ordering::Acquire) {
+                return Err(ConnectError::HubDisabled);
+            }
+            let admission = self.admit(&config, identity, &req, &registry, generation)?;
+            if config.plan == Plan::Shared && (!req.clean_start || req.session_expiry_secs > 0) {
+                return Err(ConnectError::CleanStartRequired);
+            }
+            if let Some(will) = &req.will {
+                Self::check_will(&config, &admission.filters, will)?;
+            }
+            let (clean_start, expiry) = if admission.ephemeral {
+                (true, 0)
+            } else {
+                let max = config.limits.max_session_expiry_secs;
+                (req.clean_start, req.session_expiry_secs.min(max))
+            };
+            let window = req
+                .receive_maximum
+                .min(config.limits.max_inflight_messages)
+                .max(1);
+            let mut will = match req.will {
+                Some(will) => {
+                    let weight = will.message.weight() as u64;
+                    if !self.try_reserve(weight) {
+                        return Err(ConnectError::QuotaExceeded);
+                    }
+                    Some(StoredWill { will, weight })
+                }
+                None => None,
+            };
+            let client_id = &admission.client_id;
+            let existing = registry.get(client_id).cloned();
+            let resumed = match existing {
+                Some(old)
+                    if clean_start
+                        || old.owner != admission.owner
+                        || old.inner.lock().expired(now) =>
+                {
+                    // [MQTT-3.1.2-4]: discard the session (or it had already expired, or
+                    // another owner held it); it ends, so its will goes out.
                     let ended = self.end_session_locked(
                         &mut registry,
                         &old,
@@ -289,6 +553,10 @@ impl Hub {
                     inner.expires_at = None;
                     inner.window = window;
                     inner.will = will.take();
+                    // Live changes keep every session's filters current, offline ones too;
+                    // this only refreshes the handles.
+                    inner.filters = admission.filters.clone();
+                    inner.admitted = admission.version;
                     inner.schedule_resend();
                     old.connected.store(true, Ordering::Release);
                     drop(inner);
@@ -302,33 +570,45 @@ impl Hub {
                 None => {
                     let state = Arc::new(SessionState::new(
                         client_id.clone(),
+                        admission.owner,
                         generation,
                         conn.clone(),
                     ));
                     {
                         let mut inner = state.inner.lock();
                         inner.expiry_secs = expiry;
+                        inner.ephemeral = admission.ephemeral;
                         inner.window = window;
                         inner.will = will;
+                        inner.filters = admission.filters.clone();
+                        inner.admitted = admission.version;
                     }
-                    registry.insert(client_id.clone(), state.clone());
+                    registry.insert(state.clone());
                     state
                 }
             };
             self.connected.fetch_add(1, Ordering::AcqRel);
-            (state, present)
+            (state, present, admission, config, expiry)
         };
         for (w, from) in wills {
             self.publish_will(w, &from, now);
         }
         self.hand_over_shared(moved, now);
+        let client_id = admission.client_id;
         Ok(Connected {
-            session: Session::new(self.clone(), state, conn, generation, client_id.clone()),
+            session: Session::new(
+                self.clone(),
+                state,
+                conn,
+                generation,
+                client_id.clone(),
+                config.clone(),
+            ),
             session_present,
             client_id,
-            assigned,
+            assigned: admission.assigned,
             session_expiry_secs: expiry,
-            caps: self.caps,
+            caps: config.caps,
         })
     }
 
@@ -341,6 +621,7 @@ impl Hub {
         how: DisconnectKind,
     ) {
         let now = self.now();
+        let max_expiry = self.config.read().limits.max_session_expiry_secs;
         let mut will_now = None;
         let ended = {
             let mut registry = self.sessions.lock();
@@ -361,8 +642,10 @@ impl Hub {
                 } => (session_expiry_secs, true),
                 DisconnectKind::Abnormal => (None, true),
             };
-            if let Some(expiry) = expiry {
-                inner.expiry_secs = expiry.min(self.limits.max_session_expiry_secs);
+            if let Some(expiry) = expiry
+                && !inner.ephemeral
+            {
+                inner.expiry_secs = expiry.min(max_expiry);
             }
             let expiry = inner.expiry_secs;
             // QoS 0 is never kept for an offline session (see the queue policy).
@@ -431,16 +714,11 @@ impl Hub {
     /// The will and the shared-subscription messages are returned, still reserved.
     fn end_session_locked(
         &self,
-        registry: &mut HashMap<ClientId, Arc<SessionState>>,
+        registry: &mut Registry,
         state: &Arc<SessionState>,
         kick: Option<KickReason>,
     ) -> Ended {
-        if registry
-            .get(&state.client_id)
-            .is_some_and(|s| Arc::ptr_eq(s, state))
-        {
-            registry.remove(&state.client_id);
-        }
+        registry.remove(state);
         let mut subs = self.subs.write();
         let mut inner = state.inner.lock();
         if inner.ended {
@@ -514,12 +792,13 @@ impl Hub {
     // ---- shared subscriptions -----------------------------------------------------------
 
     /// Picks the member of `group` that gets the next message: round robin, preferring
-    /// connected members, never `exclude`. With `connected_only`, an offline member is
-    /// never chosen.
+    /// connected members, never `exclude`, never one whose filters refuse `topic` (when
+    /// given). With `connected_only`, an offline member is never chosen.
     fn pick_member<'a>(
         group: &'a SharedGroup<SubEntry>,
         exclude: Option<&Arc<SessionState>>,
         connected_only: bool,
+        topic: Option<&str>,
     ) -> Option<&'a SubEntry> {
         let n = group.members.len();
         if n == 0 {
@@ -532,7 +811,9 @@ impl Hub {
         for k in 0..n {
             let at = (start + k) % n;
             let (_, member) = &group.members[at];
-            if exclude.is_some_and(|e| Arc::ptr_eq(e, &member.session)) {
+            if exclude.is_some_and(|e| Arc::ptr_eq(e, &member.session))
+                || topic.is_some_and(|t| !member.admits(t))
+            {
                 continue;
             }
             if member.session.is_connected() {
@@ -564,7 +845,8 @@ impl Hub {
             let target = q.shared.as_ref().and_then(|origin| {
                 let subs = self.subs.read();
                 let group = subs.shared_group(&origin.group, &origin.filter)?;
-                Self::pick_member(group, None, false).map(|m| (m.session.clone(), m.opts))
+                Self::pick_member(group, None, false, Some(q.message.topic.as_str()))
+                    .map(|m| (m.session.clone(), m.opts))
             });
             match target {
                 Some((session, opts)) => {
@@ -605,21 +887,34 @@ impl Hub {
         if origins.is_empty() {
             return;
         }
-        let targets: HashMap<SharedOrigin, (Arc<SessionState>, SubOptions)> = {
+        type Target = (Arc<SessionState>, SubOptions, Option<Arc<CompiledRule>>);
+        let targets: HashMap<SharedOrigin, Target> = {
             let subs = self.subs.read();
             origins
                 .into_iter()
                 .filter_map(|origin| {
                     let group = subs.shared_group(&origin.group, &origin.filter)?;
-                    let member = Self::pick_member(group, Some(state), true)?;
-                    Some((origin, (member.session.clone(), member.opts)))
+                    let member = Self::pick_member(group, Some(state), true, None)?;
+                    let target = (member.session.clone(), member.opts, member.guard.clone());
+                    Some((origin, target))
                 })
                 .collect()
         };
         if targets.is_empty() {
             return;
         }
-        let moving = |q: &Queued| q.shared.as_ref().is_some_and(|o| targets.contains_key(o));
+        // A message the chosen member's filters refuse stays, as if no member were
+        // connected.
+        let moving = |q: &Queued| {
+            q.shared
+                .as_ref()
+                .and_then(|o| targets.get(o))
+                .is_some_and(|(_, _, guard)| {
+                    guard
+                        .as_ref()
+                        .is_none_or(|g| g.allows_topic(q.message.topic.as_str()))
+                })
+        };
         let moved: Vec<Queued> = {
             let mut inner = state.inner.lock();
             if inner.ended || inner.conn.is_some() {
@@ -663,7 +958,7 @@ impl Hub {
         for q in moved {
             let target = q.shared.as_ref().and_then(|o| targets.get(o));
             match target {
-                Some((session, opts)) => {
+                Some((session, opts, _)) => {
                     let q = Self::retarget(q, opts);
                     self.enqueue(session, q, now, true);
                 }
@@ -739,13 +1034,17 @@ impl Hub {
         now: Instant,
     ) -> bool {
         let mut targets = TARGETS.with(Cell::take);
+        let topic = message.topic.as_str();
         {
             let subs = self.subs.read();
-            subs.for_each_match(message.topic.as_str(), |leaf| {
+            subs.for_each_match(topic, |leaf| {
                 for entry in leaf.direct.values() {
                     if entry.opts.no_local
                         && publisher.is_some_and(|p| Arc::ptr_eq(p, &entry.session))
                     {
+                        continue;
+                    }
+                    if !entry.admits(topic) {
                         continue;
                     }
                     targets.push(Target {
@@ -755,7 +1054,7 @@ impl Hub {
                     });
                 }
                 for (name, group) in &leaf.shared {
-                    if let Some(member) = Self::pick_member(group, None, false) {
+                    if let Some(member) = Self::pick_member(group, None, false, Some(topic)) {
                         targets.push(Target {
                             session: member.session.clone(),
                             opts: member.opts,
@@ -822,8 +1121,8 @@ impl Hub {
                 None
             } else if entry.expired(now) {
                 Some(DropReason::Expired)
-            } else if inner.queue.len() >= self.limits.max_session_queue_messages.max(1) as usize
-                || inner.bytes + weight > self.limits.max_session_queue_bytes
+            } else if inner.queue.len() >= self.queue_max_messages.load(Ordering::Relaxed)
+                || inner.bytes + weight > self.queue_max_bytes.load(Ordering::Relaxed)
             {
                 if entry.qos != QoS::AtMostOnce
                     && let Some(conn) = &inner.conn
@@ -981,10 +1280,235 @@ impl Hub {
         }
     }
 
+    // ---- live changes -------------------------------------------------------------------
+
+    /// Enables or disables the hub. Disabling kicks every live connection; CONNECT checks
+    /// the flag under the session lock, so none slips in between.
+    pub(crate) fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Release);
+        if !enabled {
+            self.kick_all(KickReason::AdministrativeAction);
+        }
+    }
+
+    /// Applies a device's change to its sessions here. Returns the subscriptions removed
+    /// because the new filters refuse them.
+    pub(crate) fn apply_device(
+        &self,
+        device: DeviceId,
+        change: DeviceChange,
+    ) -> Vec<RevokedSubscription> {
+        let now = self.now();
+        let mut revoked = Vec::new();
+        let mut ended = Vec::new();
+        {
+            let mut registry = self.sessions.lock();
+            let states = registry.of_device(device);
+            match change {
+                DeviceChange::End => {
+                    for state in &states {
+                        ended.push(self.end_session_locked(
+                            &mut registry,
+                            state,
+                            Some(KickReason::AdministrativeAction),
+                        ));
+                    }
+                }
+                DeviceChange::Update {
+                    kick,
+                    filters,
+                    version,
+                } => {
+                    if let Some(filters) = filters {
+                        let mut subs = self.subs.write();
+                        for state in &states {
+                            self.refilter_locked(&mut subs, state, &filters, &mut revoked);
+                        }
+                    }
+                    if kick {
+                        for state in &states {
+                            let inner = state.inner.lock();
+                            if inner.admitted < version
+                                && let Some(conn) = &inner.conn
+                            {
+                                conn.kick(KickReason::AdministrativeAction);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for e in ended {
+            self.finish_ended(e, now);
+        }
+        self.update_gauges();
+        revoked
+    }
+
+    /// Gives `state` new filters (the caller holds the session registry and the trie):
+    /// subscriptions the subscribe rule now refuses are removed (and reported), the others
+    /// get the guard the new rule needs; queued messages the subscribe rule refuses are
+    /// dropped; a will the publish rule refuses is discarded.
+    fn refilter_locked(
+        &self,
+        subs: &mut crate::trie::SubTrie<SubEntry>,
+        state: &Arc<SessionState>,
+        filters: &SessionFilters,
+        revoked: &mut Vec<RevokedSubscription>,
+    ) {
+        let mut inner = state.inner.lock();
+        if inner.ended {
+            return;
+        }
+        inner.filters = filters.clone();
+        let current: Vec<(SubscriptionFilter, SubOptions)> = inner
+            .subscriptions
+            .iter()
+            .map(|(f, o)| (f.clone(), *o))
+            .collect();
+        for (filter, opts) in current {
+            match filters.subscription_guard(&filter.filter) {
+                Ok(guard) => {
+                    let entry = SubEntry {
+                        session: state.clone(),
+                        opts,
+                        guard,
+                    };
+                    subs.insert(&filter, state.client_id.clone(), entry);
+                }
+                Err(()) => {
+                    subs.remove(&filter, &state.client_id);
+                    inner.subscriptions.remove(&filter);
+                    revoked.push(RevokedSubscription {
+                        hub: self.id,
+                        device: match state.owner {
+                            Owner::Device(d) => Some(d),
+                            Owner::Anonymous => None,
+                        },
+                        client_id: state.client_id.clone(),
+                        filter,
+                    });
+                }
+            }
+        }
+        if let Some(rule) = &filters.subscribe {
+            let mut freed = 0;
+            inner.queue.retain(|q| {
+                let keep = rule.allows_topic(q.message.topic.as_str());
+                if !keep {
+                    freed += q.weight;
+                }
+                keep
+            });
+            inner.bytes -= freed;
+            self.release(freed);
+        }
+        let will_refused = inner
+            .will
+            .as_ref()
+            .is_some_and(|w| !filters.allows_publish(w.will.message.topic.as_str()));
+        if will_refused {
+            if let Some(w) = inner.will.take() {
+                self.release(w.weight);
+            }
+            self.cancel([inner.will_timer.take()]);
+        }
+    }
+
+    /// Replaces the hub's settings and applies the change to live sessions (see
+    /// `Engine::update_hub`). Returns the subscriptions anonymous filters now refuse.
+    pub(crate) fn reconfigure(
+        &self,
+        config: Arc<HubConfig>,
+        enabled: bool,
+    ) -> Vec<RevokedSubscription> {
+        let old = std::mem::replace(&mut *self.config.write(), config.clone());
+        self.set_hot_limits(&config.limits);
+        let now = self.now();
+        let plan_changed = old.plan != config.plan;
+        let caps_changed = old.caps != config.caps;
+        let end_all = plan_changed && config.plan == Plan::Shared;
+        let end_anonymous = old.admits_anonymous() && !config.admits_anonymous();
+        let refilter_anonymous = config.admits_anonymous()
+            && (old.anonymous_filters != config.anonymous_filters || old.name != config.name);
+        let mut revoked = Vec::new();
+        let mut ended = Vec::new();
+        {
+            let mut registry = self.sessions.lock();
+            let states: Vec<Arc<SessionState>> = registry.sessions().cloned().collect();
+            let mut refilter = Vec::new();
+            for state in states {
+                let anonymous = state.owner == Owner::Anonymous;
+                if end_all || (end_anonymous && anonymous) {
+                    ended.push(self.end_session_locked(
+                        &mut registry,
+                        &state,
+                        Some(KickReason::AdministrativeAction),
+                    ));
+                    continue;
+                }
+                if (plan_changed || caps_changed)
+                    && let Some(conn) = &state.inner.lock().conn
+                {
+                    conn.kick(KickReason::AdministrativeAction);
+                }
+                if refilter_anonymous && anonymous {
+                    match config.anonymous_filters_for(self.id, &state.client_id) {
+                        Ok(filters) => {
+                            if !filters.same_as(&state.inner.lock().filters) {
+                                refilter.push((state, filters));
+                            }
+                        }
+                        // The client id cannot fill the new templates: it could not
+                        // connect now, so its session ends.
+                        Err(_) => ended.push(self.end_session_locked(
+                            &mut registry,
+                            &state,
+                            Some(KickReason::AdministrativeAction),
+                        )),
+                    }
+                }
+            }
+            if !refilter.is_empty() {
+                let mut subs = self.subs.write();
+                for (state, filters) in refilter {
+                    self.refilter_locked(&mut subs, &state, &filters, &mut revoked);
+                }
+            }
+        }
+        for e in ended {
+            self.finish_ended(e, now);
+        }
+        if enabled != self.enabled.load(Ordering::Acquire) {
+            self.set_enabled(enabled);
+        }
+        self.update_gauges();
+        revoked
+    }
+
+    /// Whether `device` has a live connection here.
+    pub(crate) fn device_connected(&self, device: DeviceId) -> bool {
+        let registry = self.sessions.lock();
+        registry
+            .by_device
+            .get(&device)
+            .is_some_and(|list| list.iter().any(|s| s.is_connected()))
+    }
+
+    /// Devices with at least one live connection here.
+    pub(crate) fn connected_devices(&self) -> u64 {
+        let registry = self.sessions.lock();
+        registry
+            .by_device
+            .values()
+            .filter(|list| list.iter().any(|s| s.is_connected()))
+            .count() as u64
+    }
+
     /// Kicks every live connection with `reason`; the sessions stay.
     pub(crate) fn kick_all(&self, reason: KickReason) {
         let registry = self.sessions.lock();
-        for state in registry.values() {
+        for state in registry.sessions() {
             if let Some(conn) = &state.inner.lock().conn {
                 conn.kick(reason);
             }
@@ -996,7 +1520,7 @@ impl Hub {
     pub(crate) fn remove_all(&self, reason: KickReason) {
         {
             let mut registry = self.sessions.lock();
-            let states: Vec<Arc<SessionState>> = registry.values().cloned().collect();
+            let states: Vec<Arc<SessionState>> = registry.sessions().cloned().collect();
             for state in states {
                 let ended = self.end_session_locked(&mut registry, &state, Some(reason));
                 if let Some((w, _)) = ended.will {
@@ -1074,6 +1598,7 @@ pub(crate) fn caps_for(plan: Plan, limits: &HubLimits) -> HubCaps {
         receive_maximum: limits.receive_maximum.max(1),
         topic_alias_maximum: limits.topic_alias_maximum,
         max_payload_bytes: limits.max_payload_bytes,
+        max_keep_alive_secs: limits.max_keep_alive_secs,
     }
 }
 

@@ -82,6 +82,7 @@
 //! `tick`). A message without subscribers is not a drop.
 
 mod clock;
+mod directory;
 mod engine;
 mod hub;
 mod metrics;
@@ -94,9 +95,10 @@ mod trie;
 mod tests;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use directory::{Credentials, DeviceSpec};
 pub use engine::{
     ConnectError, ConnectRequest, Connected, DroppedCounts, Engine, EngineConfig, EngineError,
-    HubCaps, HubSpec, HubStats, Identity, Will,
+    HubCaps, HubSpec, HubStats, Identity, RevokedSubscription, Will,
 };
 pub use session::{
     DisconnectKind, KickReason, Outgoing, OutgoingPublish, PublishAck, PublishError,

@@ -7,7 +7,7 @@ use iothub_model::{ClientId, HubId, Message, QoS, SubscriptionFilter};
 use parking_lot::MutexGuard;
 
 use crate::engine::HubCaps;
-use crate::hub::{Hub, reserved_topic};
+use crate::hub::{Hub, HubConfig, reserved_topic};
 use crate::metrics::DropReason;
 use crate::state::{
     Conn, Inflight, InflightState, Inner, Queued, SessionState, SubEntry, SubOptions,
@@ -137,6 +137,8 @@ pub enum Outgoing {
 /// every call is a no-op: `false`, an empty result or `Delivered { matched: false }`.
 pub struct Session {
     hub: Arc<Hub>,
+    /// The hub's settings this connection was admitted under (a change of caps kicks it).
+    config: Arc<HubConfig>,
     state: Arc<SessionState>,
     conn: Arc<Conn>,
     generation: u64,
@@ -151,9 +153,11 @@ impl Session {
         conn: Arc<Conn>,
         generation: u64,
         client_id: ClientId,
+        config: Arc<HubConfig>,
     ) -> Self {
         Self {
             hub,
+            config,
             state,
             conn,
             generation,
@@ -172,7 +176,7 @@ impl Session {
 
     /// What the hub offers (the same as `Connected::caps`).
     pub fn caps(&self) -> HubCaps {
-        self.hub.caps
+        self.config.caps
     }
 
     /// The session state, locked, if this connection still owns it.
@@ -186,13 +190,14 @@ impl Session {
     /// The message goes to every matching subscriber's queue before this returns; a slow
     /// subscriber never makes it wait. With `retain`, the message is stored as the topic's
     /// retained message, or an empty payload deletes it [MQTT-3.3.1-5..7]. Clients may not
-    /// publish to `$SYS/..` or `$SCW/..` (hub events): `NotAuthorized`.
+    /// publish to `$SYS/..` or `$SCW/..` (hub events), nor to a topic their publish filter
+    /// refuses: `NotAuthorized`.
     pub fn publish(
         &self,
         message: Message,
         packet_id: Option<u16>,
     ) -> Result<PublishAck, PublishError> {
-        let caps = &self.hub.caps;
+        let caps = &self.config.caps;
         if message.payload.len() > caps.max_payload_bytes as usize {
             return Err(PublishError::PayloadTooLarge);
         }
@@ -213,6 +218,9 @@ impl Session {
             let Some(inner) = self.live() else {
                 return Ok(PublishAck::Delivered { matched: false });
             };
+            if !inner.filters.allows_publish(message.topic.as_str()) {
+                return Err(PublishError::NotAuthorized);
+            }
             if let Some(id) = packet_id {
                 if inner.inbound_qos2.contains(&id) {
                     // [MQTT-4.3.3-9]: the same QoS 2 message again; a QoS 1 message may
@@ -253,6 +261,9 @@ impl Session {
 
     /// Adds or replaces subscriptions, one result per request, in order.
     ///
+    /// A filter the session's subscribe rule refuses is `NotAuthorized`; one that only
+    /// partly overlaps the rule is granted, and each message delivered through it is
+    /// checked against the rule (see `iothub_model::CompiledRule::check_subscription`).
     /// Granted QoS = min(requested, the plan's maximum) (the shared plan grants QoS 0). A
     /// subscription to a filter the session already has replaces it and keeps its queued
     /// messages [MQTT-3.8.4-3]. Matching retained messages are queued right away per the
@@ -267,7 +278,7 @@ impl Session {
     }
 
     fn subscribe_one(&self, req: &SubscribeRequest, now: Instant) -> Result<QoS, SubscribeError> {
-        let caps = &self.hub.caps;
+        let caps = &self.config.caps;
         let filter = &req.filter;
         if filter.is_shared() && !caps.shared_available {
             return Err(SubscribeError::SharedNotSupported);
@@ -282,25 +293,30 @@ impl Session {
             return Err(SubscribeError::QuotaExceeded);
         }
         let opts = SubOptions {
-            qos: req.qos.min(self.hub.max_subscribe_qos()),
+            qos: req.qos.min(self.config.max_subscribe_qos()),
             // No Local on a shared subscription is a protocol error the adapter rejects
             // [MQTT-3.8.3-4]; the engine ignores it there.
             no_local: req.no_local && !filter.is_shared(),
             retain_as_published: req.retain_as_published,
             subscription_id: req.subscription_id,
         };
-        let existed = {
+        let (existed, guard) = {
             let mut subs = self.hub.subs().write();
             let Some(mut inner) = self.live() else {
                 return Err(SubscribeError::NotAuthorized);
             };
+            let guard = inner
+                .filters
+                .subscription_guard(&filter.filter)
+                .map_err(|()| SubscribeError::NotAuthorized)?;
             let entry = SubEntry {
                 session: self.state.clone(),
                 opts,
+                guard: guard.clone(),
             };
             let old = subs.insert(filter, self.client_id.clone(), entry);
             inner.subscriptions.insert(filter.clone(), opts);
-            old.is_some()
+            (old.is_some(), guard)
         };
         let send_retained = !filter.is_shared()
             && match req.retain_handling {
@@ -311,7 +327,11 @@ impl Session {
         if send_retained {
             let store = self.hub.retained().read();
             store.for_each_match(&filter.filter, |r| {
-                if r.expires_at.is_some_and(|at| at <= now) {
+                if r.expires_at.is_some_and(|at| at <= now)
+                    || guard
+                        .as_ref()
+                        .is_some_and(|g| !g.allows_topic(r.message.topic.as_str()))
+                {
                     return;
                 }
                 let entry = Queued {

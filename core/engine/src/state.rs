@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Instant;
 
-use iothub_model::{ClientId, Message, QoS, SubscriptionFilter, TopicFilter};
+use iothub_model::{
+    ClientId, CompiledFilters, CompiledRule, DeviceId, Message, QoS, SubscriptionCheck,
+    SubscriptionFilter, TopicFilter,
+};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -29,6 +32,75 @@ pub(crate) struct SubOptions {
 pub(crate) struct SubEntry {
     pub(crate) session: Arc<SessionState>,
     pub(crate) opts: SubOptions,
+    /// The session's subscribe rule when this subscription only partly overlaps it
+    /// ([`SubscriptionCheck::PerMessage`]): every message routed through it is checked.
+    /// `None` for every subscription of an unfiltered session, so the default costs one
+    /// branch per delivery.
+    pub(crate) guard: Option<Arc<CompiledRule>>,
+}
+
+impl SubEntry {
+    /// Whether a message on `topic` may go to this subscriber.
+    pub(crate) fn admits(&self, topic: &str) -> bool {
+        self.guard.as_ref().is_none_or(|g| g.allows_topic(topic))
+    }
+}
+
+/// Who owns a session. A session is only ever resumed by the same owner: a device never
+/// inherits an anonymous client's session that happens to bear its id, or the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    Anonymous,
+    Device(DeviceId),
+}
+
+/// The message filters of a session, as shared handles; `None` = that direction is open
+/// (the default "reject, empty"), checked with one branch.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SessionFilters {
+    pub(crate) publish: Option<Arc<CompiledRule>>,
+    pub(crate) subscribe: Option<Arc<CompiledRule>>,
+}
+
+impl SessionFilters {
+    pub(crate) fn new(compiled: CompiledFilters) -> Self {
+        let shared = |rule: CompiledRule| (!rule.is_open()).then(|| Arc::new(rule));
+        Self {
+            publish: shared(compiled.publish),
+            subscribe: shared(compiled.subscribe),
+        }
+    }
+
+    pub(crate) fn allows_publish(&self, topic: &str) -> bool {
+        self.publish.as_ref().is_none_or(|r| r.allows_topic(topic))
+    }
+
+    /// `Err(())` when the subscription is refused, else the guard its trie entry needs.
+    pub(crate) fn subscription_guard(
+        &self,
+        filter: &TopicFilter,
+    ) -> Result<Option<Arc<CompiledRule>>, ()> {
+        let Some(rule) = &self.subscribe else {
+            return Ok(None);
+        };
+        match rule.check_subscription(filter) {
+            SubscriptionCheck::Allowed => Ok(None),
+            SubscriptionCheck::PerMessage => Ok(Some(rule.clone())),
+            SubscriptionCheck::Refused => Err(()),
+        }
+    }
+
+    /// Same rules (compared by content, so re-expanding unchanged filters is no change).
+    pub(crate) fn same_as(&self, other: &SessionFilters) -> bool {
+        fn eq(a: &Option<Arc<CompiledRule>>, b: &Option<Arc<CompiledRule>>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            }
+        }
+        eq(&self.publish, &other.publish) && eq(&self.subscribe, &other.subscribe)
+    }
 }
 
 /// Which shared subscription a queued message came through, so it can move to another
@@ -142,6 +214,7 @@ impl Conn {
 /// A session, alive from CONNECT until it ends (clean start, expiry, hub removal).
 pub(crate) struct SessionState {
     pub(crate) client_id: ClientId,
+    pub(crate) owner: Owner,
     /// Mirrors `inner.conn.is_some()`, readable without the lock, so shared-subscription
     /// routing can prefer connected members cheaply.
     pub(crate) connected: AtomicBool,
@@ -156,6 +229,9 @@ pub(crate) struct Inner {
     /// Set once the session ended; nothing is queued into it any more.
     pub(crate) ended: bool,
     pub(crate) expiry_secs: u32,
+    /// An extra connection's session (multiple connections of one device): it ends with
+    /// its connection, whatever DISCONNECT says.
+    pub(crate) ephemeral: bool,
     pub(crate) expires_at: Option<Instant>,
     /// Outbound QoS 1/2 window of the current connection.
     pub(crate) window: u16,
@@ -170,6 +246,11 @@ pub(crate) struct Inner {
     /// Inbound QoS 2 packet ids routed and awaiting PUBREL.
     pub(crate) inbound_qos2: HashSet<u16>,
     pub(crate) subscriptions: HashMap<SubscriptionFilter, SubOptions>,
+    /// The owner's message filters, kept current by live changes (connected or not).
+    pub(crate) filters: SessionFilters,
+    /// Version of the device record the current connection was admitted under (0 for
+    /// anonymous clients): a live change kicks only connections admitted before it.
+    pub(crate) admitted: u64,
     pub(crate) will: Option<StoredWill>,
     /// Pending timers of a disconnected session, cancelled when it reconnects or ends, so
     /// a flapping client leaves no stale timers behind. The will timer's instant is when
@@ -184,15 +265,17 @@ pub(crate) struct Inner {
 pub(crate) type TimerKey = (Instant, u64);
 
 impl SessionState {
-    pub(crate) fn new(client_id: ClientId, generation: u64, conn: Arc<Conn>) -> Self {
+    pub(crate) fn new(client_id: ClientId, owner: Owner, generation: u64, conn: Arc<Conn>) -> Self {
         Self {
             client_id,
+            owner,
             connected: AtomicBool::new(true),
             inner: Mutex::new(Inner {
                 generation,
                 conn: Some(conn),
                 ended: false,
                 expiry_secs: 0,
+                ephemeral: false,
                 expires_at: None,
                 window: 1,
                 queue: VecDeque::new(),
@@ -203,6 +286,8 @@ impl SessionState {
                 resend: VecDeque::new(),
                 inbound_qos2: HashSet::new(),
                 subscriptions: HashMap::new(),
+                filters: SessionFilters::default(),
+                admitted: 0,
                 will: None,
                 will_timer: None,
                 expiry_timer: None,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iothub_model::{
-    ClientId, DeviceId, HubId, HubLimits, Message, MessageProperties, Origin, Plan, QoS,
-    SubscriptionFilter, TopicName,
+    ClientId, DeviceId, HubId, HubLimits, Message, MessageFilters, MessageProperties, Origin, Plan,
+    QoS, SubscriptionFilter, TopicName,
 };
 
 use crate::*;
@@ -34,15 +34,27 @@ impl Fx {
         });
         let hub = HubId::new_random();
         engine
-            .create_hub(HubSpec {
-                id: hub,
-                name: "default".into(),
-                plan,
-                limits,
-                allow_anonymous: true,
-            })
+            .create_hub(hub_spec(hub, "default", plan, limits, true))
             .unwrap();
         Self { engine, clock, hub }
+    }
+
+    /// Registers an enabled device of the hub that may connect without a certificate.
+    fn add_device(&self, filters: MessageFilters) -> DeviceId {
+        let id = DeviceId::new_random();
+        self.engine
+            .upsert_device(device_spec(id, self.hub, filters))
+            .unwrap();
+        id
+    }
+
+    /// A device connects with `client_id` (`None` = empty) and a clean session.
+    fn connect_device(&self, device: DeviceId, client_id: Option<&str>) -> Connected {
+        let req = ConnectRequest {
+            client_id: client_id.map(|c| ClientId::new(c).unwrap()),
+            ..self.req("unused", true, 0)
+        };
+        self.engine.connect_as(insecure(device), req).unwrap()
     }
 
     fn req(&self, id: &str, clean_start: bool, expiry: u32) -> ConnectRequest {
@@ -77,6 +89,38 @@ impl Fx {
     fn advance(&self, secs: u64) {
         self.clock.advance(Duration::from_secs(secs));
         self.engine.tick();
+    }
+}
+
+fn hub_spec(id: HubId, name: &str, plan: Plan, limits: HubLimits, anonymous: bool) -> HubSpec {
+    HubSpec {
+        id,
+        name: name.into(),
+        plan,
+        limits,
+        allow_anonymous: anonymous,
+        anonymous_filters: MessageFilters::default(),
+        enabled: true,
+    }
+}
+
+fn device_spec(id: DeviceId, hub: HubId, filters: MessageFilters) -> DeviceSpec {
+    DeviceSpec {
+        id,
+        hub,
+        name: format!("dev-{}", &id.to_string()[..8]),
+        enabled: true,
+        allow_insecure: true,
+        allow_multiple_connections: false,
+        filters,
+    }
+}
+
+/// A device identified without a certificate (client id or username).
+fn insecure(id: DeviceId) -> Identity {
+    Identity::Device {
+        id,
+        certificate: false,
     }
 }
 
@@ -1253,13 +1297,13 @@ fn hubs_are_isolated() {
     let fx = Fx::new();
     let other = HubId::new_random();
     fx.engine
-        .create_hub(HubSpec {
-            id: other,
-            name: "other".into(),
-            plan: Plan::Dedicated,
-            limits: HubLimits::default(),
-            allow_anonymous: true,
-        })
+        .create_hub(hub_spec(
+            other,
+            "other",
+            Plan::Dedicated,
+            HubLimits::default(),
+            true,
+        ))
         .unwrap();
     let here = fx.persistent("same", true, 60);
     subscribe(&here.session, "t", Q1);
@@ -1288,13 +1332,7 @@ fn hubs_are_isolated() {
 #[test]
 fn hub_administration() {
     let fx = Fx::new();
-    let spec = |id, name: &str| HubSpec {
-        id,
-        name: name.into(),
-        plan: Plan::Dedicated,
-        limits: HubLimits::default(),
-        allow_anonymous: true,
-    };
+    let spec = |id, name: &str| hub_spec(id, name, Plan::Dedicated, HubLimits::default(), true);
     assert_eq!(
         fx.engine.create_hub(spec(fx.hub, "x")),
         Err(EngineError::HubExists(fx.hub))
@@ -1416,7 +1454,7 @@ fn connect_refusals() {
         (
             Plan::Shared,
             false,
-            Identity::Device(device),
+            insecure(device),
             None,
             true,
             0,
@@ -1426,7 +1464,7 @@ fn connect_refusals() {
         (
             Plan::Shared,
             false,
-            Identity::Device(device),
+            insecure(device),
             None,
             false,
             0,
@@ -1436,7 +1474,7 @@ fn connect_refusals() {
         (
             Plan::Shared,
             false,
-            Identity::Device(device),
+            insecure(device),
             None,
             true,
             10,
@@ -1446,7 +1484,45 @@ fn connect_refusals() {
         (
             Plan::Dedicated,
             false,
-            Identity::Device(device),
+            insecure(device),
+            Some(own.clone()),
+            true,
+            0,
+            None,
+            Ok(()),
+        ),
+        // Without a certificate (username = device id), any client id becomes the device's.
+        (
+            Plan::Dedicated,
+            false,
+            insecure(device),
+            ClientId::new("other").ok(),
+            true,
+            0,
+            None,
+            Ok(()),
+        ),
+        // With one, the client id must be the device's or empty.
+        (
+            Plan::Dedicated,
+            false,
+            Identity::Device {
+                id: device,
+                certificate: true,
+            },
+            ClientId::new("other").ok(),
+            true,
+            0,
+            None,
+            Err(ConnectError::ClientIdInvalid),
+        ),
+        (
+            Plan::Dedicated,
+            false,
+            Identity::Device {
+                id: device,
+                certificate: true,
+            },
             Some(own.clone()),
             true,
             0,
@@ -1456,17 +1532,17 @@ fn connect_refusals() {
         (
             Plan::Dedicated,
             false,
-            Identity::Device(device),
-            ClientId::new("other").ok(),
+            insecure(DeviceId::new_random()),
+            None,
             true,
             0,
             None,
-            Err(ConnectError::ClientIdInvalid),
+            Err(ConnectError::NotAuthorized),
         ),
         (
             Plan::Shared,
             false,
-            Identity::Device(device),
+            insecure(device),
             None,
             true,
             0,
@@ -1476,7 +1552,7 @@ fn connect_refusals() {
         (
             Plan::Shared,
             false,
-            Identity::Device(device),
+            insecure(device),
             None,
             true,
             0,
@@ -1503,13 +1579,10 @@ fn connect_refusals() {
         });
         let hub = HubId::new_random();
         engine
-            .create_hub(HubSpec {
-                id: hub,
-                name: "h".into(),
-                plan,
-                limits: HubLimits::default(),
-                allow_anonymous: anonymous,
-            })
+            .create_hub(hub_spec(hub, "h", plan, HubLimits::default(), anonymous))
+            .unwrap();
+        engine
+            .upsert_device(device_spec(device, hub, MessageFilters::default()))
             .unwrap();
         let req = ConnectRequest {
             hub,
@@ -1525,7 +1598,7 @@ fn connect_refusals() {
         let got = engine.connect_as(identity, req);
         match (&got, expect) {
             (Ok(c), Ok(())) => {
-                if let Identity::Device(_) = identity {
+                if let Identity::Device { .. } = identity {
                     assert_eq!(c.client_id, own, "case {i}");
                 }
             }
@@ -1551,7 +1624,6 @@ fn will_payload_too_large() {
 #[test]
 fn plan_caps_and_publish_rules() {
     // (plan, message) -> publish result
-    let device = DeviceId::new_random();
     let limits = HubLimits {
         max_payload_bytes: 4,
         ..HubLimits::default()
@@ -1589,11 +1661,7 @@ fn plan_caps_and_publish_rules() {
     ];
     for (i, (plan, message, expect)) in table.into_iter().enumerate() {
         let fx = Fx::with(plan, limits.clone());
-        let req = ConnectRequest {
-            client_id: None,
-            ..fx.req("x", true, 0)
-        };
-        let c = fx.engine.connect_as(Identity::Device(device), req).unwrap();
+        let c = fx.connect_device(fx.add_device(MessageFilters::default()), None);
         assert_eq!(c.caps, c.session.caps());
         let id = (message.qos != Q0).then_some(1);
         assert_eq!(
@@ -1607,14 +1675,8 @@ fn plan_caps_and_publish_rules() {
 #[test]
 fn shared_plan_caps_and_subscribe_downgrade() {
     let fx = Fx::with(Plan::Shared, HubLimits::default());
-    let req = ConnectRequest {
-        client_id: None,
-        ..fx.req("x", true, 0)
-    };
-    let c = fx
-        .engine
-        .connect_as(Identity::Device(DeviceId::new_random()), req)
-        .unwrap();
+    let device = fx.add_device(MessageFilters::default());
+    let c = fx.connect_device(device, None);
     assert_eq!(c.caps.maximum_qos, Q1);
     assert!(!c.caps.retain_available);
     assert_eq!(

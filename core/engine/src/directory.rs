@@ -1,0 +1,173 @@
+//! The device directory: what the registry tells the engine about each device, and the
+//! admission decision of [`crate::Engine::resolve_client`].
+//!
+//! The directory is one map behind a read-write lock, shared by the engine (which writes it
+//! on administration) and every hub (which reads it under its session lock at CONNECT, so a
+//! CONNECT racing with a live change either sees the change or is seen by it). Records are
+//! immutable `Arc`s, replaced whole.
+
+use std::collections::HashMap;
+
+use iothub_model::{ClientId, DeviceId, FilterError, HubId, MessageFilters, TemplateVars};
+use parking_lot::RwLock;
+use uuid::Uuid;
+
+use crate::engine::{ConnectError, Identity};
+use crate::state::SessionFilters;
+
+/// A device, as the registry pushes it into the engine ([`crate::Engine::upsert_device`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub id: DeviceId,
+    pub hub: HubId,
+    /// Unique in its hub; `{{ device.name }}` in filters.
+    pub name: String,
+    /// A disabled device is refused at CONNECT (`DeviceDisabled`).
+    pub enabled: bool,
+    /// May connect without a client certificate (client id or username = device id).
+    pub allow_insecure: bool,
+    /// Several connections at once, each with its own session (dedicated and HA plans);
+    /// otherwise a new connection takes the session over.
+    pub allow_multiple_connections: bool,
+    pub filters: MessageFilters,
+}
+
+/// What a CONNECT presents to identify itself ([`crate::Engine::resolve_client`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// As sent; may be empty.
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    /// No password, or an empty one.
+    pub password_is_empty: bool,
+    /// The device a verified client certificate identifies. Issue 4 (device certificates)
+    /// fills it on TLS listeners; plain listeners pass `None`.
+    pub certificate: Option<DeviceId>,
+}
+
+/// One device's record in the engine.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceEntry {
+    pub(crate) hub: HubId,
+    pub(crate) name: String,
+    /// The device id as a client id, made once so CONNECT does not format it.
+    pub(crate) client_id: ClientId,
+    pub(crate) enabled: bool,
+    pub(crate) allow_insecure: bool,
+    pub(crate) allow_multiple_connections: bool,
+    /// As registered, for re-expansion when the hub is renamed.
+    pub(crate) raw_filters: MessageFilters,
+    pub(crate) filters: SessionFilters,
+    /// Increases with every change of any device (see `Inner::admitted`).
+    pub(crate) version: u64,
+}
+
+pub(crate) type Directory = RwLock<HashMap<DeviceId, std::sync::Arc<DeviceEntry>>>;
+
+fn expand(
+    filters: &MessageFilters,
+    id: DeviceId,
+    hub: HubId,
+    hub_name: &str,
+    name: &str,
+) -> Result<SessionFilters, FilterError> {
+    if filters.is_open() {
+        return Ok(SessionFilters::default());
+    }
+    let device_id = id.to_string();
+    let vars = TemplateVars {
+        hub_id: hub,
+        hub_name,
+        device_id: &device_id,
+        device_name: name,
+    };
+    Ok(SessionFilters::new(filters.expand(&vars)?))
+}
+
+impl DeviceEntry {
+    pub(crate) fn new(spec: DeviceSpec, hub_name: &str, version: u64) -> Result<Self, FilterError> {
+        let filters = expand(&spec.filters, spec.id, spec.hub, hub_name, &spec.name)?;
+        Ok(Self {
+            hub: spec.hub,
+            client_id: ClientId::from(spec.id),
+            name: spec.name,
+            enabled: spec.enabled,
+            allow_insecure: spec.allow_insecure,
+            allow_multiple_connections: spec.allow_multiple_connections,
+            raw_filters: spec.filters,
+            filters,
+            version,
+        })
+    }
+
+    /// The same device after its hub was renamed to `hub_name`.
+    pub(crate) fn renamed(
+        &self,
+        id: DeviceId,
+        hub_name: &str,
+        version: u64,
+    ) -> Result<Self, FilterError> {
+        let filters = expand(&self.raw_filters, id, self.hub, hub_name, &self.name)?;
+        Ok(Self {
+            filters,
+            version,
+            ..self.clone()
+        })
+    }
+
+    /// The admission rules of a device: enabled, and a certificate unless insecure is
+    /// allowed.
+    pub(crate) fn admit(&self, certificate: bool) -> Result<(), ConnectError> {
+        if !self.enabled {
+            return Err(ConnectError::DeviceDisabled);
+        }
+        if !certificate && !self.allow_insecure {
+            return Err(ConnectError::MutualTlsRequired);
+        }
+        Ok(())
+    }
+}
+
+/// Parses a UUID without allocating; `None` for anything else.
+pub(crate) fn parse_uuid(s: &str) -> Option<Uuid> {
+    // Only the hyphenated form: a client id is compared as the text of the device id.
+    if s.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse(s).ok()
+}
+
+/// Steps 1–3 of [`crate::Engine::resolve_client`]: `None` when the client is not a device.
+pub(crate) fn resolve(
+    directory: &Directory,
+    credentials: &Credentials<'_>,
+) -> Option<Result<(HubId, Identity), ConnectError>> {
+    let devices = directory.read();
+    let device = |id: DeviceId, certificate: bool| {
+        let entry = devices.get(&id)?;
+        Some(
+            entry
+                .admit(certificate)
+                .map(|()| (entry.hub, Identity::Device { id, certificate })),
+        )
+    };
+    if let Some(id) = credentials.certificate {
+        let client_id = credentials.client_id;
+        if !client_id.is_empty() && parse_uuid(client_id) != Some(*id.as_uuid()) {
+            return Some(Err(ConnectError::ClientIdInvalid));
+        }
+        return Some(device(id, true).unwrap_or(Err(ConnectError::NotAuthorized)));
+    }
+    if let Some(uuid) = parse_uuid(credentials.client_id)
+        && let Some(found) = device(DeviceId::from_uuid(uuid), false)
+    {
+        return Some(found);
+    }
+    if credentials.password_is_empty
+        && let Some(uuid) = credentials.username.and_then(parse_uuid)
+        && let Some(found) = device(DeviceId::from_uuid(uuid), false)
+    {
+        return Some(found);
+    }
+    None
+}
