@@ -973,6 +973,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn quiet_connection_sends_pingreq() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut broker = Broker {
+            io: b,
+            buf: BytesMut::new(),
+            version: ProtocolVersion::V311,
+        };
+        let mut opts = options(ProtocolVersion::V311, 1);
+        opts.keep_alive = 1;
+        let (client, ()) = tokio::join!(Client::handshake(a, &opts), async {
+            assert!(matches!(broker.recv().await, Packet::Connect(_)));
+            broker.send(Packet::ConnAck(ConnAck::default())).await;
+        });
+        let mut client = client.unwrap();
+        // Nothing else is sent, so the next packet the broker sees must be a PINGREQ, twice.
+        for _ in 0..2 {
+            let client_side = async {
+                loop {
+                    match client.next_event().await {
+                        Ok(Event::Drained) => {}
+                        other => break other,
+                    }
+                }
+            };
+            tokio::select! {
+                event = client_side => panic!("unexpected event {event:?}"),
+                packet = broker.recv() => assert_eq!(packet, Packet::PingReq),
+            }
+            broker.send(Packet::PingResp).await;
+        }
+    }
+
+    #[tokio::test]
     async fn subscribe_waits_for_its_suback_and_keeps_earlier_messages() {
         let (mut client, mut broker) = pair(ProtocolVersion::V5, 1, ConnAck::default()).await;
         let filters = [TopicFilter::new("a/+").unwrap()];
