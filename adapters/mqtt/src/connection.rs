@@ -398,7 +398,15 @@ where
 
     /// The established connection's loop: until the client, the server or the network ends it.
     async fn established(&mut self, est: &mut Established) -> Close {
-        // CONNACK first, then anything a resumed session has pending.
+        // CONNACK first, then anything a resumed session has pending, then the packets the
+        // client sent right behind its CONNECT (MQTT 3.1.4 lets it): they are already in the
+        // read buffer and no new read would wake us for them.
+        if let Some(close) = self.drain_outgoing(est) {
+            return close;
+        }
+        if let Some(close) = self.handle_input(est) {
+            return close;
+        }
         if let Some(close) = self.drain_outgoing(est) {
             return close;
         }
