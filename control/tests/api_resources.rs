@@ -174,8 +174,16 @@ async fn hub_list_paging_order_and_filters(api: &Api) {
             5,
         ),
         // Ties are broken by id, so these pages stop before the three dedicated hubs.
-        ("?order_by=product_plan_desc&page_size=2", &["gamma", "epsilon"], 5),
-        ("?order_by=product_plan_asc&page_size=2&page=3", &["gamma"], 5),
+        (
+            "?order_by=product_plan_desc&page_size=2",
+            &["gamma", "epsilon"],
+            5,
+        ),
+        (
+            "?order_by=product_plan_asc&page_size=2&page=3",
+            &["gamma"],
+            5,
+        ),
         ("?order_by=status_asc&name=ps", &["epsilon"], 1),
     ];
     for (query, want, total) in cases {
@@ -210,15 +218,14 @@ async fn hub_with_devices_is_deleted_only_with_delete_devices(api: &Api) {
         .expect_error(412, "precondition_failed", None);
     assert_eq!(refused["precondition"], "resource_state");
     assert!(
-        refused["message"].as_str().unwrap().contains("delete_devices=true"),
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("delete_devices=true"),
         "{refused}"
     );
     assert_eq!(
-        alice
-            .get(&format!("hubs/{hub}"))
-            .send()
-            .await
-            .expect(200)["device_count"],
+        alice.get(&format!("hubs/{hub}")).send().await.expect(200)["device_count"],
         1
     );
     alice
@@ -362,7 +369,11 @@ async fn device_lifecycle(api: &Api) {
     assert_eq!(names(&in_other, "devices"), ["sensor-1"]);
 
     api.runtime.take_calls();
-    alice.delete(&format!("devices/{id}")).send().await.expect(204);
+    alice
+        .delete(&format!("devices/{id}"))
+        .send()
+        .await
+        .expect(204);
     assert_eq!(
         api.runtime.take_calls(),
         [RuntimeCall::DeviceRemoved(device_id)]
@@ -420,7 +431,10 @@ async fn device_list_filters(api: &Api) {
         ("?allow_insecure=true".into(), vec!["a", "c"]),
         ("?allow_insecure=false".into(), vec!["b", "d"]),
         ("?status=disabled".into(), vec!["b"]),
-        ("?status=enabled&order_by=name_desc".into(), vec!["d", "c", "a"]),
+        (
+            "?status=enabled&order_by=name_desc".into(),
+            vec!["d", "c", "a"],
+        ),
         ("?allow_multiple_connections=true".into(), vec![]),
         ("?name=c".into(), vec!["c"]),
         (
@@ -544,7 +558,11 @@ async fn routes(api: &Api) {
         .expect_error(400, "invalid_arguments", Some("rest_config"));
 
     for id in &ids {
-        alice.delete(&format!("routes/{id}")).send().await.expect(204);
+        alice
+            .delete(&format!("routes/{id}"))
+            .send()
+            .await
+            .expect(204);
         alice
             .get(&format!("routes/{id}"))
             .send()

@@ -102,7 +102,11 @@ impl Api {
         let admin_key = match admin_key {
             Some(key) => {
                 assert!(
-                    registry.bootstrap_admin().await.expect("bootstrap").is_none(),
+                    registry
+                        .bootstrap_admin()
+                        .await
+                        .expect("bootstrap")
+                        .is_none(),
                     "a reopened database has its admin already"
                 );
                 key
@@ -183,7 +187,7 @@ macro_rules! api_tests {
     ($($name:ident),+ $(,)?) => {
         $(
             mod $name {
-                use crate::api_common::{Backend, run};
+                use $crate::api_common::{Backend, run};
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
                     run(Backend::Sqlite, super::$name).await;
@@ -276,7 +280,9 @@ impl Call<'_> {
     }
 
     pub async fn send(self) -> Reply {
-        let mut req = Request::builder().method(self.method.clone()).uri(&self.path);
+        let mut req = Request::builder()
+            .method(self.method.clone())
+            .uri(&self.path);
         for (name, value) in &self.headers {
             req = req.header(name, value);
         }

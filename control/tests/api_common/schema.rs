@@ -122,7 +122,11 @@ impl Document {
                 }
                 "minimum" | "maximum" => {
                     if let (Some(bound), Some(n)) = (arg.as_f64(), value.as_f64()) {
-                        let bad = if keyword == "minimum" { n < bound } else { n > bound };
+                        let bad = if keyword == "minimum" {
+                            n < bound
+                        } else {
+                            n > bound
+                        };
                         if bad {
                             errors.push(format!("{at}: {n} breaks {keyword} {bound}"));
                         }
@@ -131,7 +135,11 @@ impl Document {
                 "minLength" | "maxLength" => {
                     if let (Some(bound), Some(text)) = (arg.as_u64(), value.as_str()) {
                         let len = text.chars().count() as u64;
-                        let bad = if keyword == "minLength" { len < bound } else { len > bound };
+                        let bad = if keyword == "minLength" {
+                            len < bound
+                        } else {
+                            len > bound
+                        };
                         if bad {
                             errors.push(format!("{at}: length {len} breaks {keyword} {bound}"));
                         }
@@ -141,7 +149,10 @@ impl Document {
                     if let (Some(bound), Some(items)) = (arg.as_u64(), value.as_array())
                         && items.len() as u64 > bound
                     {
-                        errors.push(format!("{at}: {} items break maxItems {bound}", items.len()));
+                        errors.push(format!(
+                            "{at}: {} items break maxItems {bound}",
+                            items.len()
+                        ));
                     }
                 }
                 "items" => {
@@ -287,9 +298,7 @@ pub fn is_rfc3339(s: &str) -> bool {
     }
     match rest.as_bytes() {
         [b'Z' | b'z'] => true,
-        [sign, h1, h2, b':', m1, m2] if matches!(sign, b'+' | b'-') => {
-            [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit())
-        }
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
         _ => false,
     }
 }
