@@ -12,6 +12,9 @@ use iothub_model::{
 
 use crate::*;
 
+mod devices;
+mod tenancy;
+
 const Q0: QoS = QoS::AtMostOnce;
 const Q1: QoS = QoS::AtLeastOnce;
 const Q2: QoS = QoS::ExactlyOnce;
