@@ -426,6 +426,17 @@ async fn malformed_requests_name_the_field_and_change_nothing(api: &Api) {
         .send()
         .await
         .expect_error(400, "invalid_arguments", Some("If-Match"));
+    // A body beyond the limit is refused before it is parsed.
+    let huge = format!(
+        r#"{{"name": "x", "description": "{}"}}"#,
+        "x".repeat(3 << 20)
+    );
+    alice
+        .post("devices")
+        .raw(&huge)
+        .send()
+        .await
+        .expect_error(413, "invalid_request", None);
     assert_eq!(
         state(&alice, &w).await,
         before,
