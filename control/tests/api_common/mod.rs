@@ -55,9 +55,10 @@ impl TestDb {
             }
             Backend::Postgres => {
                 let schema = PostgresSchema::create().await.unwrap_or_else(|e| {
+                    let url = std::env::var(testing::POSTGRES_URL_VAR)
+                        .unwrap_or_else(|_| testing::DEFAULT_POSTGRES_URL.to_owned());
                     panic!(
-                        "the PostgreSQL test server is unreachable ({}; set {} to another): {e}",
-                        testing::DEFAULT_POSTGRES_URL,
+                        "the PostgreSQL test server is unreachable ({url}; set {} to another): {e}",
                         testing::POSTGRES_URL_VAR
                     )
                 });
