@@ -5,6 +5,14 @@
 //! DISCONNECT). Writes are batched: everything produced while handling one read, or one
 //! wake-up of the session, goes out in one write.
 //!
+//! At CONNECT the client id, username, password and (on TLS listeners, with issue 4) the
+//! client certificate go to `Engine::resolve_client`, which decides the hub and the identity
+//! (device or anonymous, with the listener's `anonymous_hub` as the last resort); the
+//! session is then opened with `Engine::connect_as`, and every refusal is answered with its
+//! CONNACK code (identity refusals: MQTT 5 0x87, MQTT 3.1.1 return code 5) and logged at
+//! debug with the client id, username and reason. The keep-alive maximum comes from the
+//! resolved hub's caps.
+//!
 //! Protocol decisions that the engine cannot make live here: the CONNECT handshake, keep-alive,
 //! topic aliases, maximum packet size in both directions, and the mapping of every refusal to the
 //! reason code of the client's protocol version (MQTT 5 reason codes; MQTT 3.1.1 has only

@@ -1,10 +1,15 @@
 //! One hub: an isolated namespace with its own sessions, subscription trie, retained store,
-//! timers and byte budget. Nothing in here ever refers to another hub.
+//! timers and byte budget. Nothing in here ever refers to another hub (the device directory
+//! it reads is keyed by device, and a device record names its one hub).
+//!
+//! Submodules: `config` (settings and caps), `registry` (sessions by client id and by
+//! device), `live` (live changes of the hub and its devices).
 //!
 //! Lock order (see the crate docs): `sessions` (registry) -> `subs` (trie) -> `retained`
-//! -> a session's `inner` -> `timers`. Every function below takes locks only in that order
-//! and never routes a message (which takes `subs` then session locks) while holding a
-//! session lock.
+//! -> a session's `inner` -> `timers`; `config` and the device directory are leaves, read
+//! under `sessions` at CONNECT and written with no other lock held. Every function below
+//! takes locks only in that order and never routes a message (which takes `subs` then
+//! session locks) while holding a session lock.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -12,18 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use iothub_model::{
-    ClientId, CompiledRule, DeviceId, FilterError, HubId, HubLimits, Message, MessageFilters, Plan,
-    QoS, SubscriptionFilter, TemplateVars, TopicName,
-};
+use iothub_model::{ClientId, CompiledRule, HubId, HubLimits, Message, Plan, QoS, TopicName};
 use parking_lot::{Mutex, RwLock};
 
 use crate::clock::Clock;
 use crate::directory::Directory;
-use crate::engine::{
-    ConnectError, ConnectRequest, Connected, HubCaps, HubSpec, HubStats, Identity,
-    RevokedSubscription,
-};
+use crate::engine::{ConnectError, ConnectRequest, Connected, HubStats, Identity};
 use crate::metrics::{DropReason, HubMetrics};
 use crate::retained::{Retained, RetainedStore};
 use crate::session::{DisconnectKind, KickReason, PublishError, Session};
@@ -32,6 +31,14 @@ use crate::state::{
     SharedOrigin, StoredWill, SubEntry, SubOptions, TimerKey,
 };
 use crate::trie::{SharedGroup, SubTrie, too_deep};
+
+mod config;
+mod live;
+mod registry;
+
+pub(crate) use config::HubConfig;
+pub(crate) use live::DeviceChange;
+use registry::Registry;
 
 /// Prefix of client ids the engine assigns to clients that sent an empty one.
 const ASSIGNED_PREFIX: &str = "auto-";
@@ -82,153 +89,6 @@ pub(crate) struct Ended {
     /// Messages that came through shared subscriptions, still reserved in the budget,
     /// to hand to another member of their group.
     shared: Vec<Queued>,
-}
-
-/// A hub's settings. Replaced whole by [`Hub::reconfigure`]; each connection keeps the
-/// snapshot it was admitted under (a change of caps kicks it, so it never outlives them).
-#[derive(Debug)]
-pub(crate) struct HubConfig {
-    pub(crate) name: String,
-    pub(crate) plan: Plan,
-    pub(crate) limits: HubLimits,
-    pub(crate) allow_anonymous: bool,
-    pub(crate) caps: HubCaps,
-    pub(crate) anonymous_filters: MessageFilters,
-    /// The anonymous filters expanded once, when they name no device template; otherwise
-    /// they are expanded per client at CONNECT.
-    anonymous_compiled: Option<SessionFilters>,
-}
-
-impl HubConfig {
-    pub(crate) fn new(spec: &HubSpec) -> Result<Arc<Self>, FilterError> {
-        let filters = &spec.anonymous_filters;
-        let probe = |device: &'static str| TemplateVars {
-            hub_id: spec.id,
-            hub_name: &spec.name,
-            device_id: device,
-            device_name: device,
-        };
-        let anonymous_compiled = if filters.is_open() {
-            Some(SessionFilters::default())
-        } else if filters.uses_device_templates() {
-            // Checked now with a stand-in client id, so CONNECT can only fail on the id.
-            filters.expand(&probe("client"))?;
-            None
-        } else {
-            Some(SessionFilters::new(filters.expand(&probe("client"))?))
-        };
-        Ok(Arc::new(Self {
-            name: spec.name.clone(),
-            plan: spec.plan,
-            limits: spec.limits.clone(),
-            allow_anonymous: spec.allow_anonymous,
-            caps: caps_for(spec.plan, &spec.limits),
-            anonymous_filters: filters.clone(),
-            anonymous_compiled,
-        }))
-    }
-
-    /// Anonymous clients are admitted: `allow_anonymous`, and never on the shared plan.
-    pub(crate) fn admits_anonymous(&self) -> bool {
-        self.allow_anonymous && self.plan != Plan::Shared
-    }
-
-    /// Highest QoS granted to a subscription. The shared plan has "no QoS 1/2 subscribe":
-    /// such requests are granted QoS 0, the downgrade MQTT allows [MQTT-3.8.4-7].
-    pub(crate) fn max_subscribe_qos(&self) -> QoS {
-        match self.plan {
-            Plan::Shared => QoS::AtMostOnce,
-            Plan::Dedicated | Plan::Ha => QoS::ExactlyOnce,
-        }
-    }
-
-    /// The filters of anonymous client `client` of hub `hub`.
-    fn anonymous_filters_for(
-        &self,
-        hub: HubId,
-        client: &ClientId,
-    ) -> Result<SessionFilters, FilterError> {
-        if let Some(compiled) = &self.anonymous_compiled {
-            return Ok(compiled.clone());
-        }
-        let vars = TemplateVars {
-            hub_id: hub,
-            hub_name: &self.name,
-            device_id: client.as_str(),
-            device_name: client.as_str(),
-        };
-        Ok(SessionFilters::new(self.anonymous_filters.expand(&vars)?))
-    }
-}
-
-/// The sessions of one hub, by client id and by device.
-#[derive(Default)]
-pub(crate) struct Registry {
-    by_client: HashMap<ClientId, Arc<SessionState>>,
-    /// Every session of each device: its own and, with multiple connections, the extra
-    /// ones.
-    by_device: HashMap<DeviceId, Vec<Arc<SessionState>>>,
-}
-
-impl Registry {
-    fn get(&self, client: &ClientId) -> Option<&Arc<SessionState>> {
-        self.by_client.get(client)
-    }
-
-    fn insert(&mut self, state: Arc<SessionState>) {
-        if let Owner::Device(device) = state.owner {
-            self.by_device
-                .entry(device)
-                .or_default()
-                .push(state.clone());
-        }
-        self.by_client.insert(state.client_id.clone(), state);
-    }
-
-    /// Removes `state` if it is the registered session of its client id.
-    fn remove(&mut self, state: &Arc<SessionState>) {
-        if !self
-            .by_client
-            .get(&state.client_id)
-            .is_some_and(|s| Arc::ptr_eq(s, state))
-        {
-            return;
-        }
-        self.by_client.remove(&state.client_id);
-        if let Owner::Device(device) = state.owner
-            && let Some(list) = self.by_device.get_mut(&device)
-        {
-            list.retain(|s| !Arc::ptr_eq(s, state));
-            if list.is_empty() {
-                self.by_device.remove(&device);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.by_client.len()
-    }
-
-    fn sessions(&self) -> impl Iterator<Item = &Arc<SessionState>> {
-        self.by_client.values()
-    }
-
-    fn of_device(&self, device: DeviceId) -> Vec<Arc<SessionState>> {
-        self.by_device.get(&device).cloned().unwrap_or_default()
-    }
-}
-
-/// A live change of one device, as the engine applies it to the device's sessions.
-pub(crate) enum DeviceChange {
-    /// Removed, or moved to another hub: its sessions here end.
-    End,
-    Update {
-        /// Kick connections admitted before `version` (disabled, security changed).
-        kick: bool,
-        /// New filters, for every session of the device.
-        filters: Option<SessionFilters>,
-        version: u64,
-    },
 }
 
 /// Who a CONNECT turned out to be, under the session lock.
@@ -1280,231 +1140,6 @@ impl Hub {
         }
     }
 
-    // ---- live changes -------------------------------------------------------------------
-
-    /// Enables or disables the hub. Disabling kicks every live connection; CONNECT checks
-    /// the flag under the session lock, so none slips in between.
-    pub(crate) fn set_enabled(&self, enabled: bool) {
-        self.enabled.store(enabled, Ordering::Release);
-        if !enabled {
-            self.kick_all(KickReason::AdministrativeAction);
-        }
-    }
-
-    /// Applies a device's change to its sessions here. Returns the subscriptions removed
-    /// because the new filters refuse them.
-    pub(crate) fn apply_device(
-        &self,
-        device: DeviceId,
-        change: DeviceChange,
-    ) -> Vec<RevokedSubscription> {
-        let now = self.now();
-        let mut revoked = Vec::new();
-        let mut ended = Vec::new();
-        {
-            let mut registry = self.sessions.lock();
-            let states = registry.of_device(device);
-            match change {
-                DeviceChange::End => {
-                    for state in &states {
-                        ended.push(self.end_session_locked(
-                            &mut registry,
-                            state,
-                            Some(KickReason::AdministrativeAction),
-                        ));
-                    }
-                }
-                DeviceChange::Update {
-                    kick,
-                    filters,
-                    version,
-                } => {
-                    if let Some(filters) = filters {
-                        let mut subs = self.subs.write();
-                        for state in &states {
-                            self.refilter_locked(&mut subs, state, &filters, &mut revoked);
-                        }
-                    }
-                    if kick {
-                        for state in &states {
-                            let inner = state.inner.lock();
-                            if inner.admitted < version
-                                && let Some(conn) = &inner.conn
-                            {
-                                conn.kick(KickReason::AdministrativeAction);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        for e in ended {
-            self.finish_ended(e, now);
-        }
-        self.update_gauges();
-        revoked
-    }
-
-    /// Gives `state` new filters (the caller holds the session registry and the trie):
-    /// subscriptions the subscribe rule now refuses are removed (and reported), the others
-    /// get the guard the new rule needs; queued messages the subscribe rule refuses are
-    /// dropped; a will the publish rule refuses is discarded.
-    fn refilter_locked(
-        &self,
-        subs: &mut crate::trie::SubTrie<SubEntry>,
-        state: &Arc<SessionState>,
-        filters: &SessionFilters,
-        revoked: &mut Vec<RevokedSubscription>,
-    ) {
-        let mut inner = state.inner.lock();
-        if inner.ended {
-            return;
-        }
-        inner.filters = filters.clone();
-        let current: Vec<(SubscriptionFilter, SubOptions)> = inner
-            .subscriptions
-            .iter()
-            .map(|(f, o)| (f.clone(), *o))
-            .collect();
-        for (filter, opts) in current {
-            match filters.subscription_guard(&filter.filter) {
-                Ok(guard) => {
-                    let entry = SubEntry {
-                        session: state.clone(),
-                        opts,
-                        guard,
-                    };
-                    subs.insert(&filter, state.client_id.clone(), entry);
-                }
-                Err(()) => {
-                    subs.remove(&filter, &state.client_id);
-                    inner.subscriptions.remove(&filter);
-                    revoked.push(RevokedSubscription {
-                        hub: self.id,
-                        device: match state.owner {
-                            Owner::Device(d) => Some(d),
-                            Owner::Anonymous => None,
-                        },
-                        client_id: state.client_id.clone(),
-                        filter,
-                    });
-                }
-            }
-        }
-        if let Some(rule) = &filters.subscribe {
-            let mut freed = 0;
-            inner.queue.retain(|q| {
-                let keep = rule.allows_topic(q.message.topic.as_str());
-                if !keep {
-                    freed += q.weight;
-                }
-                keep
-            });
-            inner.bytes -= freed;
-            self.release(freed);
-        }
-        let will_refused = inner
-            .will
-            .as_ref()
-            .is_some_and(|w| !filters.allows_publish(w.will.message.topic.as_str()));
-        if will_refused {
-            if let Some(w) = inner.will.take() {
-                self.release(w.weight);
-            }
-            self.cancel([inner.will_timer.take()]);
-        }
-    }
-
-    /// Replaces the hub's settings and applies the change to live sessions (see
-    /// `Engine::update_hub`). Returns the subscriptions anonymous filters now refuse.
-    pub(crate) fn reconfigure(
-        &self,
-        config: Arc<HubConfig>,
-        enabled: bool,
-    ) -> Vec<RevokedSubscription> {
-        let old = std::mem::replace(&mut *self.config.write(), config.clone());
-        self.set_hot_limits(&config.limits);
-        let now = self.now();
-        let plan_changed = old.plan != config.plan;
-        let caps_changed = old.caps != config.caps;
-        let end_all = plan_changed && config.plan == Plan::Shared;
-        let end_anonymous = old.admits_anonymous() && !config.admits_anonymous();
-        let refilter_anonymous = config.admits_anonymous()
-            && (old.anonymous_filters != config.anonymous_filters || old.name != config.name);
-        let mut revoked = Vec::new();
-        let mut ended = Vec::new();
-        {
-            let mut registry = self.sessions.lock();
-            let states: Vec<Arc<SessionState>> = registry.sessions().cloned().collect();
-            let mut refilter = Vec::new();
-            for state in states {
-                let anonymous = state.owner == Owner::Anonymous;
-                if end_all || (end_anonymous && anonymous) {
-                    ended.push(self.end_session_locked(
-                        &mut registry,
-                        &state,
-                        Some(KickReason::AdministrativeAction),
-                    ));
-                    continue;
-                }
-                if (plan_changed || caps_changed)
-                    && let Some(conn) = &state.inner.lock().conn
-                {
-                    conn.kick(KickReason::AdministrativeAction);
-                }
-                if refilter_anonymous && anonymous {
-                    match config.anonymous_filters_for(self.id, &state.client_id) {
-                        Ok(filters) => {
-                            if !filters.same_as(&state.inner.lock().filters) {
-                                refilter.push((state, filters));
-                            }
-                        }
-                        // The client id cannot fill the new templates: it could not
-                        // connect now, so its session ends.
-                        Err(_) => ended.push(self.end_session_locked(
-                            &mut registry,
-                            &state,
-                            Some(KickReason::AdministrativeAction),
-                        )),
-                    }
-                }
-            }
-            if !refilter.is_empty() {
-                let mut subs = self.subs.write();
-                for (state, filters) in refilter {
-                    self.refilter_locked(&mut subs, &state, &filters, &mut revoked);
-                }
-            }
-        }
-        for e in ended {
-            self.finish_ended(e, now);
-        }
-        if enabled != self.enabled.load(Ordering::Acquire) {
-            self.set_enabled(enabled);
-        }
-        self.update_gauges();
-        revoked
-    }
-
-    /// Whether `device` has a live connection here.
-    pub(crate) fn device_connected(&self, device: DeviceId) -> bool {
-        let registry = self.sessions.lock();
-        registry
-            .by_device
-            .get(&device)
-            .is_some_and(|list| list.iter().any(|s| s.is_connected()))
-    }
-
-    /// Devices with at least one live connection here.
-    pub(crate) fn connected_devices(&self) -> u64 {
-        let registry = self.sessions.lock();
-        registry
-            .by_device
-            .values()
-            .filter(|list| list.iter().any(|s| s.is_connected()))
-            .count() as u64
-    }
-
     /// Kicks every live connection with `reason`; the sessions stay.
     pub(crate) fn kick_all(&self, reason: KickReason) {
         let registry = self.sessions.lock();
@@ -1578,27 +1213,6 @@ impl Hub {
 
     pub(crate) fn retained(&self) -> &RwLock<RetainedStore> {
         &self.retained
-    }
-}
-
-/// What a plan and its limits offer (SCALEWAY-API.md: the shared plan has no retained
-/// publish and no QoS 2 publish; QoS 0 and 1 publish remain).
-pub(crate) fn caps_for(plan: Plan, limits: &HubLimits) -> HubCaps {
-    let shared = plan == Plan::Shared;
-    HubCaps {
-        maximum_qos: if shared {
-            QoS::AtLeastOnce
-        } else {
-            QoS::ExactlyOnce
-        },
-        retain_available: !shared,
-        wildcard_available: true,
-        shared_available: true,
-        subscription_ids_available: true,
-        receive_maximum: limits.receive_maximum.max(1),
-        topic_alias_maximum: limits.topic_alias_maximum,
-        max_payload_bytes: limits.max_payload_bytes,
-        max_keep_alive_secs: limits.max_keep_alive_secs,
     }
 }
 

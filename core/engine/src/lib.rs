@@ -1,17 +1,25 @@
 //! The broker engine: hubs as isolated MQTT namespaces, each with a subscription trie, a
 //! retained store, sessions, QoS 0/1/2 state, wills, shared subscriptions and a byte
-//! budget. Adapters reach it through one small API: [`Engine::connect`] gives a
+//! budget, and the runtime side of tenancy: which devices exist, who a CONNECT is, and
+//! the message filters of every session. Adapters reach it through one small API:
+//! [`Engine::resolve_client`] decides who a CONNECT is, [`Engine::connect_as`] gives a
 //! [`Session`] handle, the connection task calls `publish`/`subscribe`/`acknowledge` on it
-//! and drains [`Session::poll_outgoing`] whenever [`Session::ready`] resolves.
+//! and drains [`Session::poll_outgoing`] whenever [`Session::ready`] resolves. The control
+//! plane pushes hubs and devices in ([`Engine::create_hub`], [`Engine::update_hub`],
+//! [`Engine::upsert_device`], ...); the engine never depends on it.
 //!
 //! It must never do I/O: no sockets, no wire format (it does not depend on the codec), no
-//! TLS, HTTP or wasm, no timers of its own. Time comes from a [`Clock`] and the binary calls
+//! TLS, HTTP or wasm, no store, no timers of its own, and it never depends on the control
+//! plane (the registry calls it, never the reverse). Time comes from a [`Clock`] and the binary calls
 //! [`Engine::tick`]; tokio is used for `sync::Notify` only.
 //!
 //! # Layout
 //!
-//! - `engine`: the hub registry and the public types of CONNECT.
-//! - `hub`: one hub — connect/disconnect, routing, the queue policy, timers, budget.
+//! - `engine`: the hub registry, administration, and the public types of CONNECT.
+//! - `directory`: the device directory and the admission decision ([`DeviceSpec`],
+//!   [`Credentials`]).
+//! - `hub`: one hub — connect/disconnect, routing, the queue policy, timers, budget;
+//!   `hub::config` its settings, `hub::registry` its sessions, `hub::live` live changes.
 //! - `session`: the [`Session`] handle and the types of its operations.
 //! - `state`: per-session state (queue, inflight, inbound QoS 2 ids, subscriptions, will).
 //! - `trie`: the subscription trie; `retained`: the retained store (a trie by topic level).
@@ -31,12 +39,62 @@
 //!
 //! # Lock order
 //!
-//! `Engine.hubs` (registry of hubs) -> `Hub.sessions` (registry of sessions) -> `Hub.subs`
-//! (trie) -> `Hub.retained` -> a session's `inner` -> `Hub.timers` (a leaf). A lock is only
-//! taken while holding locks that come before it in this list; routing takes `subs` and then
-//! session locks one at a time, so it never runs while a session lock is held. Wills and
-//! shared-subscription hand-overs collected under locks are published after releasing them.
-//! The hub budget and the statistics are atomics, outside the order.
+//! `Engine.admin` (serialises administration) -> `Engine.hubs` (registry of hubs) ->
+//! `Hub.sessions` (registry of sessions) -> `Hub.subs` (trie) -> `Hub.retained` -> a
+//! session's `inner` -> `Hub.timers` (a leaf). `Engine.devices` (the device directory) and
+//! `Hub.config` are leaves too: read under `Hub.sessions` at CONNECT, written with no other
+//! lock held. A lock is only taken while holding locks that come before it in this list;
+//! routing takes `subs` and then session locks one at a time, so it never runs while a
+//! session lock is held. Wills and shared-subscription hand-overs collected under locks are
+//! published after releasing them. The hub budget and the statistics are atomics, outside
+//! the order.
+//!
+//! # Identity and admission
+//!
+//! [`Engine::resolve_client`] applies DESIGN.md's order: a verified client certificate
+//! (issue 4 fills [`Credentials::certificate`]), then the client id as a device id, then
+//! the username as a device id with an empty password, then the username as the id of a
+//! hub that admits anonymous clients (the convention for reaching a hub other than the
+//! listener's), then the listener's anonymous hub; anything else is `NotAuthorized`. A
+//! device must be enabled (`DeviceDisabled`) and, without a certificate, allow insecure
+//! connections (`MutualTlsRequired`). It costs one read-locked map lookup and no
+//! allocation. [`Engine::connect_as`] checks the same rules again under the hub's session
+//! lock, so a CONNECT racing with a live change is either refused or seen by the change.
+//!
+//! A device's session has the device id as client id, whatever the client sent (with a
+//! certificate it must be the device id or empty). Without `allow_multiple_connections`
+//! a new connection takes the session over (0x8E to the old one). With it (dedicated and
+//! HA plans), a connection that arrives while the device's session is connected gets a
+//! session of its own, client id `<device-id>.<n>`, that ends with the connection: every
+//! connection receives what it subscribed to and none kicks another; persistence belongs
+//! to the device's own session. A session is only resumed by the owner that created it.
+//!
+//! # Message filters
+//!
+//! Each session carries its owner's filters (a device's, or the hub's anonymous filters,
+//! where `{{ device.id }}`/`{{ device.name }}` stand for the client id), expanded once when
+//! the device or hub is pushed in. Semantics (`iothub_model::CompiledRule`): PUBLISH is
+//! allowed iff the topic matches an accepted filter / no rejected one (else
+//! `PublishError::NotAuthorized`, also for a will at CONNECT). SUBSCRIBE is refused
+//! (`SubscribeError::NotAuthorized`) when the filter lies wholly inside a rejected filter or
+//! overlaps no accepted one; a filter that only partly overlaps is granted and its trie
+//! entry carries the rule, so each message routed through it (retained ones and shared
+//! groups included) is checked and nothing forbidden leaks through a wildcard. The default,
+//! reject with no topics, is stored as "no rule": an unfiltered session pays one branch on
+//! PUBLISH and one per delivery.
+//!
+//! # Live changes
+//!
+//! Changes reach sessions at once, connected or kept offline: a device disabled (its
+//! connections kicked with `AdministrativeAction`, 0x98; sessions kept), removed or moved
+//! to another hub (its sessions there end), its `allow_insecure` or
+//! `allow_multiple_connections` turned off (connections kicked to reconnect under the new
+//! rule), its filters changed (subscriptions re-checked, refused ones removed and returned
+//! as [`RevokedSubscription`] for an event, queued messages and a will the new rules refuse
+//! dropped); a hub disabled, its plan or caps changed (connections kicked; to the shared
+//! plan, sessions end), anonymous clients no longer admitted (their sessions end), its
+//! anonymous filters or its name (templates) changed. See [`Engine::update_hub`] and
+//! [`Engine::upsert_device`].
 //!
 //! # Queue policy
 //!
@@ -70,8 +128,10 @@
 //!
 //! `Plan::Shared`: clean session mandatory (`ConnectError::CleanStartRequired` when
 //! `clean_start` is false or a session expiry is asked), no anonymous clients, no retained
-//! PUBLISH, no QoS 2 PUBLISH (`maximum_qos` = 1), and subscriptions are granted QoS 0 (the
-//! downgrade MQTT allows for "no QoS 1/2 subscribe"). `Dedicated` and `Ha`: all of MQTT.
+//! PUBLISH, no QoS 2 PUBLISH (`maximum_qos` = 1), subscriptions are granted QoS 0 (the
+//! downgrade MQTT allows for "no QoS 1/2 subscribe"), and no multiple connections per
+//! device. Devices obey these like any client. `Dedicated` and `Ha`: all of MQTT.
+//! [`HubCaps`] carries what CONNACK announces, and the keep-alive maximum.
 //!
 //! # Metrics
 //!
