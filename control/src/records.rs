@@ -87,14 +87,6 @@ word_enum!(
 );
 
 word_enum!(
-    /// Accept or reject the listed topics; everything else gets the opposite.
-    FilterPolicy, "filter policy" {
-        Accept = "accept",
-        Reject = "reject",
-    }
-);
-
-word_enum!(
     /// The kind of outside target a route writes to.
     RouteType, "route type" {
         S3 = "s3",
@@ -208,32 +200,8 @@ pub struct HubRecord {
     pub version: i64,
 }
 
-/// One direction (publish or subscribe) of a device's message filters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FilterRule {
-    pub policy: FilterPolicy,
-    /// MQTT filters, possibly holding `{{ hub.id }}`-style templates.
-    pub topics: Vec<String>,
-}
-
-impl Default for FilterRule {
-    /// The reference's default: reject nothing (reject with an empty list allows all).
-    fn default() -> Self {
-        Self {
-            policy: FilterPolicy::Reject,
-            topics: Vec::new(),
-        }
-    }
-}
-
-/// Which topics a device may publish to and subscribe to.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MessageFilters {
-    pub publish: FilterRule,
-    pub subscribe: FilterRule,
-}
+/// Message filters are the model's types (their templates are expanded by the engine).
+pub use iothub_model::{FilterPolicy, FilterRule, MessageFilters};
 
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -4,9 +4,9 @@
 //! (`rest_config.uri`, `message_filters.publish.topics[2]`), with a reason and a hint, so
 //! the HTTP layer only has to copy it out.
 
-use iothub_model::{DeviceId, HubId, TopicFilter, TopicName};
+use iothub_model::{TopicFilter, TopicName};
 
-use crate::records::{DbConfig, FilterRule, MessageFilters, RestConfig, RouteConfig, S3Config};
+use crate::records::{DbConfig, MessageFilters, RestConfig, RouteConfig, S3Config};
 
 /// A refused field: what, why, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,88 +120,31 @@ pub fn topic_filter(field: &str, value: &str) -> Result<(), Invalid> {
     })
 }
 
-/// Values substituted into message-filter templates.
-#[derive(Debug, Clone, Copy)]
-pub struct TemplateVars<'a> {
-    pub hub_id: HubId,
-    pub hub_name: &'a str,
-    pub device_id: DeviceId,
-    pub device_name: &'a str,
-}
-
-/// Why a templated filter is malformed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
-    #[error("'{{{{' is not closed by '}}}}'")]
-    Unclosed,
-    #[error("unknown template variable {0:?}; known: hub.id, hub.name, device.id, device.name")]
-    UnknownVariable(String),
-    #[error("{0}")]
-    Topic(#[from] iothub_model::TopicError),
-}
-
-/// Substitutes `{{ hub.id }}`, `{{ hub.name }}`, `{{ device.id }}` and `{{ device.name }}`
-/// (spaces inside the braces optional) and parses the result as an MQTT filter.
-pub fn render_filter(
-    template: &str,
-    vars: &TemplateVars<'_>,
-) -> Result<TopicFilter, TemplateError> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
-        match after[..end].trim() {
-            "hub.id" => out.push_str(&vars.hub_id.to_string()),
-            "hub.name" => out.push_str(vars.hub_name),
-            "device.id" => out.push_str(&vars.device_id.to_string()),
-            "device.name" => out.push_str(vars.device_name),
-            other => {
-                return Err(TemplateError::UnknownVariable(
-                    other.chars().take(64).collect(),
-                ));
-            }
-        }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(TopicFilter::new(&out)?)
-}
-
-fn filter_rule(field: &str, rule: &FilterRule) -> Result<(), Invalid> {
-    if rule.topics.len() > MAX_FILTER_TOPICS {
-        return Err(Invalid::new(
-            format!("{field}.topics"),
-            format!(
-                "has {} topics; the maximum is {MAX_FILTER_TOPICS}",
-                rule.topics.len()
-            ),
-            "use wildcards to cover several topics with one filter",
-        ));
-    }
-    // Names cannot hold '/', '+' or '#', so any valid name renders the same way as these.
-    let sample = TemplateVars {
-        hub_id: HubId::from_uuid(uuid::Uuid::nil()),
-        hub_name: "hub",
-        device_id: DeviceId::from_uuid(uuid::Uuid::nil()),
-        device_name: "device",
-    };
-    for (i, topic) in rule.topics.iter().enumerate() {
-        render_filter(topic, &sample).map_err(|e| {
-            Invalid::new(
-                format!("{field}.topics[{i}]"),
-                e.to_string(),
-                "give an MQTT filter; templates {{ hub.id }}, {{ hub.name }}, {{ device.id }}, {{ device.name }} are allowed",
-            )
-        })?;
-    }
-    Ok(())
-}
-
 pub fn message_filters(field: &str, filters: &MessageFilters) -> Result<(), Invalid> {
-    filter_rule(&format!("{field}.publish"), &filters.publish)?;
-    filter_rule(&format!("{field}.subscribe"), &filters.subscribe)
+    for (rule, r) in [
+        ("publish", &filters.publish),
+        ("subscribe", &filters.subscribe),
+    ] {
+        if r.topics.len() > MAX_FILTER_TOPICS {
+            return Err(Invalid::new(
+                format!("{field}.{rule}.topics"),
+                format!(
+                    "has {} topics; the maximum is {MAX_FILTER_TOPICS}",
+                    r.topics.len()
+                ),
+                "use wildcards to cover several topics with one filter",
+            ));
+        }
+    }
+    // The engine expands the same templates the same way at run time (one implementation,
+    // in the model).
+    filters.validate().map_err(|e| {
+        Invalid::new(
+            format!("{field}.{}.topics[{}]", e.rule, e.index),
+            e.error.to_string(),
+            "give an MQTT filter; templates {{ hub.id }}, {{ hub.name }}, {{ device.id }}, {{ device.name }} are allowed",
+        )
+    })
 }
 
 fn non_empty(field: &str, value: &str, max: usize, help: &str) -> Result<(), Invalid> {
@@ -396,57 +339,10 @@ mod tests {
     }
 
     #[test]
-    fn templates_render() {
-        let hub_id: HubId = "0b2c7a5e-1f44-4c1b-9a53-3f0c2d1e6a11".parse().unwrap();
-        let device_id: DeviceId = "1b2c7a5e-1f44-4c1b-9a53-3f0c2d1e6a11".parse().unwrap();
-        let vars = TemplateVars {
-            hub_id,
-            hub_name: "plant",
-            device_id,
-            device_name: "pump",
-        };
-        let cases: &[(&str, Result<&str, TemplateError>)] = &[
-            ("a/b", Ok("a/b")),
-            ("{{ hub.name }}/{{device.name}}/#", Ok("plant/pump/#")),
-            (
-                "d/{{ device.id }}/+",
-                Ok("d/1b2c7a5e-1f44-4c1b-9a53-3f0c2d1e6a11/+"),
-            ),
-            (
-                "h/{{  hub.id  }}",
-                Ok("h/0b2c7a5e-1f44-4c1b-9a53-3f0c2d1e6a11"),
-            ),
-            ("x-{{ device.name }}-y", Ok("x-pump-y")),
-            ("a/{{ hub.name", Err(TemplateError::Unclosed)),
-            (
-                "{{ hub.owner }}",
-                Err(TemplateError::UnknownVariable("hub.owner".into())),
-            ),
-            (
-                "a/#/b",
-                Err(TemplateError::Topic(
-                    iothub_model::TopicError::MisplacedMultiLevelWildcard,
-                )),
-            ),
-            (
-                "",
-                Err(TemplateError::Topic(iothub_model::TopicError::Empty)),
-            ),
-        ];
-        for (template, want) in cases {
-            let got = render_filter(template, &vars);
-            match want {
-                Ok(s) => assert_eq!(got.as_ref().map(|f| f.as_str()), Ok(*s), "{template}"),
-                Err(e) => assert_eq!(got.as_ref().err(), Some(e), "{template}"),
-            }
-        }
-    }
-
-    #[test]
     fn filter_fields_are_named() {
         let filters = MessageFilters {
-            publish: FilterRule::default(),
-            subscribe: FilterRule {
+            publish: crate::records::FilterRule::default(),
+            subscribe: crate::records::FilterRule {
                 policy: crate::records::FilterPolicy::Accept,
                 topics: vec!["ok/+".into(), "bad/#/x".into()],
             },

@@ -177,7 +177,7 @@ pub enum RouteCmd {
         #[arg(long)]
         topic: String,
         #[command(flatten)]
-        config: RouteConfigArgs,
+        config: Box<RouteConfigArgs>,
     },
     List {
         #[arg(long)]

@@ -236,7 +236,7 @@ impl Config {
     /// The registry database URL: the configured one, or SQLite in the data directory.
     pub fn store_url(&self) -> String {
         if self.store.url.is_empty() {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("iothub.db").display())
+            iothub_control::SqlStore::sqlite_url(&self.data_dir.join("iothub.db"))
         } else {
             self.store.url.clone()
         }

@@ -7,6 +7,8 @@
 
 mod cli;
 mod config;
+mod control_plane;
+mod runtime;
 mod serve;
 
 use std::io::IsTerminal;

@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use iothub_control::Registry;
 use iothub_engine::{Engine, EngineConfig, HubSpec};
 use iothub_model::HubId;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -81,6 +83,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         hub_ids.insert(hub.name.value.clone(), id);
     }
 
+    let registry = crate::control_plane::open(
+        &config,
+        Arc::new(crate::runtime::EngineRuntime::new(engine.clone())),
+    )
+    .await?;
+
     // Bind everything first: a port that cannot be bound is fatal and names itself.
     let mut mqtt_listeners = Vec::new();
     for l in &config.listeners.mqtt {
@@ -121,7 +129,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     info!("listening listener=api addr={api_addr}");
     let api_stop = stop.clone();
     let api = tokio::spawn(async move {
-        axum::serve(api_listener, api_router(prometheus))
+        axum::serve(api_listener, api_router(prometheus, registry))
             .with_graceful_shutdown(async move { api_stop.cancelled().await })
             .await
     });
@@ -162,7 +170,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-fn api_router(prometheus: PrometheusHandle) -> axum::Router {
+/// The management API with `/metrics` and `/healthz` beside it (the API router brings the
+/// JSON fallback for unknown paths).
+fn api_router(prometheus: PrometheusHandle, registry: Arc<Registry>) -> axum::Router {
     use axum::routing::get;
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
@@ -172,7 +182,7 @@ fn api_router(prometheus: PrometheusHandle) -> axum::Router {
             upkeep.run_upkeep();
         }
     });
-    axum::Router::new()
+    iothub_control::api::router(registry)
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/metrics",
