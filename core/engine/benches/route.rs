@@ -12,8 +12,8 @@ use iothub_engine::{
     SubscribeRequest,
 };
 use iothub_model::{
-    ClientId, HubId, HubLimits, Message, MessageProperties, Origin, Plan, QoS, SubscriptionFilter,
-    TopicName,
+    ClientId, FilterPolicy, FilterRule, HubId, HubLimits, Message, MessageFilters,
+    MessageProperties, Origin, Plan, QoS, SubscriptionFilter, TopicName,
 };
 
 fn connect(engine: &Engine, hub: HubId, id: &str) -> Session {
@@ -42,13 +42,15 @@ fn subscribe(s: &Session, filter: &str, qos: QoS) {
 }
 
 /// Publishes `n` messages over `topics`, draining (and acknowledging) every subscriber
-/// every `batch` publishes; returns publishes per second.
+/// every `batch` publishes; returns publishes per second. Every client gets `filters`
+/// (the hub's anonymous filters); the default ones cost nothing to check.
 fn run(
     name: &str,
     subscribers: usize,
     filter: impl Fn(usize) -> String,
     topics: &[String],
     qos: QoS,
+    filters: MessageFilters,
 ) {
     let engine = Engine::new(EngineConfig::default());
     let hub = HubId::new_random();
@@ -63,7 +65,7 @@ fn run(
             plan: Plan::Dedicated,
             limits,
             allow_anonymous: true,
-            anonymous_filters: Default::default(),
+            anonymous_filters: filters,
             enabled: true,
         })
         .unwrap();
@@ -139,6 +141,7 @@ fn main() {
         |_| "a/b/c".into(),
         &["a/b/c".into()],
         QoS::AtMostOnce,
+        MessageFilters::default(),
     );
     run(
         "1:1 exact, QoS 1",
@@ -146,6 +149,7 @@ fn main() {
         |_| "a/b/c".into(),
         &["a/b/c".into()],
         QoS::AtLeastOnce,
+        MessageFilters::default(),
     );
     run(
         "1000 subscribers, one topic each, QoS 0",
@@ -153,6 +157,7 @@ fn main() {
         |i| format!("devices/{i}/telemetry"),
         &devices,
         QoS::AtMostOnce,
+        MessageFilters::default(),
     );
     run(
         "fan-out to 100 via devices/+/#, QoS 0",
@@ -160,6 +165,7 @@ fn main() {
         |_| "devices/+/#".into(),
         &devices,
         QoS::AtMostOnce,
+        MessageFilters::default(),
     );
     run(
         "shared group of 10, QoS 1",
@@ -167,5 +173,32 @@ fn main() {
         |_| "$share/g/devices/#".into(),
         &devices,
         QoS::AtLeastOnce,
+        MessageFilters::default(),
+    );
+    let rule = |policy, topics: &[&str]| FilterRule {
+        policy,
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+    };
+    run(
+        "1:1 exact, QoS 0, publish filter",
+        1,
+        |_| "a/b/c".into(),
+        &["a/b/c".into()],
+        QoS::AtMostOnce,
+        MessageFilters {
+            publish: rule(FilterPolicy::Accept, &["a/#", "x/+/y"]),
+            subscribe: FilterRule::default(),
+        },
+    );
+    run(
+        "fan-out to 100 via devices/+/#, checked per message, QoS 0",
+        100,
+        |_| "devices/+/#".into(),
+        &devices,
+        QoS::AtMostOnce,
+        MessageFilters {
+            publish: FilterRule::default(),
+            subscribe: rule(FilterPolicy::Reject, &["devices/999/#", "devices/+/secret"]),
+        },
     );
 }
