@@ -128,6 +128,9 @@ struct Established {
     version: ProtocolVersion,
     session: Session,
     client_id: ClientId,
+    /// Who the client's messages come from: the device id for every connection of a device
+    /// (an extra connection's session has a client id of its own), else the client id.
+    origin: ClientId,
     keep_alive: Option<Duration>,
     /// Session expiry the client asked for at CONNECT (0 may not be raised at DISCONNECT).
     connect_session_expiry: u32,
@@ -311,6 +314,7 @@ where
                 connected,
                 ConnectRequestInfo {
                     session_expiry_secs,
+                    identity,
                 },
             ))
         })(
@@ -384,9 +388,14 @@ where
         self.send(&Packet::ConnAck(ack), version);
         debug!(message = "connected", peer = %self.peer, client_id = %client_id, ?version, session_present = connected.session_present);
 
+        let origin = match info.identity {
+            Identity::Device { id, .. } => ClientId::from(id),
+            Identity::Anonymous => client_id.clone(),
+        };
         Some(Established {
             version,
             client_id,
+            origin,
             keep_alive: (keep_alive_secs > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
             connect_session_expiry: info.session_expiry_secs,
@@ -689,7 +698,7 @@ where
                 qos,
                 retain: p.retain,
                 properties,
-                origin: Origin::Client(est.client_id.clone()),
+                origin: Origin::Client(est.origin.clone()),
             };
             match est.session.publish(message, packet_id) {
                 Ok(PublishAck::Delivered { matched }) => Ok(if matched || !v5 {
@@ -966,6 +975,7 @@ where
 
 struct ConnectRequestInfo {
     session_expiry_secs: u32,
+    identity: Identity,
 }
 
 fn publish_refusal(e: &PublishError) -> ReasonCode {
