@@ -3,7 +3,9 @@
 //!
 //! Layout: this file starts and stops hubs ([`Hub`]) and names things uniquely; [`frames`] and
 //! [`raw`] speak MQTT byte by byte for bad-input tests; [`clients`] wraps rumqttc (v4 and v5);
-//! [`tools`] runs `mosquitto_pub`/`mosquitto_sub` and reads `/metrics`. The tests themselves
+//! [`tools`] runs `mosquitto_pub`/`mosquitto_sub` and reads `/metrics`; [`api`] speaks to the
+//! management API over plain HTTP, runs the `iothub` CLI and provides the registry's databases
+//! (SQLite in the hub's data directory, or a fresh PostgreSQL database). The tests themselves
 //! are in `tests/*.rs`, one file per theme.
 //!
 //! This crate must never depend on an iothub crate (codec, engine, model): a shared bug would
@@ -15,6 +17,7 @@
 //! message that says what was expected, which is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod api;
 pub mod clients;
 pub mod frames;
 pub mod raw;
@@ -22,7 +25,7 @@ pub mod tools;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -130,6 +133,8 @@ pub struct Hub {
     mqtt: SocketAddr,
     api: Option<SocketAddr>,
     logs: Arc<Mutex<String>>,
+    /// The hub's working directory: its relative `data_dir` lives there.
+    workdir: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -143,6 +148,7 @@ impl Hub {
                 mqtt: addr,
                 api: None,
                 logs: Arc::default(),
+                workdir: None,
                 _dir: None,
             };
         }
@@ -158,14 +164,29 @@ impl Hub {
         Some(Hub::spawn(yaml))
     }
 
+    /// Like [`Hub::start_with`], but in the working directory `workdir`, which the caller
+    /// owns and keeps: a hub started again in the same directory finds the same data
+    /// directory (a restart).
+    pub fn start_in(workdir: &Path, yaml: &str) -> Option<Hub> {
+        if skip_unless_iothub("this test") {
+            return None;
+        }
+        Some(Hub::spawn_in(None, workdir, yaml))
+    }
+
     fn spawn(yaml: &str) -> Hub {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let path = dir.path().join("iothub.yaml");
-        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("write config: {e}"));
+        let workdir = dir.path().to_path_buf();
         // The temporary directory is also the working directory, so that anything the hub
         // writes relative to it (a data directory, say) goes away with the test.
+        Hub::spawn_in(Some(dir), &workdir, yaml)
+    }
+
+    fn spawn_in(dir: Option<tempfile::TempDir>, workdir: &Path, yaml: &str) -> Hub {
+        let path = workdir.join("iothub.yaml");
+        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("write config: {e}"));
         let mut child = Command::new(iothub_bin())
-            .current_dir(dir.path())
+            .current_dir(workdir)
             .args(["serve", "--config"])
             .arg(&path)
             .args(["--mqtt-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
@@ -201,7 +222,8 @@ impl Hub {
             mqtt: SocketAddr::from(([0, 0, 0, 0], 0)),
             api: None,
             logs,
-            _dir: Some(dir),
+            workdir: Some(workdir.to_path_buf()),
+            _dir: dir,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let (mut mqtt, mut api) = (None, None);
@@ -236,6 +258,11 @@ impl Hub {
     /// The HTTP API address (iothub only; `None` for an external broker).
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api
+    }
+
+    /// The hub's working directory (iothub only; `None` for an external broker).
+    pub fn workdir(&self) -> Option<&Path> {
+        self.workdir.as_deref()
     }
 
     /// Everything the hub wrote to stderr so far.
