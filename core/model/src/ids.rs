@@ -70,6 +70,28 @@ uuid_id!(
     "device id"
 );
 
+uuid_id!(
+    /// An account: the owner of hubs and API keys (the reference's organization/project).
+    AccountId,
+    "account id"
+);
+uuid_id!(
+    /// A route of a hub: messages matching its topic go to an outside target.
+    RouteId,
+    "route id"
+);
+uuid_id!(
+    /// A device-unaware network of a hub (REST, SigFox, LoRaWAN ingress).
+    NetworkId,
+    "network id"
+);
+uuid_id!(
+    /// The public half of an API key (its "access key"). The secret half is the token a
+    /// client sends in `X-Auth-Token`; only its hash is stored.
+    ApiKeyId,
+    "api key id"
+);
+
 /// An MQTT client identifier: 1 to 65535 bytes of UTF-8 without NUL. Cheap to clone
 /// (shared), because sessions, queues and events all hold it.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -17,7 +17,7 @@ pub use filters::{
     CompiledFilters, CompiledRule, FilterError, FilterPolicy, FilterRule, MessageFilters,
     SubscriptionCheck, TemplateError, TemplateVars,
 };
-pub use ids::{ClientId, DeviceId, HubId, IdError};
+pub use ids::{AccountId, ApiKeyId, ClientId, DeviceId, HubId, IdError, NetworkId, RouteId};
 pub use message::{Message, MessageProperties, Origin};
 pub use plan::{HubLimits, Plan};
 pub use qos::{InvalidQoS, QoS};
