@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod ids;
+pub mod pki;
 pub mod records;
 pub mod registry;
 pub mod runtime;

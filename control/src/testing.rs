@@ -1,9 +1,12 @@
-//! Databases for tests, shared by this crate's tests, the API's and the end-to-end suite.
+//! Databases and certificates for tests, shared by this crate's tests, the API's and the
+//! end-to-end suite ([`openssl`] makes certificates with the `openssl` tool).
 //!
 //! PostgreSQL tests use the machine's server (`postgres://postgres@127.0.0.1:5432/test`,
 //! or `IOTHUB_TEST_POSTGRES_URL`), each in a fresh schema so tests run in parallel and
 //! leave nothing behind. An unreachable server is an error, never a skip: a PostgreSQL
 //! test that cannot reach PostgreSQL must fail.
+
+pub mod openssl;
 
 use std::path::Path;
 
