@@ -165,7 +165,9 @@ pub fn registry_config(store_url: &str, anonymous_hub: bool) -> String {
     }
     y.push_str("api:\n  bind: 127.0.0.1:0\n");
     if anonymous_hub {
-        y.push_str("hubs:\n  - name: default\n    plan: plan_dedicated\n    allow_anonymous: true\n");
+        y.push_str(
+            "hubs:\n  - name: default\n    plan: plan_dedicated\n    allow_anonymous: true\n",
+        );
     } else {
         y.push_str("hubs: []\n");
     }
@@ -269,7 +271,8 @@ pub fn http(
     let mut stream = TcpStream::connect_timeout(&addr, WAIT)
         .unwrap_or_else(|e| panic!("cannot connect to the API at {addr}: {e}"));
     stream.set_read_timeout(Some(WAIT)).ok();
-    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -489,8 +492,18 @@ pub fn iothub_cli(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> CliRun {
             s
         })
     };
-    let out = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + CLI_TIMEOUT;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap_or_else(|e| panic!("wait: {e}")) {
@@ -499,7 +512,10 @@ pub fn iothub_cli(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> CliRun {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("`iothub {}` did not finish within {CLI_TIMEOUT:?}", args.join(" "));
+            panic!(
+                "`iothub {}` did not finish within {CLI_TIMEOUT:?}",
+                args.join(" ")
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -513,7 +529,12 @@ pub fn iothub_cli(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> CliRun {
 /// The CLI as an operator runs it against `api`: `--endpoint` and `--api-key` given.
 pub fn cli_as(api: &Api, cwd: &Path, args: &[&str]) -> CliRun {
     let endpoint = format!("http://{}", api.addr);
-    let mut all = vec!["--endpoint", endpoint.as_str(), "--api-key", api.key.as_str()];
+    let mut all = vec![
+        "--endpoint",
+        endpoint.as_str(),
+        "--api-key",
+        api.key.as_str(),
+    ];
     all.extend_from_slice(args);
     iothub_cli(cwd, &all, &[])
 }

@@ -151,7 +151,10 @@ fn readme_quick_tour_with_curl() {
         return;
     };
     let key_file = hub.workdir().unwrap().join("iothub-data/admin-api-key");
-    let key = std::fs::read_to_string(&key_file).unwrap().trim().to_string();
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_string();
     assert_eq!(key, check_first_start(&hub));
 
     let created = curl(&hub, &key, "hubs", Some(r#"{"name":"demo2"}"#)).expect(200);

@@ -42,7 +42,9 @@ fn populate(api: &Api, tag: &str) -> (String, String, String, String) {
         "events_topic_prefix": format!("$SCW/{tag}"),
         "allow_anonymous": true,
     })));
-    let fleet = id_of(&api.create_hub(&json!({"name": format!("{tag}-fleet"), "product_plan": "plan_shared"})));
+    let fleet = id_of(
+        &api.create_hub(&json!({"name": format!("{tag}-fleet"), "product_plan": "plan_shared"})),
+    );
     let idle = id_of(&api.create_hub(&json!({"name": format!("{tag}-idle")})));
     let sensor = id_of(&api.create_device(&json!({
         "hub_id": plant,
@@ -55,18 +57,18 @@ fn populate(api: &Api, tag: &str) -> (String, String, String, String) {
             "subscribe": {"policy": "reject", "topics": ["secret/#"]},
         },
     })));
-    let actuator = id_of(&api.create_device(
-        &json!({"hub_id": plant, "name": "actuator", "allow_insecure": true}),
-    ));
+    let actuator = id_of(
+        &api.create_device(&json!({"hub_id": plant, "name": "actuator", "allow_insecure": true})),
+    );
     id_of(&api.create_device(&json!({"hub_id": plant, "name": "secure"})));
-    let tracker = id_of(&api.create_device(
-        &json!({"hub_id": fleet, "name": "tracker", "allow_insecure": true}),
-    ));
+    let tracker = id_of(
+        &api.create_device(&json!({"hub_id": fleet, "name": "tracker", "allow_insecure": true})),
+    );
     api.post(&format!("devices/{tracker}/disable"), &json!({}))
         .expect(200);
-    let sleeper = id_of(&api.create_device(
-        &json!({"hub_id": idle, "name": "sleeper", "allow_insecure": true}),
-    ));
+    let sleeper = id_of(
+        &api.create_device(&json!({"hub_id": idle, "name": "sleeper", "allow_insecure": true})),
+    );
     api.post(&format!("hubs/{idle}/disable"), &json!({}))
         .expect(200);
     let routes = [
@@ -127,11 +129,7 @@ fn restart_keeps_every_record(backend: Backend) {
     drop(hub);
 
     let hub = Hub::start_in(dir.path(), &yaml).unwrap();
-    assert_eq!(
-        admin_key(&hub),
-        admin.key,
-        "the key file is not rewritten"
-    );
+    assert_eq!(admin_key(&hub), admin.key, "the key file is not rewritten");
     assert!(
         !hub.logs().contains("first start"),
         "no second admin account at a restart; stderr:\n{}",
@@ -157,8 +155,7 @@ fn restart_keeps_every_record(backend: Backend) {
     let (mut actuator_conn, _) =
         RawClient::connected(hub.mqtt_addr(), &Connect::v5(&actuator, true));
     let (mut sensor_conn, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v5(&sensor, true));
-    let (mut bob_conn, _) =
-        RawClient::connected(hub.mqtt_addr(), &Connect::v5(&bob_sensor, true));
+    let (mut bob_conn, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v5(&bob_sensor, true));
     bob_conn.ping();
     assert_eq!(
         v5_connack(&hub, &tracker),
@@ -183,7 +180,10 @@ fn restart_keeps_every_record(backend: Backend) {
         );
     }
     let got = actuator_conn.expect_publish_acked();
-    assert_eq!(got.topic, "sensor/t", "only the allowed publish is delivered");
+    assert_eq!(
+        got.topic, "sensor/t",
+        "only the allowed publish is delivered"
+    );
 }
 
 /// Issue 3 "a restart keeps every record", SQLite in the data directory: records of two
