@@ -11,6 +11,8 @@
 mod aliases;
 pub mod connection;
 mod convert;
+pub mod quic;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
