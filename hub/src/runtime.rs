@@ -68,6 +68,7 @@ impl Runtime for EngineRuntime {
             allow_insecure: device.allow_insecure,
             allow_multiple_connections: device.allow_multiple_connections,
             filters: device.message_filters.clone(),
+            certificate_fingerprint: None,
         };
         match self.engine.upsert_device(spec) {
             Ok(revoked) => self.log_revoked(&revoked),

@@ -73,6 +73,14 @@ pub fn connect_refusal(e: &iothub_engine::ConnectError) -> (codec::ReasonCode, &
         E::NotAuthorized => (codec::ReasonCode::NOT_AUTHORIZED, "not authorized"),
         E::DeviceDisabled => (codec::ReasonCode::NOT_AUTHORIZED, "device disabled"),
         E::MutualTlsRequired => (codec::ReasonCode::NOT_AUTHORIZED, "mutual TLS required"),
+        E::CertificateNotCurrent => (
+            codec::ReasonCode::NOT_AUTHORIZED,
+            "the certificate is not the device's current one",
+        ),
+        E::CertificateOtherHub => (
+            codec::ReasonCode::NOT_AUTHORIZED,
+            "the certificate belongs to another hub",
+        ),
         E::CleanStartRequired => (
             codec::ReasonCode::NOT_AUTHORIZED,
             "the hub's plan requires clean start and no session expiry",

@@ -1,17 +1,20 @@
 //! The device directory: what the registry tells the engine about each device, and the
 //! admission decision of [`crate::Engine::resolve_client`].
 //!
-//! The directory is one map behind a read-write lock, shared by the engine (which writes it
-//! on administration) and every hub (which reads it under its session lock at CONNECT, so a
+//! The directory is one map behind a read-write lock (with an index by hub and name, for
+//! certificates that name a device by its name), shared by the engine (which writes it on
+//! administration) and every hub (which reads it under its session lock at CONNECT, so a
 //! CONNECT racing with a live change either sees the change or is seen by it). Records are
 //! immutable `Arc`s, replaced whole.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use iothub_model::{ClientId, DeviceId, FilterError, HubId, MessageFilters, TemplateVars};
 use parking_lot::RwLock;
 use uuid::Uuid;
 
+use crate::certificate::{CertificateFingerprint, CertificateProof, VerifiedCertificate};
 use crate::engine::{ConnectError, Identity};
 use crate::state::SessionFilters;
 
@@ -30,6 +33,11 @@ pub struct DeviceSpec {
     /// otherwise a new connection takes the session over.
     pub allow_multiple_connections: bool,
     pub filters: MessageFilters,
+    /// The device's current registered certificate (issued by the hub's managed CA, or a
+    /// custom one pinned to it), if any. Only this certificate identifies the device as
+    /// [`CertificateProof::Registered`]; when it changes (renewed, replaced, removed) the
+    /// device's live connections are closed.
+    pub certificate_fingerprint: Option<CertificateFingerprint>,
 }
 
 /// What a CONNECT presents to identify itself ([`crate::Engine::resolve_client`]).
@@ -40,9 +48,9 @@ pub struct Credentials<'a> {
     pub username: Option<&'a str>,
     /// No password, or an empty one.
     pub password_is_empty: bool,
-    /// The device a verified client certificate identifies. Issue 4 (device certificates)
-    /// fills it on TLS listeners; plain listeners pass `None`.
-    pub certificate: Option<DeviceId>,
+    /// The device a verified client certificate names, and how; TLS listeners (and wss,
+    /// QUIC) fill it, plain ones pass `None`.
+    pub certificate: Option<VerifiedCertificate>,
 }
 
 /// One device's record in the engine.
@@ -58,11 +66,72 @@ pub(crate) struct DeviceEntry {
     /// As registered, for re-expansion when the hub is renamed.
     pub(crate) raw_filters: MessageFilters,
     pub(crate) filters: SessionFilters,
+    pub(crate) certificate_fingerprint: Option<CertificateFingerprint>,
     /// Increases with every change of any device (see `Inner::admitted`).
     pub(crate) version: u64,
 }
 
-pub(crate) type Directory = RwLock<HashMap<DeviceId, std::sync::Arc<DeviceEntry>>>;
+/// The devices by id, and by hub and name.
+#[derive(Default)]
+pub(crate) struct Devices {
+    by_id: HashMap<DeviceId, Arc<DeviceEntry>>,
+    /// Names are unique in a hub (the registry enforces it); kept in step with `by_id`.
+    by_name: HashMap<HubId, HashMap<String, DeviceId>>,
+}
+
+impl Devices {
+    pub(crate) fn get(&self, id: &DeviceId) -> Option<&Arc<DeviceEntry>> {
+        self.by_id.get(id)
+    }
+
+    pub(crate) fn by_name(&self, hub: HubId, name: &str) -> Option<DeviceId> {
+        self.by_name.get(&hub)?.get(name).copied()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&DeviceId, &Arc<DeviceEntry>)> {
+        self.by_id.iter()
+    }
+
+    /// Inserts or replaces a device; returns the record it replaced.
+    pub(crate) fn insert(
+        &mut self,
+        id: DeviceId,
+        entry: Arc<DeviceEntry>,
+    ) -> Option<Arc<DeviceEntry>> {
+        self.by_name
+            .entry(entry.hub)
+            .or_default()
+            .insert(entry.name.clone(), id);
+        let old = self.by_id.insert(id, entry);
+        if let Some(old) = &old {
+            let current = &self.by_id[&id];
+            if old.hub != current.hub || old.name != current.name {
+                self.unindex(id, old);
+            }
+        }
+        old
+    }
+
+    pub(crate) fn remove(&mut self, id: &DeviceId) -> Option<Arc<DeviceEntry>> {
+        let old = self.by_id.remove(id)?;
+        self.unindex(*id, &old);
+        Some(old)
+    }
+
+    /// Forgets `old`'s name, unless another device took it since.
+    fn unindex(&mut self, id: DeviceId, old: &DeviceEntry) {
+        if let Some(names) = self.by_name.get_mut(&old.hub) {
+            if names.get(&old.name) == Some(&id) {
+                names.remove(&old.name);
+            }
+            if names.is_empty() {
+                self.by_name.remove(&old.hub);
+            }
+        }
+    }
+}
+
+pub(crate) type Directory = RwLock<Devices>;
 
 fn expand(
     filters: &MessageFilters,
@@ -96,6 +165,7 @@ impl DeviceEntry {
             allow_multiple_connections: spec.allow_multiple_connections,
             raw_filters: spec.filters,
             filters,
+            certificate_fingerprint: spec.certificate_fingerprint,
             version,
         })
     }
@@ -116,15 +186,20 @@ impl DeviceEntry {
     }
 
     /// The admission rules of a device: enabled, and a certificate unless insecure is
-    /// allowed.
-    pub(crate) fn admit(&self, certificate: bool) -> Result<(), ConnectError> {
+    /// allowed; a registered certificate must be the device's current one.
+    pub(crate) fn admit(&self, certificate: Option<&CertificateProof>) -> Result<(), ConnectError> {
         if !self.enabled {
             return Err(ConnectError::DeviceDisabled);
         }
-        if !certificate && !self.allow_insecure {
-            return Err(ConnectError::MutualTlsRequired);
+        match certificate {
+            None if !self.allow_insecure => Err(ConnectError::MutualTlsRequired),
+            Some(CertificateProof::Registered(fp))
+                if self.certificate_fingerprint.as_ref() != Some(fp) =>
+            {
+                Err(ConnectError::CertificateNotCurrent)
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -143,29 +218,35 @@ pub(crate) fn resolve(
     credentials: &Credentials<'_>,
 ) -> Option<Result<(HubId, Identity), ConnectError>> {
     let devices = directory.read();
-    let device = |id: DeviceId, certificate: bool| {
+    let device = |id: DeviceId, certificate: Option<CertificateProof>| {
         let entry = devices.get(&id)?;
         Some(
             entry
-                .admit(certificate)
+                .admit(certificate.as_ref())
                 .map(|()| (entry.hub, Identity::Device { id, certificate })),
         )
     };
-    if let Some(id) = credentials.certificate {
+    if let Some(cert) = credentials.certificate {
         let client_id = credentials.client_id;
-        if !client_id.is_empty() && parse_uuid(client_id) != Some(*id.as_uuid()) {
+        if !client_id.is_empty() && parse_uuid(client_id) != Some(*cert.device.as_uuid()) {
             return Some(Err(ConnectError::ClientIdInvalid));
         }
-        return Some(device(id, true).unwrap_or(Err(ConnectError::NotAuthorized)));
+        // A certificate of hub A never opens a session on hub B.
+        if devices.get(&cert.device).is_some_and(|e| e.hub != cert.hub) {
+            return Some(Err(ConnectError::CertificateOtherHub));
+        }
+        return Some(
+            device(cert.device, Some(cert.proof)).unwrap_or(Err(ConnectError::NotAuthorized)),
+        );
     }
     if let Some(uuid) = parse_uuid(credentials.client_id)
-        && let Some(found) = device(DeviceId::from_uuid(uuid), false)
+        && let Some(found) = device(DeviceId::from_uuid(uuid), None)
     {
         return Some(found);
     }
     if credentials.password_is_empty
         && let Some(uuid) = credentials.username.and_then(parse_uuid)
-        && let Some(found) = device(DeviceId::from_uuid(uuid), false)
+        && let Some(found) = device(DeviceId::from_uuid(uuid), None)
     {
         return Some(found);
     }

@@ -10,6 +10,7 @@ use iothub_model::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::certificate::CertificateProof;
 use crate::clock::{Clock, SystemClock};
 use crate::directory::{Credentials, DeviceEntry, DeviceSpec, Directory};
 use crate::hub::{DeviceChange, Hub, HubConfig};
@@ -132,9 +133,10 @@ pub enum Identity {
     /// the client sent (with `certificate`, that must be the device id or empty).
     Device {
         id: DeviceId,
-        /// The client presented a verified certificate of this device (issue 4). Without
-        /// one, the device must allow insecure connections.
-        certificate: bool,
+        /// How the client's verified certificate named this device; checked again at
+        /// [`Engine::connect_as`] (a registered certificate must still be the device's
+        /// current one). Without one, the device must allow insecure connections.
+        certificate: Option<CertificateProof>,
     },
 }
 
@@ -189,6 +191,10 @@ pub enum ConnectError {
     DeviceDisabled,
     #[error("the device requires mutual TLS (it does not allow insecure connections)")]
     MutualTlsRequired,
+    #[error("the certificate is not the device's current one (renewed, replaced or removed)")]
+    CertificateNotCurrent,
+    #[error("the certificate was issued by another hub's CA than the device's")]
+    CertificateOtherHub,
     #[error("the hub's plan requires a clean session")]
     CleanStartRequired,
     #[error("the hub's budget cannot hold the will message")]
@@ -382,9 +388,10 @@ impl Engine {
     ///   0x98), its sessions kept; CONNECT refused with `DeviceDisabled`;
     /// - moved to another hub: its sessions in the old hub end (kicked the same way); the
     ///   next CONNECT joins the new hub;
-    /// - `allow_insecure` or `allow_multiple_connections` turned off: its connections are
-    ///   kicked so each reconnects under the new rule (the reference's "device security
-    ///   changed");
+    /// - `allow_insecure` or `allow_multiple_connections` turned off, or its registered
+    ///   certificate changed (renewed, replaced, removed): its connections are kicked so
+    ///   each reconnects under the new rule (the reference's "device security changed"; a
+    ///   connection that used the old certificate cannot come back with it);
     /// - message filters changed: each session takes the new filters at once; its
     ///   subscriptions are re-checked and those no longer allowed removed (returned, for an
     ///   event), queued messages the new subscribe rule refuses are dropped, and a will the
@@ -412,7 +419,8 @@ impl Engine {
         }
         let kick = (old.enabled && !change.enabled)
             || (old.allow_insecure && !change.allow_insecure)
-            || (old.allow_multiple_connections && !change.allow_multiple_connections);
+            || (old.allow_multiple_connections && !change.allow_multiple_connections)
+            || old.certificate_fingerprint != change.certificate_fingerprint;
         let filters = (!old.filters.same_as(&change.filters)).then(|| change.filters.clone());
         if !kick && filters.is_none() {
             return Ok(Vec::new());
@@ -443,6 +451,12 @@ impl Engine {
         Ok(())
     }
 
+    /// The device of `hub` with this name: hubs with their own CA name devices by the
+    /// common name of their certificates.
+    pub fn device_by_name(&self, hub: HubId, name: &str) -> Option<DeviceId> {
+        self.inner.devices.read().by_name(hub, name)
+    }
+
     /// Whether the device has at least one live connection (the API's `is_connected`).
     pub fn device_connected(&self, id: DeviceId) -> bool {
         let hub = self.inner.devices.read().get(&id).map(|e| e.hub);
@@ -457,8 +471,10 @@ impl Engine {
     }
 
     /// Decides who a CONNECT is and which hub it joins (DESIGN.md, identity), in order:
-    /// 1. a verified client certificate names the device (issue 4 fills
-    ///    `credentials.certificate`); the client id must then be that device's id or empty;
+    /// 1. a verified client certificate names the device (TLS listeners fill
+    ///    `credentials.certificate`); the device must be in the hub whose CA verified the
+    ///    chain (`CertificateOtherHub`), a registered certificate must be its current one
+    ///    (`CertificateNotCurrent`), and the client id must be the device id or empty;
     /// 2. the client id is the id of a registered device;
     /// 3. the username is the id of a registered device and the password is empty;
     /// 4. the username is the id of a hub that admits anonymous clients: the client joins

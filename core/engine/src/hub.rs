@@ -263,9 +263,9 @@ impl Hub {
                 if entry.hub != self.id {
                     return Err(ConnectError::NotAuthorized);
                 }
-                entry.admit(certificate)?;
+                entry.admit(certificate.as_ref())?;
                 let own = &entry.client_id;
-                if certificate && req.client_id.as_ref().is_some_and(|c| c != own) {
+                if certificate.is_some() && req.client_id.as_ref().is_some_and(|c| c != own) {
                     return Err(ConnectError::ClientIdInvalid);
                 }
                 let owner = Owner::Device(id);

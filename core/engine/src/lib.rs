@@ -17,7 +17,9 @@
 //!
 //! - `engine`: the hub registry, administration, and the public types of CONNECT.
 //! - `directory`: the device directory and the admission decision ([`DeviceSpec`],
-//!   [`Credentials`]).
+//!   [`Credentials`]), indexed by id and by hub and name.
+//! - `certificate`: what a verified client certificate proves ([`VerifiedCertificate`],
+//!   [`CertificateFingerprint`]).
 //! - `hub`: one hub — connect/disconnect, routing, the queue policy, timers, budget;
 //!   `hub::config` its settings, `hub::registry` its sessions, `hub::live` live changes.
 //! - `session`: the [`Session`] handle and the types of its operations.
@@ -52,14 +54,21 @@
 //! # Identity and admission
 //!
 //! [`Engine::resolve_client`] applies DESIGN.md's order: a verified client certificate
-//! (issue 4 fills [`Credentials::certificate`]), then the client id as a device id, then
+//! (TLS listeners fill [`Credentials::certificate`] with a [`VerifiedCertificate`]: the
+//! hub whose CA verified the chain, the device, and whether it is the device's registered
+//! certificate or one its hub's own CA issued for its name), then the client id as a device id, then
 //! the username as a device id with an empty password, then the username as the id of a
 //! hub that admits anonymous clients (the convention for reaching a hub other than the
 //! listener's), then the listener's anonymous hub; anything else is `NotAuthorized`. A
 //! device must be enabled (`DeviceDisabled`) and, without a certificate, allow insecure
 //! connections (`MutualTlsRequired`). It costs one read-locked map lookup and no
-//! allocation. [`Engine::connect_as`] checks the same rules again under the hub's session
-//! lock, so a CONNECT racing with a live change is either refused or seen by the change.
+//! allocation. A certificate must name a device of the hub whose CA verified it
+//! (`CertificateOtherHub`: a certificate of hub A never opens a session on hub B) and, when
+//! it is a registered one, be the device's current certificate (`CertificateNotCurrent`:
+//! [`DeviceSpec::certificate_fingerprint`]). [`Engine::connect_as`] checks the same rules
+//! again under the hub's session lock, so a CONNECT racing with a live change is either
+//! refused or seen by the change. The engine never parses a certificate: the transport
+//! verifies it and finds the device ([`Engine::device_by_name`] for hubs with their own CA).
 //!
 //! A device's session has the device id as client id, whatever the client sent (with a
 //! certificate it must be the device id or empty). Without `allow_multiple_connections`
@@ -88,8 +97,8 @@
 //! Changes reach sessions at once, connected or kept offline: a device disabled (its
 //! connections kicked with `AdministrativeAction`, 0x98; sessions kept), removed or moved
 //! to another hub (its sessions there end), its `allow_insecure` or
-//! `allow_multiple_connections` turned off (connections kicked to reconnect under the new
-//! rule), its filters changed (subscriptions re-checked, refused ones removed and returned
+//! `allow_multiple_connections` turned off or its registered certificate changed (renewed,
+//! replaced, removed: connections kicked to reconnect under the new rule), its filters changed (subscriptions re-checked, refused ones removed and returned
 //! as [`RevokedSubscription`] for an event, queued messages and a will the new rules refuse
 //! dropped); a hub disabled, its plan or caps changed (connections kicked; to the shared
 //! plan, sessions end), anonymous clients no longer admitted (their sessions end), its
@@ -141,6 +150,7 @@
 //! `iothub_sessions`, `iothub_retained_messages`, `iothub_budget_used_bytes` (refreshed by
 //! `tick`). A message without subscribers is not a drop.
 
+mod certificate;
 mod clock;
 mod directory;
 mod engine;
@@ -154,6 +164,9 @@ mod trie;
 #[cfg(test)]
 mod tests;
 
+pub use certificate::{
+    CertificateFingerprint, CertificateProof, FingerprintError, VerifiedCertificate,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use directory::{Credentials, DeviceSpec};
 pub use engine::{

@@ -40,10 +40,20 @@ impl Fx {
         self.engine.upsert_device(spec).unwrap()
     }
 
+    /// A device's CONNECT, with a certificate its hub's CA issued (`certificate`) or none.
     fn try_device(
         &self,
         device: DeviceId,
         certificate: bool,
+        req: ConnectRequest,
+    ) -> Result<Connected, ConnectError> {
+        self.try_device_with(device, certificate.then_some(CertificateProof::HubCa), req)
+    }
+
+    fn try_device_with(
+        &self,
+        device: DeviceId,
+        certificate: Option<CertificateProof>,
         req: ConnectRequest,
     ) -> Result<Connected, ConnectError> {
         self.engine.connect_as(
@@ -121,7 +131,17 @@ fn resolve_client_follows_the_identity_order() {
         closed.to_string(),
     );
     let upper = ins.to_uppercase();
-    let dev = |id, certificate| Identity::Device { id, certificate };
+    let dev = |id, certificate: bool| Identity::Device {
+        id,
+        certificate: certificate.then_some(CertificateProof::HubCa),
+    };
+    let ca = |device| {
+        Some(VerifiedCertificate {
+            hub: a,
+            device,
+            proof: CertificateProof::HubCa,
+        })
+    };
     use ConnectError::*;
     // (listener hub, client id, username, password empty, certificate) -> result
     type Case<'a> = (
@@ -129,7 +149,7 @@ fn resolve_client_follows_the_identity_order() {
         &'a str,
         Option<&'a str>,
         bool,
-        Option<DeviceId>,
+        Option<VerifiedCertificate>,
         Result<(HubId, Identity), ConnectError>,
     );
     let table: Vec<Case> = vec![
@@ -167,7 +187,7 @@ fn resolve_client_follows_the_identity_order() {
             &sec,
             None,
             true,
-            Some(secure_dev),
+            ca(secure_dev),
             Ok((a, dev(secure_dev, true))),
         ),
         (
@@ -175,39 +195,18 @@ fn resolve_client_follows_the_identity_order() {
             "",
             None,
             true,
-            Some(secure_dev),
+            ca(secure_dev),
             Ok((a, dev(secure_dev, true))),
         ),
-        (
-            None,
-            &ins,
-            None,
-            true,
-            Some(secure_dev),
-            Err(ClientIdInvalid),
-        ),
-        (
-            None,
-            "x",
-            None,
-            true,
-            Some(secure_dev),
-            Err(ClientIdInvalid),
-        ),
-        (
-            None,
-            "",
-            None,
-            true,
-            Some(disabled_dev),
-            Err(DeviceDisabled),
-        ),
+        (None, &ins, None, true, ca(secure_dev), Err(ClientIdInvalid)),
+        (None, "x", None, true, ca(secure_dev), Err(ClientIdInvalid)),
+        (None, "", None, true, ca(disabled_dev), Err(DeviceDisabled)),
         (
             Some(a),
             "",
             None,
             true,
-            Some(DeviceId::new_random()),
+            ca(DeviceId::new_random()),
             Err(NotAuthorized),
         ),
         // 3. the username is a device id, with an empty password.
@@ -604,7 +603,7 @@ fn moving_a_device_to_another_hub() {
             other,
             Identity::Device {
                 id: device,
-                certificate: false
+                certificate: None
             }
         ))
     );
@@ -1189,4 +1188,230 @@ fn connected_device_counts() {
     assert_eq!(fx.engine.hub_connected_devices(fx.hub), 1);
     assert_eq!(fx.engine.hub_connected_devices(HubId::new_random()), 0);
     assert!(!fx.engine.device_connected(DeviceId::new_random()));
+}
+
+// ---- certificates -------------------------------------------------------------------------
+
+fn fingerprint(byte: u8) -> CertificateFingerprint {
+    CertificateFingerprint::from_bytes([byte; 32])
+}
+
+/// A registered certificate admits its device only while it is the device's current one,
+/// only in the hub whose CA verified it, and only under the device's id (or an empty one).
+#[test]
+fn certificates_admit_only_their_current_device_in_their_hub() {
+    let fx = Fx::new();
+    let other_hub = HubId::new_random();
+    fx.engine
+        .create_hub(hub_spec(
+            other_hub,
+            "other",
+            Plan::Dedicated,
+            HubLimits::default(),
+            true,
+        ))
+        .unwrap();
+    let device = DeviceId::new_random();
+    fx.upsert(DeviceSpec {
+        allow_insecure: false,
+        certificate_fingerprint: Some(fingerprint(1)),
+        ..fx.spec(device)
+    });
+    let bare = DeviceId::new_random();
+    fx.upsert(DeviceSpec {
+        allow_insecure: false,
+        ..fx.spec(bare)
+    });
+    let id = device.to_string();
+    let registered = |fp| CertificateProof::Registered(fingerprint(fp));
+    let cert = |hub, device, proof| Some(VerifiedCertificate { hub, device, proof });
+    // (client id, certificate) -> resolve_client's answer
+    type Case<'a> = (
+        &'a str,
+        Option<VerifiedCertificate>,
+        Result<(HubId, Identity), ConnectError>,
+    );
+    let table: Vec<Case> = vec![
+        (
+            "",
+            cert(fx.hub, device, registered(1)),
+            Ok((
+                fx.hub,
+                Identity::Device {
+                    id: device,
+                    certificate: Some(registered(1)),
+                },
+            )),
+        ),
+        (
+            &id,
+            cert(fx.hub, device, registered(1)),
+            Ok((
+                fx.hub,
+                Identity::Device {
+                    id: device,
+                    certificate: Some(registered(1)),
+                },
+            )),
+        ),
+        // renewed or replaced: the old certificate no longer opens anything
+        (
+            "",
+            cert(fx.hub, device, registered(2)),
+            Err(ConnectError::CertificateNotCurrent),
+        ),
+        // a device without a registered certificate has none to match
+        (
+            "",
+            cert(fx.hub, bare, registered(1)),
+            Err(ConnectError::CertificateNotCurrent),
+        ),
+        // issued by another hub's CA: never a session here
+        (
+            "",
+            cert(other_hub, device, registered(1)),
+            Err(ConnectError::CertificateOtherHub),
+        ),
+        (
+            "",
+            cert(other_hub, device, CertificateProof::HubCa),
+            Err(ConnectError::CertificateOtherHub),
+        ),
+        // the hub's own CA names devices by name: no per-device certificate to match
+        (
+            "",
+            cert(fx.hub, bare, CertificateProof::HubCa),
+            Ok((
+                fx.hub,
+                Identity::Device {
+                    id: bare,
+                    certificate: Some(CertificateProof::HubCa),
+                },
+            )),
+        ),
+        (
+            "someone-else",
+            cert(fx.hub, device, registered(1)),
+            Err(ConnectError::ClientIdInvalid),
+        ),
+    ];
+    for (i, (client_id, certificate, expect)) in table.into_iter().enumerate() {
+        let credentials = Credentials {
+            client_id,
+            certificate,
+            ..Credentials::default()
+        };
+        assert_eq!(
+            fx.engine.resolve_client(Some(fx.hub), &credentials),
+            expect,
+            "case {i}"
+        );
+    }
+
+    // connect_as checks again, so a renewal racing with a CONNECT is never missed.
+    let req = ConnectRequest {
+        client_id: None,
+        ..fx.req("unused", true, 0)
+    };
+    assert!(matches!(
+        fx.try_device_with(device, Some(registered(2)), req.clone()),
+        Err(ConnectError::CertificateNotCurrent)
+    ));
+    assert!(matches!(
+        fx.try_device_with(device, None, req.clone()),
+        Err(ConnectError::MutualTlsRequired)
+    ));
+    let other = ConnectRequest {
+        hub: other_hub,
+        ..req.clone()
+    };
+    assert!(matches!(
+        fx.try_device_with(device, Some(registered(1)), other),
+        Err(ConnectError::NotAuthorized)
+    ));
+    fx.try_device_with(device, Some(registered(1)), req)
+        .unwrap();
+}
+
+/// Renewing, replacing or removing a device's certificate closes its live connections
+/// (all of them: the engine does not know which certificate each one used); the same record
+/// again closes nothing.
+#[test]
+fn a_certificate_change_kicks_the_device() {
+    let fx = Fx::new();
+    let device = DeviceId::new_random();
+    let with = |fp: Option<u8>| DeviceSpec {
+        allow_multiple_connections: true,
+        certificate_fingerprint: fp.map(fingerprint),
+        ..fx.spec(device)
+    };
+    let connect = |fp: Option<u8>| {
+        let req = ConnectRequest {
+            client_id: None,
+            ..fx.req("unused", true, 0)
+        };
+        let proof = fp.map(|fp| CertificateProof::Registered(fingerprint(fp)));
+        fx.try_device_with(device, proof, req).unwrap()
+    };
+    fx.upsert(with(Some(1)));
+    // (registered certificate before, after) -> the live connections are kicked
+    let table = [
+        (Some(1), Some(1), false),
+        (Some(1), Some(2), true),
+        (Some(2), None, true),
+        (None, None, false),
+        (None, Some(3), true),
+    ];
+    for (i, (before, after, kicks)) in table.into_iter().enumerate() {
+        // one connection with the certificate, one without (the device allows insecure)
+        let live = [connect(before), connect(None)];
+        fx.upsert(with(after));
+        let expect = kicks.then_some(KickReason::AdministrativeAction);
+        for c in &live {
+            assert_eq!(kicked(&c.session), expect, "case {i}");
+        }
+    }
+}
+
+/// Devices are found by hub and name (hubs with their own CA name devices by the common
+/// name of their certificates), through renames, moves and removals.
+#[test]
+fn devices_are_found_by_name_in_their_hub() {
+    let fx = Fx::new();
+    let other_hub = HubId::new_random();
+    fx.engine
+        .create_hub(hub_spec(
+            other_hub,
+            "other",
+            Plan::Dedicated,
+            HubLimits::default(),
+            true,
+        ))
+        .unwrap();
+    let (a, b) = (DeviceId::new_random(), DeviceId::new_random());
+    let named = |id, hub, name: &str| DeviceSpec {
+        hub,
+        name: name.to_string(),
+        ..fx.spec(id)
+    };
+    let e = &fx.engine;
+    e.upsert_device(named(a, fx.hub, "pump")).unwrap();
+    e.upsert_device(named(b, other_hub, "pump")).unwrap();
+    let find = |hub, name| e.device_by_name(hub, name);
+    assert_eq!(find(fx.hub, "pump"), Some(a));
+    assert_eq!(find(other_hub, "pump"), Some(b));
+    assert_eq!(find(fx.hub, "Pump"), None, "names are exact");
+    e.upsert_device(named(a, fx.hub, "valve")).unwrap();
+    assert_eq!(
+        (find(fx.hub, "pump"), find(fx.hub, "valve")),
+        (None, Some(a))
+    );
+    e.upsert_device(named(b, fx.hub, "pump")).unwrap();
+    assert_eq!(
+        (find(other_hub, "pump"), find(fx.hub, "pump")),
+        (None, Some(b))
+    );
+    e.remove_device(a).unwrap();
+    assert_eq!(find(fx.hub, "valve"), None);
+    assert_eq!(find(fx.hub, "pump"), Some(b));
 }

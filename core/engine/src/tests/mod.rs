@@ -116,6 +116,7 @@ fn device_spec(id: DeviceId, hub: HubId, filters: MessageFilters) -> DeviceSpec 
         allow_insecure: true,
         allow_multiple_connections: false,
         filters,
+        certificate_fingerprint: None,
     }
 }
 
@@ -123,7 +124,7 @@ fn device_spec(id: DeviceId, hub: HubId, filters: MessageFilters) -> DeviceSpec 
 fn insecure(id: DeviceId) -> Identity {
     Identity::Device {
         id,
-        certificate: false,
+        certificate: None,
     }
 }
 
@@ -1511,7 +1512,7 @@ fn connect_refusals() {
             false,
             Identity::Device {
                 id: device,
-                certificate: true,
+                certificate: Some(CertificateProof::HubCa),
             },
             ClientId::new("other").ok(),
             true,
@@ -1524,7 +1525,7 @@ fn connect_refusals() {
             false,
             Identity::Device {
                 id: device,
-                certificate: true,
+                certificate: Some(CertificateProof::HubCa),
             },
             Some(own.clone()),
             true,
