@@ -75,21 +75,67 @@ pub struct Config {
     pub hubs: Vec<HubConfig>,
 }
 
+/// Every listener kind is a list: a kind that is not named in a `listeners:` section has no
+/// listener (only a configuration without `listeners:` at all gets the defaults).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listeners {
+    /// MQTT over TCP.
     #[serde(default)]
     pub mqtt: Vec<MqttListenerConfig>,
+    /// MQTT over WebSocket (HTTP path `/mqtt`, subprotocol `mqtt`).
+    #[serde(default)]
+    pub ws: Vec<MqttListenerConfig>,
+    /// MQTT over WebSocket over TLS, with the TLS listeners' server certificate and
+    /// client-certificate verification.
+    #[serde(default)]
+    pub wss: Vec<MqttListenerConfig>,
+    /// MQTT over QUIC (UDP, ALPN `mqtt`, one MQTT connection per bidirectional stream), with
+    /// the TLS listeners' certificates.
+    #[serde(default)]
+    pub quic: Vec<MqttListenerConfig>,
 }
 
 impl Default for Listeners {
     fn default() -> Self {
+        let local = |name: &str, port: u16| MqttListenerConfig {
+            name: name.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], port)),
+            anonymous_hub: Some(unlocated("default".into())),
+        };
         Self {
-            mqtt: vec![MqttListenerConfig {
-                name: "mqtt".into(),
-                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-                anonymous_hub: Some(unlocated("default".into())),
-            }],
+            mqtt: vec![local("mqtt", 1883)],
+            ws: vec![local("ws", 8083)],
+            wss: vec![local("wss", 8084)],
+            quic: vec![local("quic", 14567)],
+        }
+    }
+}
+
+impl Listeners {
+    /// Every listener with its kind (`mqtt`, `ws`, ...), for checks that span kinds.
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, &MqttListenerConfig)> {
+        [
+            ("mqtt", &self.mqtt),
+            ("ws", &self.ws),
+            ("wss", &self.wss),
+            ("quic", &self.quic),
+        ]
+        .into_iter()
+        .flat_map(|(kind, list)| list.iter().map(move |l| (kind, l)))
+    }
+
+    /// A listener declared without a name is named after its kind.
+    fn name_unnamed(&mut self) {
+        for (kind, list) in [
+            ("mqtt", &mut self.mqtt),
+            ("ws", &mut self.ws),
+            ("wss", &mut self.wss),
+            ("quic", &mut self.quic),
+        ] {
+            for l in list.iter_mut().filter(|l| l.name.is_empty()) {
+                l.name = kind.into();
+            }
         }
     }
 }
@@ -97,16 +143,13 @@ impl Default for Listeners {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttListenerConfig {
-    #[serde(default = "default_mqtt_name")]
+    /// Used in logs and metric labels; unique across all listeners. Default: the kind.
+    #[serde(default)]
     pub name: String,
     pub bind: SocketAddr,
     /// Clients that are not registered devices join this hub (it must allow anonymous clients).
     #[serde(default)]
     pub anonymous_hub: Option<Spanned<String>>,
-}
-
-fn default_mqtt_name() -> String {
-    "mqtt".into()
 }
 
 fn default_data_dir() -> PathBuf {
@@ -209,7 +252,7 @@ impl Config {
     pub fn parse(text: &str, source: &Source) -> Result<Config, ConfigError> {
         let source_name = source.to_string();
         // An empty file means "all defaults"; serde-saphyr reads it as a null document.
-        let config: Config = if text.trim().is_empty() {
+        let mut config: Config = if text.trim().is_empty() {
             serde_saphyr::from_str("{}")
         } else {
             serde_saphyr::from_str(text)
@@ -229,6 +272,7 @@ impl Config {
                 },
             }
         })?;
+        config.listeners.name_unnamed();
         config.validate(&source_name)?;
         Ok(config)
     }
@@ -305,11 +349,12 @@ impl Config {
             }
         }
 
-        let mut listener_names = HashSet::new();
-        for l in &self.listeners.mqtt {
+        // "api" names the HTTP listener in the `listening listener=...` log line.
+        let mut listener_names = HashSet::from(["api"]);
+        for (kind, l) in self.listeners.all() {
             if !listener_names.insert(l.name.as_str()) {
                 return Err(plain(format!(
-                    "listeners.mqtt: the name {:?} is used twice",
+                    "listeners.{kind}: the name {:?} is used by another listener",
                     l.name
                 )));
             }
@@ -383,8 +428,27 @@ mod tests {
     fn embedded_default_parses_and_matches_the_built_in_defaults() {
         let c = Config::parse(EMBEDDED_DEFAULT, &Source::Embedded).unwrap();
         let d = Config::parse("", &Source::Embedded).unwrap();
-        assert_eq!(c.listeners.mqtt.len(), 1);
-        assert_eq!(c.listeners.mqtt[0].bind, d.listeners.mqtt[0].bind);
+        let binds = |c: &Config| {
+            c.listeners
+                .all()
+                .map(|(kind, l)| {
+                    (
+                        kind,
+                        l.name.clone(),
+                        l.bind,
+                        l.anonymous_hub.clone().map(|h| h.value),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(binds(&c), binds(&d));
+        assert_eq!(
+            binds(&c)
+                .iter()
+                .map(|(kind, _, a, _)| (*kind, a.port()))
+                .collect::<Vec<_>>(),
+            [("mqtt", 1883), ("ws", 8083), ("wss", 8084), ("quic", 14567)]
+        );
         assert_eq!(c.api.bind, d.api.bind);
         assert_eq!(c.api.region, d.api.region);
         assert_eq!(c.data_dir, d.data_dir);
@@ -419,6 +483,51 @@ mod tests {
                 .expect_err(yaml)
                 .to_string();
             assert!(err.starts_with(expect), "{yaml:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn listener_names_default_to_their_kind_and_are_unique_across_kinds() {
+        let hubs = "hubs:\n  - name: default\n    allow_anonymous: true\n";
+        // (listeners section, Ok(names in order) or Err(part of the message))
+        let cases: &[(&str, Result<&[&str], &str>)] = &[
+            (
+                "  mqtt:\n    - bind: 127.0.0.1:0\n  ws:\n    - bind: 127.0.0.1:0\n  wss:\n    - bind: 127.0.0.1:0\n  quic:\n    - bind: 127.0.0.1:0\n",
+                Ok(&["mqtt", "ws", "wss", "quic"]),
+            ),
+            (
+                "  ws:\n    - name: a\n      bind: 127.0.0.1:0\n    - name: b\n      bind: 127.0.0.1:0\n",
+                Ok(&["a", "b"]),
+            ),
+            (
+                "  mqtt:\n    - name: x\n      bind: 127.0.0.1:0\n  quic:\n    - name: x\n      bind: 127.0.0.1:0\n",
+                Err("listeners.quic: the name \"x\" is used by another listener"),
+            ),
+            (
+                "  ws:\n    - bind: 127.0.0.1:0\n    - bind: 127.0.0.1:0\n",
+                Err("listeners.ws: the name \"ws\" is used by another listener"),
+            ),
+            (
+                "  wss:\n    - name: api\n      bind: 127.0.0.1:0\n",
+                Err("the name \"api\" is used by another listener"),
+            ),
+            (
+                "  quic:\n    - bind: 127.0.0.1:0\n      anonymous_hub: nope\n",
+                Err("f.yaml:4:"),
+            ),
+            ("  websocket:\n    - bind: 127.0.0.1:0\n", Err("f.yaml:2:")),
+        ];
+        for (listeners, want) in cases {
+            let yaml = format!("listeners:\n{listeners}{hubs}");
+            let got = Config::parse(&yaml, &Source::File("f.yaml".into()));
+            match (got, want) {
+                (Ok(c), Ok(names)) => {
+                    let got: Vec<_> = c.listeners.all().map(|(_, l)| l.name.clone()).collect();
+                    assert_eq!(got, *names, "{yaml}");
+                }
+                (Err(e), Err(part)) => assert!(e.to_string().contains(part), "{yaml}: {e}"),
+                (got, _) => panic!("{yaml}: unexpected {got:?}"),
+            }
         }
     }
 

@@ -61,6 +61,15 @@ struct ServeArgs {
     /// Bind address of the first MQTT listener, overriding the config (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", env = "IOTHUB_MQTT_ADDR")]
     mqtt_addr: Option<SocketAddr>,
+    /// Bind address of the first WebSocket listener (listeners.ws), overriding the config.
+    #[arg(long, value_name = "ADDR", env = "IOTHUB_WS_ADDR")]
+    ws_addr: Option<SocketAddr>,
+    /// Bind address of the first WebSocket-over-TLS listener (listeners.wss), overriding the config.
+    #[arg(long, value_name = "ADDR", env = "IOTHUB_WSS_ADDR")]
+    wss_addr: Option<SocketAddr>,
+    /// Bind address (UDP) of the first QUIC listener (listeners.quic), overriding the config.
+    #[arg(long, value_name = "ADDR", env = "IOTHUB_QUIC_ADDR")]
+    quic_addr: Option<SocketAddr>,
     /// Bind address of the HTTP API and /metrics, overriding the config.
     #[arg(long, value_name = "ADDR", env = "IOTHUB_API_ADDR")]
     api_addr: Option<SocketAddr>,
@@ -127,6 +136,22 @@ fn serve_command(args: ServeArgs) -> ExitCode {
             None => {
                 eprintln!(
                     "iothub: configuration error: --mqtt-addr given but the configuration declares no MQTT listener"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    for (flag, addr, listeners) in [
+        ("--ws-addr", args.ws_addr, &mut config.listeners.ws),
+        ("--wss-addr", args.wss_addr, &mut config.listeners.wss),
+        ("--quic-addr", args.quic_addr, &mut config.listeners.quic),
+    ] {
+        let Some(addr) = addr else { continue };
+        match listeners.first_mut() {
+            Some(l) => l.bind = addr,
+            None => {
+                eprintln!(
+                    "iothub: configuration error: {flag} given but the configuration declares no such listener"
                 );
                 return ExitCode::from(2);
             }

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +26,9 @@ use crate::config::Config;
 const CONFIG_HUB_NAMESPACE: uuid::Uuid = uuid::Uuid::from_bytes([
     0x5d, 0x0a, 0x6e, 0x1c, 0x33, 0x7b, 0x4f, 0x52, 0x9c, 0x0e, 0x61, 0x7a, 0x2b, 0x45, 0x11, 0x90,
 ]);
+
+/// A bound listener's accept loop, not yet started.
+type AcceptLoop = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How often the engine's timers (will delay, session and message expiry) are driven.
 const TICK: Duration = Duration::from_millis(250);
@@ -89,40 +94,84 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     )
     .await?;
 
-    // Bind everything first: a port that cannot be bound is fatal and names itself.
-    let mut mqtt_listeners = Vec::new();
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let settings = |l: &crate::config::MqttListenerConfig| iothub_adapter_mqtt::ListenerSettings {
+        name: l.name.clone(),
+        anonymous_hub: l
+            .anonymous_hub
+            .as_ref()
+            .and_then(|h| hub_ids.get(&h.value).copied()),
+        connect_timeout: Duration::from_secs(u64::from(config.mqtt.connect_timeout_secs)),
+        max_packet_size: config.mqtt.max_packet_size,
+    };
+    // Bind everything first: a port that cannot be bound is fatal and names itself. Each
+    // bound listener waits here as its not yet started accept loop.
+    let mut listeners: Vec<(String, SocketAddr, AcceptLoop)> = Vec::new();
     for l in &config.listeners.mqtt {
-        let tcp = TcpListener::bind(l.bind)
-            .await
-            .with_context(|| format!("cannot bind MQTT listener {:?} on {}", l.name, l.bind))?;
-        let settings = iothub_adapter_mqtt::ListenerSettings {
-            name: l.name.clone(),
-            anonymous_hub: l
-                .anonymous_hub
+        let tcp = bind_tcp("MQTT", l).await?;
+        let addr = tcp.local_addr().context("listener address")?;
+        let serve = iothub_adapter_mqtt::serve_tcp(
+            tcp,
+            engine.clone(),
+            settings(l),
+            stop.clone(),
+            tracker.clone(),
+        );
+        listeners.push((l.name.clone(), addr, Box::pin(serve)));
+    }
+    let server_tls = if config.listeners.wss.is_empty() && config.listeners.quic.is_empty() {
+        None
+    } else {
+        Some(server_tls_config(&config)?)
+    };
+    let ws = config.listeners.ws.iter().map(|l| (l, None));
+    let wss = config.listeners.wss.iter().map(|l| {
+        (
+            l,
+            server_tls
                 .as_ref()
-                .and_then(|h| hub_ids.get(&h.value).copied()),
-            connect_timeout: Duration::from_secs(u64::from(config.mqtt.connect_timeout_secs)),
-            max_packet_size: config.mqtt.max_packet_size,
-        };
-        mqtt_listeners.push((tcp, settings));
+                .map(|t| iothub_adapter_mqtt::ws::tls_acceptor(t)),
+        )
+    });
+    for (l, tls) in ws.chain(wss) {
+        let kind = if tls.is_some() { "wss" } else { "ws" };
+        let tcp = bind_tcp(kind, l).await?;
+        let addr = tcp.local_addr().context("listener address")?;
+        let serve = iothub_adapter_mqtt::ws::serve_ws(
+            tcp,
+            tls,
+            engine.clone(),
+            settings(l),
+            stop.clone(),
+            tracker.clone(),
+        );
+        listeners.push((l.name.clone(), addr, Box::pin(serve)));
+    }
+    if let Some(tls) = &server_tls {
+        for l in &config.listeners.quic {
+            let endpoint = iothub_adapter_mqtt::quic::bind(l.bind, tls)
+                .with_context(|| format!("cannot start QUIC listener {:?}", l.name))?;
+            let addr = endpoint.local_addr().context("listener address")?;
+            let serve = iothub_adapter_mqtt::quic::serve_quic(
+                endpoint,
+                engine.clone(),
+                settings(l),
+                stop.clone(),
+                tracker.clone(),
+            );
+            listeners.push((l.name.clone(), addr, Box::pin(serve)));
+        }
     }
     let api_listener = TcpListener::bind(config.api.bind)
         .await
         .with_context(|| format!("cannot bind the API listener on {}", config.api.bind))?;
 
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
-
-    for (tcp, settings) in mqtt_listeners {
-        let addr = tcp.local_addr().context("listener address")?;
-        info!("listening listener={} addr={addr}", settings.name);
-        tracker.spawn(iothub_adapter_mqtt::serve_tcp(
-            tcp,
-            engine.clone(),
-            settings,
-            stop.clone(),
-            tracker.clone(),
-        ));
+    // Every transport is announced before the API: whoever waits for the API's line (the
+    // test harnesses) has then seen all of them.
+    for (name, addr, serve) in listeners {
+        info!("listening listener={name} addr={addr}");
+        tracker.spawn(serve);
     }
 
     let api_addr = api_listener.local_addr().context("listener address")?;
@@ -168,6 +217,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     info!("stopped");
     Ok(())
+}
+
+async fn bind_tcp(
+    kind: &str,
+    l: &crate::config::MqttListenerConfig,
+) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(l.bind)
+        .await
+        .with_context(|| format!("cannot bind {kind} listener {:?} on {}", l.name, l.bind))
+}
+
+/// The TLS server configuration of the wss and QUIC listeners: the local server certificate
+/// from `data_dir/tls` (made on first use), no client certificates yet.
+// TODO(issue 4, tls helper): replace with the shared TlsTrust configuration (hot-reloaded
+// server certificate, client-certificate verification), which these listeners then share.
+fn server_tls_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pki = iothub_control::pki::ServerPki::load_or_create(&config.data_dir, &[])
+        .context("cannot load or create the server certificate")?;
+    let chain = CertificateDer::pem_slice_iter(pki.cert_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the server certificate chain is not PEM")?;
+    let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes())
+        .context("the server key is not PEM")?;
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("the server certificate and key do not match")?;
+    Ok(Arc::new(tls))
 }
 
 /// The management API with `/metrics` and `/healthz` beside it (the API router brings the

@@ -191,6 +191,15 @@ fn the_generated_config_serves() {
         return;
     }
     let (_, out, _) = run(&["generate-config"], WAIT);
+    // The harness overrides the MQTT and API addresses; every other listener (ws, wss,
+    // quic, ...) gets port 0 here, so the test never needs the default ports to be free.
+    let out: String = out
+        .lines()
+        .map(|line| match line.split_once("bind: 127.0.0.1:") {
+            Some((indent, _)) => format!("{indent}bind: 127.0.0.1:0\n"),
+            None => format!("{line}\n"),
+        })
+        .collect();
     let hub = Hub::start_with(&out).unwrap();
     for connect in [
         Connect::v4(&unique("g"), true),

@@ -38,11 +38,23 @@ const LINGER: Duration = Duration::from_secs(2);
 const CLOSE_DONE: u32 = 0;
 const CLOSE_NO_STREAM: u32 = 1;
 
-/// A QUIC listener cannot be configured.
+/// A QUIC listener cannot be configured or bound.
 #[derive(Debug, thiserror::Error)]
 pub enum QuicConfigError {
     #[error("the TLS configuration cannot serve QUIC (it needs TLS 1.3 with AES-128-GCM): {0}")]
     Tls(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds a QUIC endpoint on `addr` (UDP) for [`serve_quic`], with [`server_config`]. Must be
+/// called within the tokio runtime.
+pub fn bind(addr: SocketAddr, tls: &rustls::ServerConfig) -> Result<Endpoint, QuicConfigError> {
+    let config = server_config(tls)?;
+    Endpoint::server(config, addr).map_err(|source| QuicConfigError::Bind { addr, source })
 }
 
 /// The quinn server configuration for MQTT over QUIC from the TLS configuration the TLS

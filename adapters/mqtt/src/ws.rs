@@ -84,6 +84,16 @@ pub fn check_upgrade<'a>(
     }
 }
 
+/// The TLS acceptor of a wss listener from the TLS listeners' configuration (same server
+/// certificate and client-certificate verifier, so their updates apply here too). ALPN is
+/// `http/1.1`: the upgrade is an HTTP/1.1 request, and a browser that offers `h2` as well
+/// must not be told to speak HTTP/2.
+pub fn tls_acceptor(tls: &rustls::ServerConfig) -> TlsAcceptor {
+    let mut tls = tls.clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsAcceptor::from(Arc::new(tls))
+}
+
 /// The WebSocket limits for a listener: a message may not exceed the largest MQTT packet by
 /// more than a little (a message may hold a packet and the start of the next one); writes go
 /// out at once, since the connection task already batches them.
