@@ -217,6 +217,13 @@ pub struct DeviceRecord {
     pub allow_multiple_connections: bool,
     pub message_filters: MessageFilters,
     pub has_custom_certificate: bool,
+    /// Lowercase hex SHA-256 of the DER of the device's current certificate (issued by the
+    /// hub or set by the user), or `None` when it has none (hubs with a custom CA identify
+    /// their devices by the CN instead). The TLS listener admits a certificate for this
+    /// device only when its fingerprint is this one, so a renewed or replaced certificate
+    /// stops working at once. Read from `device_certificates`, never written through the
+    /// device row.
+    pub certificate_fingerprint: Option<String>,
     /// The epoch when the device never connected (as the reference answers).
     pub last_activity_at: Timestamp,
     pub created_at: Timestamp,
@@ -228,6 +235,44 @@ impl DeviceRecord {
     pub fn enabled(&self) -> bool {
         self.status == DeviceStatus::Enabled
     }
+}
+
+/// A hub's certificate authority: the one the hub made at creation (with its key), or the
+/// custom one the user uploaded (no key: the hub then issues no certificates).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HubCaRecord {
+    pub hub_id: HubId,
+    pub cert_pem: String,
+    /// PKCS#8 PEM of a managed CA's private key, kept in plain text in the database.
+    pub key_pem: Option<String>,
+    pub is_custom: bool,
+    pub created_at: Timestamp,
+}
+
+impl fmt::Debug for HubCaRecord {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubCaRecord")
+            .field("hub_id", &self.hub_id)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &self.key_pem.as_ref().map(|_| "[redacted]"))
+            .field("is_custom", &self.is_custom)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// A device's current certificate (its key is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCertificateRecord {
+    pub device_id: DeviceId,
+    pub cert_pem: String,
+    /// Lowercase hex SHA-256 of the DER; unique among devices.
+    pub fingerprint_sha256: String,
+    /// Set by the user rather than issued by the hub's CA.
+    pub is_custom: bool,
+    pub not_after: Timestamp,
+    pub created_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

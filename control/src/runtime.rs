@@ -33,6 +33,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn hub_counts(&self, hub: HubId) -> HubCounts;
     /// For the API's `is_connected`.
     fn device_connected(&self, device: DeviceId) -> bool;
+    /// A hub's CA is new or changed: made at hub creation (or on first need, for hubs older
+    /// than certificates), or replaced by a custom CA. New TLS handshakes trust
+    /// `ca_cert_pem` for this hub (and no other). With `custom`, a device presents its
+    /// full chain and is the device whose *name* is the certificate's CN (or is
+    /// auto-provisioned); otherwise the CN is the device *id* and the certificate's
+    /// fingerprint must be the device's `certificate_fingerprint`. The binary loads the
+    /// CAs at start with `Registry::all_hub_cas`.
+    fn hub_ca_upserted(&self, _hub: HubId, _ca_cert_pem: &str, _custom: bool) {}
+    /// The hub was deleted: its CA opens no more sessions.
+    fn hub_ca_removed(&self, _hub: HubId) {}
 }
 
 /// A runtime that does nothing: for tools and tests that only need the records.
@@ -52,6 +62,17 @@ impl Runtime for NoopRuntime {
     }
 }
 
+/// One CA call the registry made, as [`RecordingRuntime`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaCall {
+    Upserted {
+        hub: HubId,
+        ca_cert_pem: String,
+        custom: bool,
+    },
+    Removed(HubId),
+}
+
 /// One call the registry made, as [`RecordingRuntime`] saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeCall {
@@ -62,10 +83,13 @@ pub enum RuntimeCall {
 }
 
 /// A runtime that records every call, and answers `device_connected` from a set the test
-/// controls: the mock beside the trait, for tests of the registry.
+/// controls: the mock beside the trait, for tests of the registry. CA calls are kept in
+/// a log of their own ([`RecordingRuntime::take_ca_calls`]), so tests of hub and device
+/// lifecycles see the same calls whether or not certificates are involved.
 #[derive(Debug, Default)]
 pub struct RecordingRuntime {
     calls: Mutex<Vec<RuntimeCall>>,
+    ca_calls: Mutex<Vec<CaCall>>,
     connected: Mutex<HashSet<(HubId, DeviceId)>>,
 }
 
@@ -83,6 +107,11 @@ impl RecordingRuntime {
     /// Takes the calls recorded so far.
     pub fn take_calls(&self) -> Vec<RuntimeCall> {
         std::mem::take(&mut *lock(&self.calls))
+    }
+
+    /// Takes the CA calls recorded so far.
+    pub fn take_ca_calls(&self) -> Vec<CaCall> {
+        std::mem::take(&mut *lock(&self.ca_calls))
     }
 
     /// Pretends a device of `hub` is (or is no longer) connected.
@@ -123,5 +152,15 @@ impl Runtime for RecordingRuntime {
     }
     fn device_connected(&self, device: DeviceId) -> bool {
         lock(&self.connected).iter().any(|(_, d)| *d == device)
+    }
+    fn hub_ca_upserted(&self, hub: HubId, ca_cert_pem: &str, custom: bool) {
+        lock(&self.ca_calls).push(CaCall::Upserted {
+            hub,
+            ca_cert_pem: ca_cert_pem.to_owned(),
+            custom,
+        });
+    }
+    fn hub_ca_removed(&self, hub: HubId) {
+        lock(&self.ca_calls).push(CaCall::Removed(hub));
     }
 }

@@ -84,6 +84,7 @@ impl Fixture {
             .create_device(owner, device_req(hub, name))
             .await
             .unwrap()
+            .0
             .device
             .id
     }
@@ -664,7 +665,8 @@ async fn device_rules(db: &TestDb) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     let d = created.device.clone();
     assert_eq!(d.status, DeviceStatus::Enabled);
     assert_eq!(d.last_activity_at.as_micros(), 0);

@@ -54,6 +54,7 @@ fn device(hub: &HubRecord, name: &str, allow_insecure: bool, created: i64) -> De
         allow_multiple_connections: false,
         message_filters: MessageFilters::default(),
         has_custom_certificate: false,
+        certificate_fingerprint: None,
         last_activity_at: Timestamp::EPOCH,
         created_at: Timestamp::from_micros(created),
         updated_at: Timestamp::from_micros(created),
@@ -138,7 +139,7 @@ async fn migrations_are_idempotent_and_refuse_newer_schemas(db: &TestDb) {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(row.0, 1);
+    assert_eq!(row.0, 2, "registry, certificates");
     sqlx::query(
         "INSERT INTO iothub_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
     )
@@ -151,7 +152,7 @@ async fn migrations_are_idempotent_and_refuse_newer_schemas(db: &TestDb) {
             err,
             StoreError::SchemaTooNew {
                 found: 999,
-                known: 1
+                known: 2
             }
         ),
         "{err}"
@@ -289,11 +290,11 @@ async fn devices_round_trip_and_names_are_unique_per_hub(db: &TestDb) {
         },
         subscribe: FilterRule::default(),
     };
-    store.insert_device(&d, 10).await.unwrap();
+    store.insert_device(&d, None, 10).await.unwrap();
     assert_eq!(store.get_device(d.id).await.unwrap(), Some(d.clone()));
 
     let twin = device(&h1, "pump", false, 4);
-    let err = store.insert_device(&twin, 10).await.unwrap_err();
+    let err = store.insert_device(&twin, None, 10).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -305,7 +306,7 @@ async fn devices_round_trip_and_names_are_unique_per_hub(db: &TestDb) {
         "{err}"
     );
     let elsewhere = device(&h2, "pump", false, 4);
-    store.insert_device(&elsewhere, 10).await.unwrap();
+    store.insert_device(&elsewhere, None, 10).await.unwrap();
 
     // Moving `d` to h2 collides with h2's "pump".
     let moved = DeviceRecord {
@@ -344,7 +345,7 @@ async fn devices_round_trip_and_names_are_unique_per_hub(db: &TestDb) {
         hub_id: HubId::new_random(),
         ..device(&h1, "orphan", false, 5)
     };
-    let err = store.insert_device(&orphan, 10).await.unwrap_err();
+    let err = store.insert_device(&orphan, None, 10).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -524,7 +525,7 @@ async fn device_lists_filter_and_order(db: &TestDb) {
         device(&h1, "d2", true, 20),
         d3,
     ] {
-        store.insert_device(&d, 10).await.unwrap();
+        store.insert_device(&d, None, 10).await.unwrap();
     }
     let cases: Vec<(DeviceFilter, &str, Vec<&str>)> = vec![
         (DeviceFilter::default(), "name_desc", vec!["d3", "d2", "d1"]),
@@ -679,7 +680,7 @@ async fn quotas_hold_under_concurrency(db: &TestDb) {
         .map(|i| {
             let store = Arc::clone(&store);
             let d = device(&d1, &format!("dev{i}"), false, i);
-            tokio::spawn(async move { store.insert_device(&d, 3).await })
+            tokio::spawn(async move { store.insert_device(&d, None, 3).await })
         })
         .collect();
     let mut ok = 0;
@@ -763,8 +764,8 @@ async fn hub_deletion_rules(db: &TestDb) {
     store.insert_hub(&h, 50).await.unwrap();
     let d1 = device(&h, "d1", false, 1);
     let d2 = device(&h, "d2", false, 2);
-    store.insert_device(&d1, 10).await.unwrap();
-    store.insert_device(&d2, 10).await.unwrap();
+    store.insert_device(&d1, None, 10).await.unwrap();
+    store.insert_device(&d2, None, 10).await.unwrap();
     let r = route(&h, "r", s3_config(), 1);
     store.insert_route(&r, 10).await.unwrap();
     let n = network(&h, "n", NetworkType::Sigfox, "sigfox");
@@ -919,7 +920,7 @@ async fn records_survive_a_reopen(db: &TestDb) {
     let h = hub(&a, "h", Plan::Ha, 1);
     store.insert_hub(&h, 50).await.unwrap();
     let d = device(&h, "d", true, 2);
-    store.insert_device(&d, 10).await.unwrap();
+    store.insert_device(&d, None, 10).await.unwrap();
     let r = route(&h, "r", db_config(), 3);
     store.insert_route(&r, 10).await.unwrap();
     let n = network(&h, "n", NetworkType::Sigfox, "sf");

@@ -1,4 +1,5 @@
-//! `/devices`: create, list, get, update, delete, enable, disable.
+//! `/devices`: create, list, get, update, delete, enable, disable, and the device's
+//! certificate (renew, set a custom one, get).
 
 use axum::Json;
 use axum::extract::State;
@@ -9,7 +10,9 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{Caller, IfMatch, JsonBody, PathId, QueryParams};
-use super::views::{CreatedDevice, DeviceList, DeviceView};
+use super::views::{
+    CreatedDevice, DeviceCertificateView, DeviceList, DeviceView, RenewedCertificate,
+};
 use super::{ApiState, tagged};
 use crate::records::{DeviceStatus, FilterRule, MessageFilters};
 use crate::registry::{DeviceCreate, DeviceInfo, DeviceUpdate, MessageFiltersUpdate};
@@ -49,6 +52,12 @@ pub struct UpdateDeviceBody {
     hub_id: Option<HubId>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetCertificateBody {
+    certificate_pem: String,
+}
+
 fn device_response(info: DeviceInfo) -> Response {
     let version = info.device.version;
     tagged(version, DeviceView::from(info))
@@ -67,12 +76,13 @@ pub async fn create(
         allow_multiple_connections: body.allow_multiple_connections,
         message_filters: body.message_filters,
     };
-    let info = state.registry.create_device(&caller, req).await?;
+    let (info, credentials) = state.registry.create_device(&caller, req).await?;
     let version = info.device.version;
     Ok(tagged(
         version,
         CreatedDevice {
             device: info.into(),
+            certificate: credentials.map(Into::into),
         },
     ))
 }
@@ -183,5 +193,62 @@ pub async fn disable(
             .registry
             .disable_device(&caller, id, if_version)
             .await?,
+    ))
+}
+
+pub async fn renew_certificate(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    PathId(id): PathId<DeviceId>,
+    IfMatch(if_version): IfMatch,
+) -> Result<Response, ApiError> {
+    let (info, credentials) = state
+        .registry
+        .renew_device_certificate(&caller, id, if_version)
+        .await?;
+    let version = info.device.version;
+    Ok(tagged(
+        version,
+        RenewedCertificate {
+            device: info.into(),
+            certificate: credentials.into(),
+        },
+    ))
+}
+
+pub async fn set_certificate(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    PathId(id): PathId<DeviceId>,
+    IfMatch(if_version): IfMatch,
+    JsonBody(body): JsonBody<SetCertificateBody>,
+) -> Result<Response, ApiError> {
+    let (info, certificate_pem) = state
+        .registry
+        .set_device_certificate(&caller, id, &body.certificate_pem, if_version)
+        .await?;
+    let version = info.device.version;
+    Ok(tagged(
+        version,
+        DeviceCertificateView {
+            device: info.into(),
+            certificate_pem,
+        },
+    ))
+}
+
+pub async fn get_certificate(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    PathId(id): PathId<DeviceId>,
+) -> Result<Response, ApiError> {
+    let (info, certificate_pem) = state.registry.get_device_certificate(&caller, id).await?;
+    let version = info.device.version;
+    Ok(tagged(
+        version,
+        DeviceCertificateView {
+            device: info.into(),
+            certificate_pem,
+        },
     ))
 }

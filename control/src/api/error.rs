@@ -196,7 +196,9 @@ fn registry_error(e: RegistryError) -> (StatusCode, ErrorBody) {
             StatusCode::FORBIDDEN,
             ErrorBody::new("permission_denied", message),
         ),
-        e @ (RegistryError::Store(_) | RegistryError::Entropy(_)) => internal(&e.to_string()),
+        e @ (RegistryError::Store(_) | RegistryError::Entropy(_) | RegistryError::Pki(_)) => {
+            internal(&e.to_string())
+        }
     }
 }
 

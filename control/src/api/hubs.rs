@@ -1,4 +1,4 @@
-//! `/hubs`: create, list, get, update, delete, enable, disable.
+//! `/hubs`: create, list, get, update, delete, enable, disable, and the hub's CA.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{Caller, IfMatch, JsonBody, PathId, QueryParams};
-use super::views::{HubList, HubView};
+use super::views::{HubCaView, HubList, HubView};
 use super::{ApiState, tagged};
 use crate::registry::{HubCreate, HubInfo, HubUpdate};
 use crate::store::HubFilter;
@@ -37,6 +37,13 @@ pub struct UpdateHubBody {
     enable_device_auto_provisioning: Option<bool>,
     allow_anonymous: Option<bool>,
     limits: Option<HubLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetCaBody {
+    ca_cert_pem: String,
+    challenge_cert_pem: String,
 }
 
 fn hub_response(info: HubInfo) -> Response {
@@ -148,4 +155,34 @@ pub async fn disable(
     Ok(hub_response(
         state.registry.disable_hub(&caller, id, if_version).await?,
     ))
+}
+
+pub async fn set_ca(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    PathId(id): PathId<HubId>,
+    IfMatch(if_version): IfMatch,
+    JsonBody(body): JsonBody<SetCaBody>,
+) -> Result<Response, ApiError> {
+    Ok(hub_response(
+        state
+            .registry
+            .set_hub_ca(
+                &caller,
+                id,
+                &body.ca_cert_pem,
+                &body.challenge_cert_pem,
+                if_version,
+            )
+            .await?,
+    ))
+}
+
+pub async fn get_ca(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    PathId(id): PathId<HubId>,
+) -> Result<Response, ApiError> {
+    let ca_cert_pem = state.registry.get_hub_ca(&caller, id).await?;
+    Ok(Json(HubCaView { ca_cert_pem }).into_response())
 }

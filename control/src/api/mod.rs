@@ -1,6 +1,8 @@
 //! The management REST API: the reference's paths under `/iot/v1/regions/{region}/`
-//! (hubs, devices, routes, networks), `POST /iot/v1/accounts` for the admin, and the
-//! OpenAPI document at `GET /openapi.json`.
+//! (hubs and their CA, devices and their certificate, routes, networks),
+//! `POST /iot/v1/accounts` for the admin, the OpenAPI document at `GET /openapi.json`, and
+//! the CA devices should trust for the TLS listeners at
+//! `GET /iot/v1/regions/{region}/server-ca` (no key needed: it is public by nature).
 //!
 //! The HTTP layer only parses and shapes: every rule lives in the [`Registry`]. Requests
 //! pass a gate (API key in `X-Auth-Token`, then the region) before any body or path is
@@ -21,12 +23,13 @@ mod hubs;
 mod networks;
 mod routes;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::header::{CONTENT_TYPE, ETAG};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +47,41 @@ pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub registry: Arc<Registry>,
+    pub server_ca: ServerCaPem,
+}
+
+/// The PEM `GET /iot/v1/regions/{region}/server-ca` serves: the CA that devices should
+/// trust to verify the TLS listeners. Clones share it, so the binary can replace it when it
+/// reloads its TLS material, without rebuilding the router. Empty: the endpoint answers
+/// 404 (e.g. no TLS listener).
+#[derive(Debug, Clone, Default)]
+pub struct ServerCaPem(Arc<RwLock<Option<Arc<str>>>>);
+
+impl ServerCaPem {
+    pub fn new(pem: impl Into<Arc<str>>) -> Self {
+        let shared = Self::default();
+        shared.set(pem);
+        shared
+    }
+
+    pub fn set(&self, pem: impl Into<Arc<str>>) {
+        // A poisoned lock only means a writer panicked; the value is still a PEM or none.
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(pem.into());
+    }
+
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// What the API serves besides the registry.
+#[derive(Debug, Clone, Default)]
+pub struct ApiExtras {
+    /// The TLS listeners' CA, for the `server-ca` endpoint.
+    pub server_ca: ServerCaPem,
 }
 
 /// The HTTP methods the API uses.
@@ -51,6 +89,7 @@ pub struct ApiState {
 pub enum Verb {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -61,6 +100,7 @@ impl Verb {
         match self {
             Self::Get => "get",
             Self::Post => "post",
+            Self::Put => "put",
             Self::Patch => "patch",
             Self::Delete => "delete",
         }
@@ -70,6 +110,7 @@ impl Verb {
         match self {
             Self::Get => MethodFilter::GET,
             Self::Post => MethodFilter::POST,
+            Self::Put => MethodFilter::PUT,
             Self::Patch => MethodFilter::PATCH,
             Self::Delete => MethodFilter::DELETE,
         }
@@ -79,7 +120,7 @@ impl Verb {
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// No key needed (the OpenAPI document).
+    /// No key needed (the OpenAPI document, the server CA); the region is still checked.
     Public,
     /// An API key of an account (admin-only rules are the registry's).
     ApiKey,
@@ -111,7 +152,7 @@ const fn ep(
 }
 
 use Access::{ApiKey, Public};
-use Verb::{Delete, Get, Patch, Post};
+use Verb::{Delete, Get, Patch, Post, Put};
 
 /// Every route the API answers. The router is built from this table and a test checks it
 /// against `control/openapi.json` both ways.
@@ -155,6 +196,12 @@ pub const ROUTES: &[Endpoint] = &[
         ApiKey,
         |m| on(m, hubs::disable),
     ),
+    ep(Post, "/iot/v1/regions/{region}/hubs/{hub_id}/ca", ApiKey, |m| {
+        on(m, hubs::set_ca)
+    }),
+    ep(Get, "/iot/v1/regions/{region}/hubs/{hub_id}/ca", ApiKey, |m| {
+        on(m, hubs::get_ca)
+    }),
     // devices
     ep(Get, "/iot/v1/regions/{region}/devices", ApiKey, |m| {
         on(m, devices::list)
@@ -191,6 +238,24 @@ pub const ROUTES: &[Endpoint] = &[
         "/iot/v1/regions/{region}/devices/{device_id}/disable",
         ApiKey,
         |m| on(m, devices::disable),
+    ),
+    ep(
+        Post,
+        "/iot/v1/regions/{region}/devices/{device_id}/renew-certificate",
+        ApiKey,
+        |m| on(m, devices::renew_certificate),
+    ),
+    ep(
+        Put,
+        "/iot/v1/regions/{region}/devices/{device_id}/certificate",
+        ApiKey,
+        |m| on(m, devices::set_certificate),
+    ),
+    ep(
+        Get,
+        "/iot/v1/regions/{region}/devices/{device_id}/certificate",
+        ApiKey,
+        |m| on(m, devices::get_certificate),
     ),
     // routes
     ep(Get, "/iot/v1/regions/{region}/routes", ApiKey, |m| {
@@ -236,13 +301,24 @@ pub const ROUTES: &[Endpoint] = &[
         ApiKey,
         |m| on(m, networks::delete),
     ),
+    // the TLS listeners' CA
+    ep(Get, "/iot/v1/regions/{region}/server-ca", Public, |m| on(m, server_ca)),
 ];
 
 /// The management API over `registry`, ready to be merged next to `/metrics` and
 /// `/healthz`. It sets a JSON fallback for unknown paths, so merge it into a router that
-/// has none of its own (axum refuses two fallbacks).
+/// has none of its own (axum refuses two fallbacks). The `server-ca` endpoint answers 404:
+/// use [`router_with`] to serve a CA.
 pub fn router(registry: Arc<Registry>) -> Router {
-    let state = ApiState { registry };
+    router_with(registry, ApiExtras::default())
+}
+
+/// [`router`] with what the API serves besides the registry (the server CA).
+pub fn router_with(registry: Arc<Registry>, extras: ApiExtras) -> Router {
+    let state = ApiState {
+        registry,
+        server_ca: extras.server_ca,
+    };
     let mut keyed = Router::new();
     let mut public = Router::new();
     for endpoint in ROUTES {
@@ -254,7 +330,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
     }
     keyed
         .route_layer(middleware::from_fn_with_state(state.clone(), gate))
-        .merge(public)
+        .merge(public.route_layer(middleware::from_fn_with_state(state.clone(), region_gate)))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_such_path)
         .with_state(state)
@@ -288,7 +364,14 @@ async fn admit(state: &ApiState, req: Request) -> Result<Request, ApiError> {
         .ok_or(ApiError::Unauthenticated {
             reason: "the X-Auth-Token header is not a valid API key",
         })?;
-    let params = RawPathParams::from_request_parts(&mut parts, state)
+    check_region(state, &mut parts).await?;
+    parts.extensions.insert(Caller(account));
+    Ok(Request::from_parts(parts, body))
+}
+
+/// A path's `{region}` must be this node's: another region's resources are not here.
+async fn check_region(state: &ApiState, parts: &mut Parts) -> Result<(), ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
         .await
         .map_err(|e| ApiError::Internal(format!("path parameters: {e}")))?;
     if let Some((_, region)) = params.iter().find(|(name, _)| *name == "region")
@@ -300,8 +383,32 @@ async fn admit(state: &ApiState, req: Request) -> Result<Request, ApiError> {
         }
         .into());
     }
-    parts.extensions.insert(Caller(account));
-    Ok(Request::from_parts(parts, body))
+    Ok(())
+}
+
+/// The region check alone, for public endpoints.
+async fn region_gate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    match check_region(&state, &mut parts).await {
+        Ok(()) => next.run(Request::from_parts(parts, body)).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The CA that devices should trust for the TLS listeners, as a PEM file.
+async fn server_ca(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let pem = state.server_ca.get().ok_or(RegistryError::NotFound {
+        resource: "server CA",
+        id: "server-ca".to_owned(),
+    })?;
+    Ok((
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-pem-file"),
+        )],
+        pem.to_string(),
+    )
+        .into_response())
 }
 
 async fn openapi_document() -> Response {

@@ -7,6 +7,7 @@ use iothub_model::{DeviceId, HubId, HubLimits, Plan};
 use serde::Serialize;
 
 use crate::ids::{AccountId, NetworkId, RouteId};
+use crate::pki::DeviceCredentials;
 use crate::records::{
     AccountRecord, DbConfig, DbEngine, DeviceStatus, HubStatus, MessageFilters, NetworkRecord,
     NetworkType, RestConfig, RouteConfig, RouteRecord, RouteType, S3Config,
@@ -118,10 +119,48 @@ pub struct DeviceList {
     pub total_count: u64,
 }
 
-/// Device creation's answer; the certificate joins it with the identity issue.
+/// A device's key and certificate, answered once (at creation or renewal).
+#[derive(Debug, Serialize)]
+pub struct CertificateView {
+    pub crt: String,
+    pub key: String,
+}
+
+impl From<DeviceCredentials> for CertificateView {
+    fn from(c: DeviceCredentials) -> Self {
+        Self {
+            crt: c.crt,
+            key: c.key,
+        }
+    }
+}
+
+/// Device creation's answer: with a certificate unless the hub has a custom CA.
 #[derive(Debug, Serialize)]
 pub struct CreatedDevice {
     pub device: DeviceView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateView>,
+}
+
+/// `renew-certificate`'s answer.
+#[derive(Debug, Serialize)]
+pub struct RenewedCertificate {
+    pub device: DeviceView,
+    pub certificate: CertificateView,
+}
+
+/// A device with its current certificate (`GET`/`PUT /devices/{id}/certificate`).
+#[derive(Debug, Serialize)]
+pub struct DeviceCertificateView {
+    pub device: DeviceView,
+    pub certificate_pem: String,
+}
+
+/// A hub's CA (`GET /hubs/{id}/ca`).
+#[derive(Debug, Serialize)]
+pub struct HubCaView {
+    pub ca_cert_pem: String,
 }
 
 /// A database route's target as shown: the password is write-only.

@@ -36,13 +36,9 @@ pub enum CertificateError {
     IsCa,
     #[error("is not a CA certificate: it lacks basicConstraints CA:TRUE")]
     NotCa,
-    #[error(
-        "has an extended key usage without clientAuth, so it cannot authenticate a TLS client"
-    )]
+    #[error("has an extended key usage without clientAuth, so it cannot authenticate a TLS client")]
     NoClientAuth,
-    #[error(
-        "has a key usage without digitalSignature, which TLS client authentication needs"
-    )]
+    #[error("has a key usage without digitalSignature, which TLS client authentication needs")]
     NoDigitalSignature,
     #[error("has a key usage without keyCertSign, so it cannot sign certificates")]
     NoKeyCertSign,
@@ -137,8 +133,8 @@ pub struct CertificateInfo {
 }
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertificateError> {
-    let (rest, cert) = X509Certificate::from_der(der)
-        .map_err(|e| CertificateError::Unparsable(e.to_string()))?;
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertificateError::Unparsable(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CertificateError::Unparsable(format!(
             "{} bytes follow the certificate",
@@ -292,7 +288,8 @@ pub fn check_custom_ca(
 
     let challenge_der = single_certificate_der(challenge_pem).map_err(challenge_error)?;
     let challenge = parse(&challenge_der).map_err(challenge_error)?;
-    let challenge_info = CertificateInfo::of(&challenge, &challenge_der).map_err(challenge_error)?;
+    let challenge_info =
+        CertificateInfo::of(&challenge, &challenge_der).map_err(challenge_error)?;
     let names_hub = challenge_info
         .common_name
         .as_deref()
@@ -319,7 +316,9 @@ pub fn check_custom_ca(
             };
             challenge_error(CertificateError::WrongSigner(reason))
         })?;
-    challenge_info.check_validity(now).map_err(challenge_error)?;
+    challenge_info
+        .check_validity(now)
+        .map_err(challenge_error)?;
 
     Ok(CheckedCustomCa {
         cert_pem: der_to_pem(&ca_der),

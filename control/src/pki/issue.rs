@@ -186,7 +186,10 @@ mod tests {
         let now = Timestamp::now();
         let ca = generate_hub_ca(hub, now).unwrap();
         assert!(ca.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
-        assert!(!format!("{ca:?}").contains("PRIVATE KEY"), "Debug shows the key");
+        assert!(
+            !format!("{ca:?}").contains("PRIVATE KEY"),
+            "Debug shows the key"
+        );
         let der = parse(&ca.cert_pem);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
         assert_eq!(
@@ -218,8 +221,8 @@ mod tests {
         let hub_ca = generate_hub_ca(HubId::new_random(), now).unwrap();
         let other_ca = generate_hub_ca(HubId::new_random(), now).unwrap();
         let device = DeviceId::new_random();
-        let issued = issue_device_certificate(&hub_ca.cert_pem, &hub_ca.key_pem, device, now)
-            .unwrap();
+        let issued =
+            issue_device_certificate(&hub_ca.cert_pem, &hub_ca.key_pem, device, now).unwrap();
         assert!(!format!("{issued:?}").contains("PRIVATE KEY"));
 
         let ca_der = parse(&hub_ca.cert_pem);
@@ -254,7 +257,10 @@ mod tests {
 
         // The key handed out is the certificate's.
         let key = KeyPair::from_pem(&issued.credentials.key).unwrap();
-        assert_eq!(key.public_key_raw(), leaf.public_key().subject_public_key.data.as_ref());
+        assert_eq!(
+            key.public_key_raw(),
+            leaf.public_key().subject_public_key.data.as_ref()
+        );
     }
 
     #[test]

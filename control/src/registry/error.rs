@@ -1,5 +1,6 @@
 //! [`RegistryError`]: one enum for every refusal, each variant one HTTP status.
 
+use crate::pki::PkiError;
 use crate::secret::EntropyError;
 use crate::store::StoreError;
 use crate::validate::Invalid;
@@ -55,6 +56,9 @@ pub enum RegistryError {
     /// 500: no randomness for a secret.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
+    /// 500: a key or certificate could not be made (or a stored CA cannot sign).
+    #[error(transparent)]
+    Pki(#[from] PkiError),
 }
 
 impl From<Invalid> for RegistryError {

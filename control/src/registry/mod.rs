@@ -11,6 +11,13 @@
 //! record are serialised rather than lost.
 //!
 //! Every mutation calls the runtime after the store accepted it.
+//!
+//! Certificates (the `certificates` submodule): every hub has a CA, made at creation; a
+//! device of a hub without a custom CA gets a certificate at creation (the key is
+//! answered once, never stored) and may renew it; any device may instead be pinned to a
+//! certificate the user sets; a disabled hub may switch to a custom CA, proven by a
+//! certificate with CN = hub id signed by it, which deletes every device certificate of
+//! the hub. See [`crate::pki`] for the certificates themselves.
 
 mod config;
 mod error;
@@ -32,9 +39,10 @@ pub use requests::{
 };
 
 use crate::ids::{AccountId, ApiKeyId, NetworkId, RouteId};
+use crate::pki::{self, DeviceCredentials};
 use crate::records::{
-    AccountRecord, ApiKeyRecord, DeviceRecord, DeviceStatus, HubRecord, HubStatus, MessageFilters,
-    NetworkRecord, RouteConfig, RouteRecord, plan_as_str,
+    AccountRecord, ApiKeyRecord, DeviceRecord, DeviceStatus, HubCaRecord, HubRecord, HubStatus,
+    MessageFilters, NetworkRecord, RouteConfig, RouteRecord, plan_as_str,
 };
 use crate::runtime::Runtime;
 use crate::secret::{generate_secret, hash_secret};
@@ -86,6 +94,9 @@ macro_rules! retry_raced {
         }
     }};
 }
+
+// After `retry_raced!`, which it uses.
+mod certificates;
 
 /// What a device mutation changes.
 enum DeviceChange<'a> {
@@ -357,7 +368,8 @@ impl Registry {
         Ok(stored)
     }
 
-    /// Creates a hub: stored as `enabling`, applied to the runtime, then `ready`.
+    /// Creates a hub with its CA: stored as `enabling`, applied to the runtime (hub, then
+    /// CA), then `ready`.
     pub async fn create_hub(
         &self,
         caller: &AccountRecord,
@@ -388,9 +400,20 @@ impl Registry {
             version: 1,
         };
         Self::check_hub_rules(&hub, "allow_anonymous")?;
+        // Made before anything is stored: a failure leaves nothing behind.
+        let ca = pki::generate_hub_ca(hub.id, now)?;
         let quota = self.config.quotas.hubs_per_account.for_plan(hub.plan);
         self.store.insert_hub(&hub, quota).await?;
         self.runtime.hub_upserted(&hub);
+        let ca = HubCaRecord {
+            hub_id: hub.id,
+            cert_pem: ca.cert_pem,
+            key_pem: Some(ca.key_pem),
+            is_custom: false,
+            created_at: now,
+        };
+        self.store.insert_hub_ca(&ca).await?;
+        self.runtime.hub_ca_upserted(hub.id, &ca.cert_pem, false);
         let ready = match self.hub_step(&hub, HubStatus::Ready, true).await {
             Ok(ready) => ready,
             // Someone changed the hub in the instant since it was stored: show theirs.
@@ -594,6 +617,7 @@ impl Registry {
         for device in devices {
             self.runtime.device_removed(device);
         }
+        self.runtime.hub_ca_removed(id);
         self.runtime.hub_removed(id);
         Ok(())
     }
@@ -620,19 +644,30 @@ impl Registry {
         Ok(())
     }
 
+    /// Creates a device. On a hub without a custom CA it gets a certificate signed by the
+    /// hub's CA, answered with its key this once (the key is not kept); on a hub with a
+    /// custom CA, none (the user's CA signs its certificate, CN = the device name).
     pub async fn create_device(
         &self,
         caller: &AccountRecord,
         req: DeviceCreate,
-    ) -> Result<DeviceInfo, RegistryError> {
+    ) -> Result<(DeviceInfo, Option<DeviceCredentials>), RegistryError> {
         validate::topic_safe_name("name", &req.name)?;
         validate::description("description", &req.description)?;
         validate::message_filters("message_filters", &req.message_filters)?;
         let hub = self.hub_of(caller, req.hub_id).await?;
         Self::check_multiple_connections(&hub, req.allow_multiple_connections)?;
         let now = Timestamp::now();
+        let id = DeviceId::new_random();
+        let (credentials, certificate) = if hub.has_custom_ca {
+            (None, None)
+        } else {
+            let ca = self.ensure_hub_ca(&hub).await?;
+            let (credentials, certificate) = Self::issue(&ca, id, now)?;
+            (Some(credentials), Some(certificate))
+        };
         let device = DeviceRecord {
-            id: DeviceId::new_random(),
+            id,
             hub_id: hub.id,
             account_id: caller.id,
             name: req.name,
@@ -642,16 +677,21 @@ impl Registry {
             allow_multiple_connections: req.allow_multiple_connections,
             message_filters: req.message_filters,
             has_custom_certificate: false,
+            certificate_fingerprint: certificate.as_ref().map(|c| c.fingerprint_sha256.clone()),
             last_activity_at: Timestamp::EPOCH,
             created_at: now,
             updated_at: now,
             version: 1,
         };
         self.store
-            .insert_device(&device, self.config.quotas.devices_per_hub)
+            .insert_device(
+                &device,
+                certificate.as_ref(),
+                self.config.quotas.devices_per_hub,
+            )
             .await?;
         self.runtime.device_upserted(&device);
-        Ok(self.device_info(device))
+        Ok((self.device_info(device), credentials))
     }
 
     pub async fn get_device(
@@ -1102,4 +1142,11 @@ fn registry_futures_are_send(r: &Registry, a: &AccountRecord, hub: HubId, device
     send(r.all_hubs());
     send(r.all_devices());
     send(r.finish_interrupted_transitions());
+    send(r.get_hub_ca(a, hub));
+    send(r.set_hub_ca(a, hub, "", "", None));
+    send(r.renew_device_certificate(a, device, None));
+    send(r.set_device_certificate(a, device, "", None));
+    send(r.get_device_certificate(a, device));
+    send(r.auto_provision(hub, "cn", std::net::IpAddr::from([127, 0, 0, 1])));
+    send(r.all_hub_cas());
 }

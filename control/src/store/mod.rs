@@ -21,7 +21,8 @@ use iothub_model::{DeviceId, HubId};
 
 use crate::ids::{AccountId, NetworkId, RouteId};
 use crate::records::{
-    AccountRecord, ApiKeyRecord, DeviceRecord, DeviceStatus, HubRecord, NetworkRecord, RouteRecord,
+    AccountRecord, ApiKeyRecord, DeviceCertificateRecord, DeviceRecord, DeviceStatus, HubCaRecord,
+    HubRecord, NetworkRecord, RouteRecord,
 };
 use crate::time::Timestamp;
 
@@ -275,8 +276,9 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         plan_quota: Option<u64>,
     ) -> StoreFuture<'a, HubRecord>;
-    /// Deletes a hub with its routes and networks, and its devices when `delete_devices`
-    /// (returned); otherwise a hub with devices is refused with `HubHasDevices`.
+    /// Deletes a hub with its CA, routes and networks, and its devices (with their
+    /// certificates) when `delete_devices` (returned); otherwise a hub with devices is
+    /// refused with `HubHasDevices`.
     fn delete_hub(
         &self,
         id: HubId,
@@ -288,24 +290,73 @@ pub trait Store: Send + Sync + 'static {
     /// Device counts of the given hubs (hubs without devices are absent).
     fn count_devices<'a>(&'a self, hubs: &'a [HubId]) -> StoreFuture<'a, Vec<(HubId, u64)>>;
 
-    /// Inserts a device unless its hub already has `hub_quota` devices.
-    fn insert_device<'a>(&'a self, device: &'a DeviceRecord, hub_quota: u64)
-    -> StoreFuture<'a, ()>;
+    /// Inserts a device, with its first certificate in the same transaction, unless its
+    /// hub already has `hub_quota` devices. `device.certificate_fingerprint` is not
+    /// written: the certificate row is the fingerprint. A certificate of another device
+    /// is `Duplicate`; a hub-issued certificate (`!is_custom`) for a hub that has meanwhile
+    /// got a custom CA is a `VersionConflict` on the hub.
+    fn insert_device<'a>(
+        &'a self,
+        device: &'a DeviceRecord,
+        certificate: Option<&'a DeviceCertificateRecord>,
+        hub_quota: u64,
+    ) -> StoreFuture<'a, ()>;
     fn get_device(&self, id: DeviceId) -> StoreFuture<'_, Option<DeviceRecord>>;
-    /// When the device moves to another hub, that hub's `hub_quota` is checked.
+    /// The device named `name` in `hub` (names are unique in a hub).
+    fn find_device_by_name<'a>(
+        &'a self,
+        hub: HubId,
+        name: &'a str,
+    ) -> StoreFuture<'a, Option<DeviceRecord>>;
+    /// When the device moves to another hub, that hub's `hub_quota` is checked and a
+    /// certificate the old hub issued is deleted (it chains to the old hub's CA, so it
+    /// must not open sessions on the new one); a custom certificate stays. The answer's
+    /// `certificate_fingerprint` is read back from the database.
     fn update_device<'a>(
         &'a self,
         device: &'a DeviceRecord,
         expected_version: i64,
         hub_quota: u64,
     ) -> StoreFuture<'a, DeviceRecord>;
+    /// Deletes a device and its certificate.
     fn delete_device(&self, id: DeviceId, expected_version: Option<i64>) -> StoreFuture<'_, ()>;
+    fn get_device_certificate(
+        &self,
+        id: DeviceId,
+    ) -> StoreFuture<'_, Option<DeviceCertificateRecord>>;
+    /// Makes `certificate` the device's only certificate and writes the device's
+    /// `has_custom_certificate` (= `certificate.is_custom`) and `updated_at`, at
+    /// `expected_version`, in one transaction. `Duplicate` when another device has this
+    /// certificate; `VersionConflict` on the hub when a hub-issued certificate meets a hub
+    /// that has meanwhile got a custom CA.
+    fn replace_device_certificate<'a>(
+        &'a self,
+        device: &'a DeviceRecord,
+        expected_version: i64,
+        certificate: &'a DeviceCertificateRecord,
+    ) -> StoreFuture<'a, DeviceRecord>;
     fn list_devices<'a>(
         &'a self,
         query: &'a ListQuery<DeviceFilter>,
     ) -> StoreFuture<'a, Page<DeviceRecord>>;
     /// Records activity without bumping the version: activity is not an edit.
     fn set_device_last_activity(&self, id: DeviceId, at: Timestamp) -> StoreFuture<'_, ()>;
+
+    /// Stores a hub's first CA; `Duplicate` when it has one already.
+    fn insert_hub_ca<'a>(&'a self, ca: &'a HubCaRecord) -> StoreFuture<'a, ()>;
+    fn get_hub_ca(&self, hub: HubId) -> StoreFuture<'_, Option<HubCaRecord>>;
+    /// Every hub's CA, for the TLS listener at start.
+    fn list_hub_cas(&self) -> StoreFuture<'_, Vec<HubCaRecord>>;
+    /// Writes the hub at `expected_version` (as `update_hub`, without a quota), makes `ca`
+    /// its CA, and deletes every certificate of its devices, clearing their
+    /// `has_custom_certificate` and bumping their versions: one transaction. Answers the
+    /// stored hub and the devices that lost a certificate.
+    fn set_hub_ca<'a>(
+        &'a self,
+        hub: &'a HubRecord,
+        expected_version: i64,
+        ca: &'a HubCaRecord,
+    ) -> StoreFuture<'a, (HubRecord, Vec<DeviceId>)>;
 
     fn insert_route<'a>(&'a self, route: &'a RouteRecord, hub_quota: u64) -> StoreFuture<'a, ()>;
     fn get_route(&self, id: RouteId) -> StoreFuture<'_, Option<RouteRecord>>;

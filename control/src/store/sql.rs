@@ -22,17 +22,24 @@ use super::{
 };
 use crate::ids::{AccountId, NetworkId, RouteId};
 use crate::records::{
-    AccountRecord, ApiKeyRecord, DeviceRecord, HubRecord, NetworkRecord, RouteRecord, parse_plan,
-    plan_as_str,
+    AccountRecord, ApiKeyRecord, DeviceCertificateRecord, DeviceRecord, HubCaRecord, HubRecord,
+    NetworkRecord, RouteRecord, parse_plan, plan_as_str,
 };
 use crate::time::Timestamp;
 
 /// The migrations, in order. A migration is never edited once released: add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "registry",
-    include_str!("../../migrations/0001_registry.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "registry",
+        include_str!("../../migrations/0001_registry.sql"),
+    ),
+    (
+        2,
+        "certificates",
+        include_str!("../../migrations/0002_certificates.sql"),
+    ),
+];
 
 /// An arbitrary constant naming iothub's migration lock among PostgreSQL advisory locks.
 const PG_MIGRATION_LOCK: i64 = 0x696f_7468_7562;
@@ -300,15 +307,21 @@ fn hub_from(row: &AnyRow) -> Result<HubRecord, StoreError> {
     })
 }
 
+/// The device's certificate fingerprint comes from `device_certificates` through a scalar
+/// subquery rather than a join, so list filters and orders keep naming the devices'
+/// columns unqualified.
 fn device_columns() -> String {
     format!(
         "id, hub_id, account_id, name, description, status, {}, {}, message_filters, {}, \
-         last_activity_at, created_at, updated_at, version",
+         last_activity_at, created_at, updated_at, version, {DEVICE_FINGERPRINT} AS certificate_fingerprint",
         bool_col("allow_insecure"),
         bool_col("allow_multiple_connections"),
         bool_col("has_custom_certificate"),
     )
 }
+
+const DEVICE_FINGERPRINT: &str = "(SELECT c.fingerprint_sha256 FROM device_certificates c \
+     WHERE c.device_id = devices.id)";
 
 fn device_from(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
     Ok(DeviceRecord {
@@ -322,10 +335,46 @@ fn device_from(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
         allow_multiple_connections: flag(row, "allow_multiple_connections")?,
         message_filters: json(row, DEVICE_TABLE, "message_filters")?,
         has_custom_certificate: flag(row, "has_custom_certificate")?,
+        certificate_fingerprint: row.try_get::<Option<String>, _>("certificate_fingerprint")?,
         last_activity_at: stamp(row, "last_activity_at")?,
         created_at: stamp(row, "created_at")?,
         updated_at: stamp(row, "updated_at")?,
         version: int(row, "version")?,
+    })
+}
+
+fn hub_ca_columns() -> String {
+    format!(
+        "hub_id, cert_pem, key_pem, {}, created_at",
+        bool_col("is_custom")
+    )
+}
+
+fn hub_ca_from(row: &AnyRow) -> Result<HubCaRecord, StoreError> {
+    Ok(HubCaRecord {
+        hub_id: parsed(row, "hub_cas", "hub_id")?,
+        cert_pem: text(row, "cert_pem")?,
+        key_pem: row.try_get::<Option<String>, _>("key_pem")?,
+        is_custom: flag(row, "is_custom")?,
+        created_at: stamp(row, "created_at")?,
+    })
+}
+
+fn device_certificate_columns() -> String {
+    format!(
+        "device_id, cert_pem, fingerprint_sha256, {}, not_after, created_at",
+        bool_col("is_custom")
+    )
+}
+
+fn device_certificate_from(row: &AnyRow) -> Result<DeviceCertificateRecord, StoreError> {
+    Ok(DeviceCertificateRecord {
+        device_id: parsed(row, "device_certificates", "device_id")?,
+        cert_pem: text(row, "cert_pem")?,
+        fingerprint_sha256: text(row, "fingerprint_sha256")?,
+        is_custom: flag(row, "is_custom")?,
+        not_after: stamp(row, "not_after")?,
+        created_at: stamp(row, "created_at")?,
     })
 }
 
@@ -602,6 +651,111 @@ fn check_quota(resource: &'static str, current: u64, quota: u64) -> Result<(), S
     Ok(())
 }
 
+/// Writes every column of a hub at `expected` version (the version is bumped).
+async fn write_hub(
+    conn: &mut AnyConnection,
+    hub: &HubRecord,
+    expected: i64,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE hubs SET name = $3, status = $4, plan = $5, enabled = $6, \
+         disable_events = $7, events_topic_prefix = $8, \
+         enable_device_auto_provisioning = $9, has_custom_ca = $10, \
+         allow_anonymous = $11, limits = $12, region = $13, updated_at = $14, \
+         version = version + 1 \
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(hub.id.to_string())
+    .bind(expected)
+    .bind(hub.name.clone())
+    .bind(hub.status.as_str())
+    .bind(plan_as_str(hub.plan))
+    .bind(hub.enabled)
+    .bind(hub.disable_events)
+    .bind(hub.events_topic_prefix.clone())
+    .bind(hub.enable_device_auto_provisioning)
+    .bind(hub.has_custom_ca)
+    .bind(hub.allow_anonymous)
+    .bind(to_json(&hub.limits))
+    .bind(hub.region.clone())
+    .bind(hub.updated_at.as_micros())
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        let id = hub.id.to_string();
+        return Err(missing_or_conflict(conn, HUB_TABLE, "hub", id, expected).await);
+    }
+    Ok(())
+}
+
+/// A hub-issued certificate cannot be stored for a device of a hub with a custom CA (the
+/// hub switched while the certificate was being made): the caller retries and sees the
+/// custom CA.
+async fn check_hub_issues(
+    conn: &mut AnyConnection,
+    hub: &HubId,
+    certificate: &DeviceCertificateRecord,
+) -> Result<(), StoreError> {
+    if certificate.is_custom {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT {} FROM hubs WHERE id = $1",
+        bool_col("has_custom_ca")
+    );
+    let row = sqlx::query(&sql)
+        .bind(hub.to_string())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            resource: "hub",
+            id: hub.to_string(),
+        })?;
+    if flag(&row, "has_custom_ca")? {
+        return Err(StoreError::VersionConflict {
+            resource: "hub",
+            id: hub.to_string(),
+            expected: 0,
+        });
+    }
+    Ok(())
+}
+
+async fn insert_device_certificate(
+    conn: &mut AnyConnection,
+    certificate: &DeviceCertificateRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO device_certificates (device_id, cert_pem, fingerprint_sha256, is_custom, \
+         not_after, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(certificate.device_id.to_string())
+    .bind(certificate.cert_pem.clone())
+    .bind(certificate.fingerprint_sha256.clone())
+    .bind(certificate.is_custom)
+    .bind(certificate.not_after.as_micros())
+    .bind(certificate.created_at.as_micros())
+    .execute(conn)
+    .await
+    .map_err(|e| unique_as_duplicate(e, "device certificate", "certificate_pem"))?;
+    Ok(())
+}
+
+/// The fingerprint of a device's certificate as stored now.
+async fn stored_fingerprint(
+    conn: &mut AnyConnection,
+    device: &DeviceId,
+) -> Result<Option<String>, StoreError> {
+    let row =
+        sqlx::query("SELECT fingerprint_sha256 FROM device_certificates WHERE device_id = $1")
+            .bind(device.to_string())
+            .fetch_optional(conn)
+            .await?;
+    row.as_ref()
+        .map(|r| text(r, "fingerprint_sha256"))
+        .transpose()
+}
+
 /// Deletes one row, optionally only at `expected` version.
 async fn delete_row(
     pool: &AnyPool,
@@ -817,36 +971,7 @@ impl Store for SqlStore {
                 .await?;
                 check_quota("hubs", current, quota)?;
             }
-            let done = sqlx::query(
-                "UPDATE hubs SET name = $3, status = $4, plan = $5, enabled = $6, \
-                 disable_events = $7, events_topic_prefix = $8, \
-                 enable_device_auto_provisioning = $9, has_custom_ca = $10, \
-                 allow_anonymous = $11, limits = $12, region = $13, updated_at = $14, \
-                 version = version + 1 \
-                 WHERE id = $1 AND version = $2",
-            )
-            .bind(hub.id.to_string())
-            .bind(expected_version)
-            .bind(hub.name.clone())
-            .bind(hub.status.as_str())
-            .bind(plan_as_str(hub.plan))
-            .bind(hub.enabled)
-            .bind(hub.disable_events)
-            .bind(hub.events_topic_prefix.clone())
-            .bind(hub.enable_device_auto_provisioning)
-            .bind(hub.has_custom_ca)
-            .bind(hub.allow_anonymous)
-            .bind(to_json(&hub.limits))
-            .bind(hub.region.clone())
-            .bind(hub.updated_at.as_micros())
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                let id = hub.id.to_string();
-                return Err(
-                    missing_or_conflict(&mut tx, HUB_TABLE, "hub", id, expected_version).await,
-                );
-            }
+            write_hub(&mut tx, hub, expected_version).await?;
             tx.commit().await?;
             Ok(HubRecord {
                 version: expected_version + 1,
@@ -893,12 +1018,16 @@ impl Store for SqlStore {
                         devices: devices.len() as u64,
                     });
                 }
-                sqlx::query("DELETE FROM devices WHERE hub_id = $1")
-                    .bind(hub.clone())
-                    .execute(&mut *tx)
-                    .await?;
+                for sql in [
+                    "DELETE FROM device_certificates WHERE device_id IN \
+                     (SELECT id FROM devices WHERE hub_id = $1)",
+                    "DELETE FROM devices WHERE hub_id = $1",
+                ] {
+                    sqlx::query(sql).bind(hub.clone()).execute(&mut *tx).await?;
+                }
             }
             for sql in [
+                "DELETE FROM hub_cas WHERE hub_id = $1",
                 "DELETE FROM routes WHERE hub_id = $1",
                 "DELETE FROM networks WHERE hub_id = $1",
                 "DELETE FROM hubs WHERE id = $1",
@@ -961,6 +1090,7 @@ impl Store for SqlStore {
     fn insert_device<'a>(
         &'a self,
         device: &'a DeviceRecord,
+        certificate: Option<&'a DeviceCertificateRecord>,
         hub_quota: u64,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
@@ -996,6 +1126,10 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| unique_as_duplicate(e, "device", "name"))?;
+            if let Some(certificate) = certificate {
+                check_hub_issues(&mut tx, &device.hub_id, certificate).await?;
+                insert_device_certificate(&mut tx, certificate).await?;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -1030,6 +1164,13 @@ impl Store for SqlStore {
                     id: id.clone(),
                 })?;
             if text(&stored, "hub_id")? != device.hub_id.to_string() {
+                sqlx::query(
+                    "DELETE FROM device_certificates WHERE device_id = $1 AND is_custom = $2",
+                )
+                .bind(id.clone())
+                .bind(false)
+                .execute(&mut *tx)
+                .await?;
                 lock_row(&mut tx, HUB_TABLE, "hub", device.hub_id.to_string()).await?;
                 let current = count(
                     &mut tx,
@@ -1071,22 +1212,230 @@ impl Store for SqlStore {
                 )
                 .await);
             }
+            let certificate_fingerprint = stored_fingerprint(&mut tx, &device.id).await?;
             tx.commit().await?;
             Ok(DeviceRecord {
                 version: expected_version + 1,
+                certificate_fingerprint,
                 ..device.clone()
             })
         })
     }
 
     fn delete_device(&self, id: DeviceId, expected_version: Option<i64>) -> StoreFuture<'_, ()> {
-        Box::pin(delete_row(
-            &self.pool,
-            DEVICE_TABLE,
-            "device",
-            id.to_string(),
-            expected_version,
-        ))
+        Box::pin(async move {
+            let device = id.to_string();
+            let mut tx = self.begin_write().await?;
+            // Locked, so the version read below is still the row's at the delete.
+            lock_row(&mut tx, DEVICE_TABLE, "device", device.clone()).await?;
+            if let Some(expected) = expected_version {
+                let row = sqlx::query("SELECT version FROM devices WHERE id = $1")
+                    .bind(device.clone())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if int(&row, "version")? != expected {
+                    return Err(StoreError::VersionConflict {
+                        resource: "device",
+                        id: device,
+                        expected,
+                    });
+                }
+            }
+            for sql in [
+                "DELETE FROM device_certificates WHERE device_id = $1",
+                "DELETE FROM devices WHERE id = $1",
+            ] {
+                sqlx::query(sql)
+                    .bind(device.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn find_device_by_name<'a>(
+        &'a self,
+        hub: HubId,
+        name: &'a str,
+    ) -> StoreFuture<'a, Option<DeviceRecord>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {} FROM devices WHERE hub_id = $1 AND name = $2",
+                device_columns()
+            );
+            let row = sqlx::query(&sql)
+                .bind(hub.to_string())
+                .bind(name.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(device_from).transpose()
+        })
+    }
+
+    fn get_device_certificate(
+        &self,
+        id: DeviceId,
+    ) -> StoreFuture<'_, Option<DeviceCertificateRecord>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {} FROM device_certificates WHERE device_id = $1",
+                device_certificate_columns()
+            );
+            let row = sqlx::query(&sql)
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(device_certificate_from).transpose()
+        })
+    }
+
+    fn replace_device_certificate<'a>(
+        &'a self,
+        device: &'a DeviceRecord,
+        expected_version: i64,
+        certificate: &'a DeviceCertificateRecord,
+    ) -> StoreFuture<'a, DeviceRecord> {
+        Box::pin(async move {
+            let id = device.id.to_string();
+            let mut tx = self.begin_write().await?;
+            let done = sqlx::query(
+                "UPDATE devices SET has_custom_certificate = $3, updated_at = $4, \
+                 version = version + 1 WHERE id = $1 AND version = $2",
+            )
+            .bind(id.clone())
+            .bind(expected_version)
+            .bind(certificate.is_custom)
+            .bind(device.updated_at.as_micros())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(missing_or_conflict(
+                    &mut tx,
+                    DEVICE_TABLE,
+                    "device",
+                    id,
+                    expected_version,
+                )
+                .await);
+            }
+            check_hub_issues(&mut tx, &device.hub_id, certificate).await?;
+            sqlx::query("DELETE FROM device_certificates WHERE device_id = $1")
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await?;
+            insert_device_certificate(&mut tx, certificate).await?;
+            tx.commit().await?;
+            Ok(DeviceRecord {
+                version: expected_version + 1,
+                has_custom_certificate: certificate.is_custom,
+                certificate_fingerprint: Some(certificate.fingerprint_sha256.clone()),
+                ..device.clone()
+            })
+        })
+    }
+
+    fn insert_hub_ca<'a>(&'a self, ca: &'a HubCaRecord) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin_write().await?;
+            lock_row(&mut tx, HUB_TABLE, "hub", ca.hub_id.to_string()).await?;
+            sqlx::query(
+                "INSERT INTO hub_cas (hub_id, cert_pem, key_pem, is_custom, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(ca.hub_id.to_string())
+            .bind(ca.cert_pem.clone())
+            .bind(ca.key_pem.clone())
+            .bind(ca.is_custom)
+            .bind(ca.created_at.as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unique_as_duplicate(e, "hub CA", "hub_id"))?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn get_hub_ca(&self, hub: HubId) -> StoreFuture<'_, Option<HubCaRecord>> {
+        Box::pin(async move {
+            let sql = format!("SELECT {} FROM hub_cas WHERE hub_id = $1", hub_ca_columns());
+            let row = sqlx::query(&sql)
+                .bind(hub.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(hub_ca_from).transpose()
+        })
+    }
+
+    fn list_hub_cas(&self) -> StoreFuture<'_, Vec<HubCaRecord>> {
+        Box::pin(async move {
+            let sql = format!("SELECT {} FROM hub_cas ORDER BY hub_id", hub_ca_columns());
+            let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+            rows.iter().map(hub_ca_from).collect()
+        })
+    }
+
+    fn set_hub_ca<'a>(
+        &'a self,
+        hub: &'a HubRecord,
+        expected_version: i64,
+        ca: &'a HubCaRecord,
+    ) -> StoreFuture<'a, (HubRecord, Vec<DeviceId>)> {
+        Box::pin(async move {
+            let id = hub.id.to_string();
+            let mut tx = self.begin_write().await?;
+            write_hub(&mut tx, hub, expected_version).await?;
+            sqlx::query("DELETE FROM hub_cas WHERE hub_id = $1")
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO hub_cas (hub_id, cert_pem, key_pem, is_custom, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id.clone())
+            .bind(ca.cert_pem.clone())
+            .bind(ca.key_pem.clone())
+            .bind(ca.is_custom)
+            .bind(ca.created_at.as_micros())
+            .execute(&mut *tx)
+            .await?;
+            let rows = sqlx::query(
+                "SELECT d.id AS id FROM devices d JOIN device_certificates c \
+                 ON c.device_id = d.id WHERE d.hub_id = $1 ORDER BY d.id",
+            )
+            .bind(id.clone())
+            .fetch_all(&mut *tx)
+            .await?;
+            let devices = rows
+                .iter()
+                .map(|row| parsed::<DeviceId>(row, DEVICE_TABLE, "id"))
+                .collect::<Result<Vec<_>, _>>()?;
+            for device in &devices {
+                sqlx::query(
+                    "UPDATE devices SET has_custom_certificate = $2, updated_at = $3, \
+                     version = version + 1 WHERE id = $1",
+                )
+                .bind(device.to_string())
+                .bind(false)
+                .bind(hub.updated_at.as_micros())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM device_certificates WHERE device_id = $1")
+                    .bind(device.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok((
+                HubRecord {
+                    version: expected_version + 1,
+                    ..hub.clone()
+                },
+                devices,
+            ))
+        })
     }
 
     fn list_devices<'a>(

@@ -179,8 +179,19 @@ impl Openssl {
 
         let days = req.days.unwrap_or(365).to_string();
         let mut args = vec![
-            "ca", "-batch", "-notext", "-config", "ca.cnf", "-in", &csr, "-out", &crt, "-extfile",
-            &ext, "-extensions", "ext",
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            "ca.cnf",
+            "-in",
+            &csr,
+            "-out",
+            &crt,
+            "-extfile",
+            &ext,
+            "-extensions",
+            "ext",
         ];
         let issuer_cert;
         let issuer_key;

@@ -86,7 +86,11 @@ fn device_certificates_made_by_openssl_are_judged() {
         ("signed by the user's CA", signed.clone(), Ok(())),
         ("self-signed", self_signed.cert_pem.clone(), Ok(())),
         ("RSA", client(CLIENT_EXTENSIONS, KeyType::Rsa2048), Ok(())),
-        ("Ed25519", client(CLIENT_EXTENSIONS, KeyType::Ed25519), Ok(())),
+        (
+            "Ed25519",
+            client(CLIENT_EXTENSIONS, KeyType::Ed25519),
+            Ok(()),
+        ),
         ("P-384", client(CLIENT_EXTENSIONS, KeyType::EcP384), Ok(())),
         ("no extensions", client(&[], KeyType::EcP256), Ok(())),
         (
@@ -119,7 +123,10 @@ fn device_certificates_made_by_openssl_are_judged() {
         (
             "email only",
             client(
-                &["keyUsage=digitalSignature", "extendedKeyUsage=emailProtection"],
+                &[
+                    "keyUsage=digitalSignature",
+                    "extendedKeyUsage=emailProtection",
+                ],
                 KeyType::EcP256,
             ),
             Err("no client auth"),
@@ -255,7 +262,10 @@ fn custom_cas_and_their_proofs_of_possession_are_judged() {
     });
     let no_sign_ca = make(CertRequest {
         common_name: "odd ca",
-        extensions: &["basicConstraints=critical,CA:TRUE", "keyUsage=digitalSignature"],
+        extensions: &[
+            "basicConstraints=critical,CA:TRUE",
+            "keyUsage=digitalSignature",
+        ],
         ..CertRequest::default()
     });
     let leaf_as_ca = o.client("not a ca", None).unwrap();
@@ -271,7 +281,12 @@ fn custom_cas_and_their_proofs_of_possession_are_judged() {
         .cert_pem
     };
 
-    type Case = (&'static str, String, String, Result<(), (&'static str, &'static str)>);
+    type Case = (
+        &'static str,
+        String,
+        String,
+        Result<(), (&'static str, &'static str)>,
+    );
     let cases: Vec<Case> = vec![
         (
             "valid",

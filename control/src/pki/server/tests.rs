@@ -45,12 +45,21 @@ fn made_once_then_kept_and_verified_by_openssl() {
     let first = ServerPki::load_or_create(data.path(), &extra).unwrap();
     assert!(!format!("{first:?}").contains("PRIVATE KEY"));
     assert!(first.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
-    assert!(first.cert_chain_pem.ends_with(&first.ca_pem), "leaf, then CA");
+    assert!(
+        first.cert_chain_pem.ends_with(&first.ca_pem),
+        "leaf, then CA"
+    );
 
-    let want: BTreeSet<Name> = ["localhost", "127.0.0.1", "::1", "hub.example.com", "10.0.0.7"]
-        .into_iter()
-        .map(|n| Name::parse(n).unwrap())
-        .collect();
+    let want: BTreeSet<Name> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "hub.example.com",
+        "10.0.0.7",
+    ]
+    .into_iter()
+    .map(|n| Name::parse(n).unwrap())
+    .collect();
     assert_eq!(names(&first), want);
 
     // openssl agrees: the chain verifies for server use and the names match.
@@ -58,7 +67,14 @@ fn made_once_then_kept_and_verified_by_openssl() {
     std::fs::write(dir.join("leaf.pem"), leaf_pem(&first)).unwrap();
     let (ok, text) = openssl(
         &dir,
-        &["verify", "-purpose", "sslserver", "-CAfile", "ca.crt", "leaf.pem"],
+        &[
+            "verify",
+            "-purpose",
+            "sslserver",
+            "-CAfile",
+            "ca.crt",
+            "leaf.pem",
+        ],
     );
     assert!(ok, "{text}");
     for check in [
@@ -68,12 +84,22 @@ fn made_once_then_kept_and_verified_by_openssl() {
         ["-checkhost", "hub.example.com"],
         ["-checkip", "10.0.0.7"],
     ] {
-        let (ok, text) = openssl(&dir, &["x509", "-noout", "-in", "leaf.pem", check[0], check[1]]);
+        let (ok, text) = openssl(
+            &dir,
+            &["x509", "-noout", "-in", "leaf.pem", check[0], check[1]],
+        );
         assert!(ok && text.contains("does match"), "{check:?}: {text}");
     }
     let (_, text) = openssl(
         &dir,
-        &["x509", "-noout", "-in", "leaf.pem", "-checkhost", "other.example.com"],
+        &[
+            "x509",
+            "-noout",
+            "-in",
+            "leaf.pem",
+            "-checkhost",
+            "other.example.com",
+        ],
     );
     assert!(text.contains("does NOT match"), "{text}");
     let (ok, text) = openssl(&dir, &["pkey", "-in", "server.key", "-noout"]);
@@ -116,13 +142,24 @@ fn renewed_when_names_change_or_expiry_nears_keeping_the_ca_while_it_lasts() {
         (0, &[], false, false),
         (1, &["hub.example.com"], true, false),
         (1, &[], true, false),
-        (SERVER_DAYS - SERVER_RENEW_BEFORE_DAYS - 2, &[], false, false),
+        (
+            SERVER_DAYS - SERVER_RENEW_BEFORE_DAYS - 2,
+            &[],
+            false,
+            false,
+        ),
         (SERVER_DAYS - SERVER_RENEW_BEFORE_DAYS + 1, &[], true, false),
-        (LOCAL_CA_DAYS - SERVER_RENEW_BEFORE_DAYS + 1, &[], true, true),
+        (
+            LOCAL_CA_DAYS - SERVER_RENEW_BEFORE_DAYS + 1,
+            &[],
+            true,
+            true,
+        ),
     ];
     let mut current = first;
     for (days, extra, server_renewed, ca_renewed) in cases {
-        let next = ServerPki::load_or_create_at(data.path(), &strings(extra), later(*days)).unwrap();
+        let next =
+            ServerPki::load_or_create_at(data.path(), &strings(extra), later(*days)).unwrap();
         let what = format!("day {days}, {extra:?}");
         assert_eq!(next.key_pem != current.key_pem, *server_renewed, "{what}");
         assert_eq!(next.ca_pem != current.ca_pem, *ca_renewed, "{what}");
