@@ -5,8 +5,9 @@
 //! DISCONNECT). Writes are batched: everything produced while handling one read, or one
 //! wake-up of the session, goes out in one write.
 //!
-//! At CONNECT the client id, username, password and (on TLS listeners, with issue 4) the
-//! client certificate go to `Engine::resolve_client`, which decides the hub and the identity
+//! At CONNECT the client id, username, password and (on TLS listeners) the device the
+//! client certificate names ([`PeerCertificate`], found by `tls::identify` after the
+//! handshake) go to `Engine::resolve_client`, which decides the hub and the identity
 //! (device or anonymous, with the listener's `anonymous_hub` as the last resort); the
 //! session is then opened with `Engine::connect_as`, and every refusal is answered with its
 //! CONNACK code (identity refusals: MQTT 5 0x87, MQTT 3.1.1 return code 5) and logged at
@@ -38,6 +39,7 @@ use tracing::{debug, info};
 use crate::ListenerSettings;
 use crate::aliases::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
 use crate::convert;
+use crate::tls::PeerCertificate;
 
 /// A write that makes no progress for this long means the client stopped reading: the
 /// connection is closed rather than holding its task and buffers forever.
@@ -100,6 +102,29 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    run_with_certificate(
+        stream,
+        peer,
+        engine,
+        settings,
+        transport,
+        PeerCertificate::None,
+    )
+    .await;
+}
+
+/// [`run`] for a connection whose client certificate was checked (TLS, wss, QUIC): a
+/// verified certificate names the device at CONNECT, a refused one refuses the CONNECT.
+pub async fn run_with_certificate<S>(
+    stream: S,
+    peer: SocketAddr,
+    engine: Engine,
+    settings: Arc<ListenerSettings>,
+    transport: Transport,
+    certificate: PeerCertificate,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     transport.connections.increment(1.0);
     transport.connections_total.increment(1);
     let mut conn = Conn {
@@ -109,6 +134,7 @@ pub async fn run<S>(
         wbuf: BytesMut::with_capacity(4096),
         transport: transport.clone(),
         settings,
+        certificate,
     };
     conn.serve(&engine).await;
     transport.connections.decrement(1.0);
@@ -121,6 +147,7 @@ struct Conn<S> {
     wbuf: BytesMut,
     transport: Transport,
     settings: Arc<ListenerSettings>,
+    certificate: PeerCertificate,
 }
 
 /// State of an established MQTT connection.
@@ -185,6 +212,9 @@ where
                         debug!(message = "unsupported protocol level", peer = %self.peer, level);
                         self.wbuf.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
                         let _ = self.flush().await;
+                    } else if self.rbuf.starts_with(&[0x16, 0x03]) {
+                        // A TLS record header (handshake, version 3.x) where CONNECT belongs.
+                        debug!(message = "TLS spoken to a plain MQTT listener (use the TLS port); closing", peer = %self.peer);
                     } else {
                         debug!(message = "malformed CONNECT; closing", peer = %self.peer, error = %e);
                     }
@@ -229,13 +259,20 @@ where
                 })?)
             };
             // Who the client is and which hub it joins (DESIGN.md, identity). Plain
-            // transports carry no certificate; TLS listeners (issue 4) will pass the device
-            // their client certificate names.
+            // transports carry no certificate; TLS listeners pass the device their client
+            // certificate names.
+            let certificate = match self.certificate {
+                PeerCertificate::None => None,
+                PeerCertificate::Verified(c) => Some(c),
+                PeerCertificate::Refused(why) => {
+                    return Err(refuse(ReasonCode::NOT_AUTHORIZED, why));
+                }
+            };
             let credentials = Credentials {
                 client_id: &c.client_id,
                 username: c.username.as_deref(),
                 password_is_empty: c.password.as_ref().is_none_or(|p| p.is_empty()),
-                certificate: None,
+                certificate,
             };
             let (hub, identity) = engine
                 .resolve_client(self.settings.anonymous_hub, &credentials)

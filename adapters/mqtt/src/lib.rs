@@ -2,8 +2,10 @@
 //!
 //! One connection task ([`connection::run`]) speaks MQTT 3.1.1 and 5.0 over any
 //! `AsyncRead + AsyncWrite` stream and drives the engine through its session handle; the TCP
-//! listener here feeds it plain sockets, and TLS, WebSocket and QUIC will feed it their
-//! streams. This crate is the only one that knows the MQTT wire format (through
+//! listener here feeds it plain sockets, and TLS ([`tls`]), WebSocket and QUIC feed it their
+//! streams. [`tls_trust::TlsTrust`] is the server certificate and the client trust (hub CAs,
+//! pinned device certificates) every TLS-based listener shares, changed at run time;
+//! [`tls::identify`] turns a verified client certificate into the device it names. This crate is the only one that knows the MQTT wire format (through
 //! `iothub-mqtt-codec`) and transports; it never reaches into the engine's internals, only its
 //! link API (connect -> session -> publish/subscribe/ack). It must never depend on the control
 //! plane, HTTP or wasm.
@@ -12,6 +14,10 @@ mod aliases;
 pub mod connection;
 mod convert;
 pub mod quic;
+pub mod tls;
+#[cfg(test)]
+mod tls_tests;
+pub mod tls_trust;
 pub mod ws;
 
 use std::sync::Arc;
