@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use iothub_e2e::Hub;
 use iothub_e2e::api::{REGION, Response, admin_key, admin_key_path, http, id_of, iothub_cli};
@@ -15,11 +14,23 @@ use iothub_e2e::tools::{MosquittoSub, mosquitto_pub};
 use iothub_e2e::unique;
 use serde_json::json;
 
-/// The embedded default configuration (configs/iothub.yaml, which `iothub serve` runs on
-/// when given no file); the harness moves its listeners to port 0.
+/// The embedded default configuration as the binary prints it (`iothub generate-config`,
+/// what `iothub serve` runs on when given no file), with every listener moved to port 0 (the
+/// machine's Mosquitto holds 1883, and tests run side by side).
 fn embedded_default() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/iothub.yaml");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let cwd = tempfile::tempdir().unwrap();
+    let printed = iothub_cli(cwd.path(), &["generate-config"], &[]);
+    printed
+        .ok()
+        .lines()
+        .map(|line| match line.split_once("bind: ") {
+            Some((indent, addr)) if addr.starts_with("127.0.0.1:") => {
+                format!("{indent}bind: 127.0.0.1:0")
+            }
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The first start's promises: the key is in `iothub-data/admin-api-key`, mode 0600, and
