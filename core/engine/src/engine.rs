@@ -54,8 +54,6 @@ pub struct HubSpec {
 pub enum EngineError {
     #[error("hub {0} already exists")]
     HubExists(HubId),
-    #[error("a hub named {0:?} already exists")]
-    HubNameTaken(String),
     #[error("hub {0} does not exist")]
     UnknownHub(HubId),
     #[error("device {0} does not exist")]
@@ -227,10 +225,11 @@ struct EngineInner {
     device_version: AtomicU64,
 }
 
+/// The hubs being served. Names are not keys: two accounts may each have a hub called
+/// "prod" (the registry scopes names by account), and ids are what everything refers to.
 #[derive(Default)]
 struct Hubs {
     by_id: HashMap<HubId, Arc<Hub>>,
-    by_name: HashMap<String, HubId>,
 }
 
 impl Engine {
@@ -261,16 +260,13 @@ impl Engine {
 
     // ---- hubs ---------------------------------------------------------------------------
 
-    /// Starts serving a hub. Ids and names are unique; the anonymous filters must expand.
+    /// Starts serving a hub. Ids are unique; the anonymous filters must expand.
     pub fn create_hub(&self, spec: HubSpec) -> Result<(), EngineError> {
         let _admin = self.inner.admin.lock();
         let config = HubConfig::new(&spec)?;
         let mut hubs = self.inner.hubs.write();
         if hubs.by_id.contains_key(&spec.id) {
             return Err(EngineError::HubExists(spec.id));
-        }
-        if hubs.by_name.contains_key(&spec.name) {
-            return Err(EngineError::HubNameTaken(spec.name));
         }
         let id = spec.id;
         let hub = Arc::new(Hub::new(
@@ -282,7 +278,6 @@ impl Engine {
         ));
         hub.update_gauges();
         hubs.by_id.insert(id, hub);
-        hubs.by_name.insert(spec.name, id);
         tracing::debug!(message = "hub created", hub_id = %id);
         Ok(())
     }
@@ -300,7 +295,7 @@ impl Engine {
     /// - anonymous filters, or a new name that templates use: applied like a device's
     ///   filter change (see [`Engine::upsert_device`]).
     ///
-    /// Refused, with nothing changed, for an unknown hub, a name another hub has, or filters
+    /// Refused, with nothing changed, for an unknown hub or filters
     /// (the hub's or, after a rename, its devices') that do not expand.
     pub fn update_hub(&self, spec: HubSpec) -> Result<Vec<RevokedSubscription>, EngineError> {
         let _admin = self.inner.admin.lock();
@@ -311,9 +306,6 @@ impl Engine {
         // Devices whose filters change with the name, re-expanded before anything changes.
         let mut reexpanded: Vec<(DeviceId, DeviceEntry)> = Vec::new();
         if renamed {
-            if self.inner.hubs.read().by_name.contains_key(&spec.name) {
-                return Err(EngineError::HubNameTaken(spec.name));
-            }
             let devices = self.inner.devices.read();
             for (id, entry) in devices.iter().filter(|(_, e)| e.hub == spec.id) {
                 let fresh = entry.renamed(*id, &spec.name, self.next_device_version())?;
@@ -321,11 +313,6 @@ impl Engine {
                     reexpanded.push((*id, fresh));
                 }
             }
-        }
-        if renamed {
-            let mut hubs = self.inner.hubs.write();
-            hubs.by_name.remove(&old_name);
-            hubs.by_name.insert(spec.name.clone(), spec.id);
         }
         let mut revoked = hub.reconfigure(config, spec.enabled);
         for (id, entry) in reexpanded {
@@ -352,9 +339,7 @@ impl Engine {
         let _admin = self.inner.admin.lock();
         let hub = {
             let mut hubs = self.inner.hubs.write();
-            let hub = hubs.by_id.remove(&id).ok_or(EngineError::UnknownHub(id))?;
-            hubs.by_name.remove(&hub.config().name);
-            hub
+            hubs.by_id.remove(&id).ok_or(EngineError::UnknownHub(id))?
         };
         hub.enabled.store(false, Ordering::Release);
         hub.remove_all(KickReason::AdministrativeAction);
@@ -370,10 +355,6 @@ impl Engine {
         let hub = self.hub(id).ok_or(EngineError::UnknownHub(id))?;
         hub.set_enabled(enabled);
         Ok(())
-    }
-
-    pub fn hub_by_name(&self, name: &str) -> Option<HubId> {
-        self.inner.hubs.read().by_name.get(name).copied()
     }
 
     // ---- devices ------------------------------------------------------------------------

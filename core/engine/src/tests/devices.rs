@@ -1139,27 +1139,19 @@ fn renaming_a_hub_reexpands_name_templates() {
     let device = fx.add_device(filters(accept(&["{{ hub.name }}/#"]), reject(&[])));
     let c = fx.connect_device(device, None);
     assert!(publish_ok(&c.session, "default/x"));
-    let taken = HubId::new_random();
+    // Names are not unique across hubs (accounts name their hubs freely).
+    let namesake = HubId::new_random();
     fx.engine
         .create_hub(hub_spec(
-            taken,
-            "taken",
+            namesake,
+            "plant",
             Plan::Dedicated,
             HubLimits::default(),
             true,
         ))
         .unwrap();
     let spec = hub_spec(fx.hub, "plant", Plan::Dedicated, HubLimits::default(), true);
-    assert_eq!(
-        fx.engine.update_hub(HubSpec {
-            name: "taken".into(),
-            ..spec.clone()
-        }),
-        Err(EngineError::HubNameTaken("taken".into()))
-    );
     fx.engine.update_hub(spec).unwrap();
-    assert_eq!(fx.engine.hub_by_name("plant"), Some(fx.hub));
-    assert_eq!(fx.engine.hub_by_name("default"), None);
     assert!(publish_ok(&c.session, "plant/x"));
     assert!(!publish_ok(&c.session, "default/x"));
     assert_eq!(kicked(&c.session), None);

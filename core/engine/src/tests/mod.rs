@@ -1329,8 +1329,6 @@ fn hubs_are_isolated() {
         fx.engine.hub_stats(other).map(|s| s.retained_messages),
         Some(1)
     );
-    assert_eq!(fx.engine.hub_by_name("other"), Some(other));
-    assert_eq!(fx.engine.hub_by_name("nope"), None);
 }
 
 #[test]
@@ -1341,9 +1339,10 @@ fn hub_administration() {
         fx.engine.create_hub(spec(fx.hub, "x")),
         Err(EngineError::HubExists(fx.hub))
     );
+    // Another hub may have the same name: names are the accounts' business.
     assert_eq!(
         fx.engine.create_hub(spec(HubId::new_random(), "default")),
-        Err(EngineError::HubNameTaken("default".into()))
+        Ok(())
     );
     let s = fx.persistent("s", true, 60).session;
     fx.engine.set_hub_enabled(fx.hub, false).unwrap();
