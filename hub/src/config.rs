@@ -71,6 +71,9 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The server certificate of the TLS-based listeners (tls, wss, quic).
+    #[serde(default)]
+    pub tls: TlsConfig,
     #[serde(default = "default_hubs")]
     pub hubs: Vec<HubConfig>,
 }
@@ -83,6 +86,11 @@ pub struct Listeners {
     /// MQTT over TCP.
     #[serde(default)]
     pub mqtt: Vec<MqttListenerConfig>,
+    /// MQTT over TLS (8883): client certificates identify devices (mutual TLS); clients
+    /// without one connect as on `mqtt` (devices that allow insecure connections, the
+    /// anonymous hub).
+    #[serde(default)]
+    pub tls: Vec<MqttListenerConfig>,
     /// MQTT over WebSocket (HTTP path `/mqtt`, subprotocol `mqtt`).
     #[serde(default)]
     pub ws: Vec<MqttListenerConfig>,
@@ -105,6 +113,7 @@ impl Default for Listeners {
         };
         Self {
             mqtt: vec![local("mqtt", 1883)],
+            tls: vec![local("tls", 8883)],
             ws: vec![local("ws", 8083)],
             wss: vec![local("wss", 8084)],
             quic: vec![local("quic", 14567)],
@@ -117,6 +126,7 @@ impl Listeners {
     pub fn all(&self) -> impl Iterator<Item = (&'static str, &MqttListenerConfig)> {
         [
             ("mqtt", &self.mqtt),
+            ("tls", &self.tls),
             ("ws", &self.ws),
             ("wss", &self.wss),
             ("quic", &self.quic),
@@ -129,6 +139,7 @@ impl Listeners {
     fn name_unnamed(&mut self) {
         for (kind, list) in [
             ("mqtt", &mut self.mqtt),
+            ("tls", &mut self.tls),
             ("ws", &mut self.ws),
             ("wss", &mut self.wss),
             ("quic", &mut self.quic),
@@ -150,6 +161,53 @@ pub struct MqttListenerConfig {
     /// Clients that are not registered devices join this hub (it must allow anonymous clients).
     #[serde(default)]
     pub anonymous_hub: Option<Spanned<String>>,
+}
+
+impl Listeners {
+    /// Whether any listener needs the server certificate.
+    pub fn any_tls(&self) -> bool {
+        !(self.tls.is_empty() && self.wss.is_empty() && self.quic.is_empty())
+    }
+}
+
+/// The server certificate of the TLS-based listeners. Without files, a local CA and a
+/// certificate for `localhost`, `127.0.0.1`, `::1` and `hostnames` are generated in
+/// `data_dir/tls` (renewed 30 days before they expire); `GET /iot/v1/regions/{region}/server-ca`
+/// serves the CA devices should trust. The source is read again every
+/// `reload_interval_secs`: a changed certificate applies to new connections without a
+/// restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM chain, server certificate first. Empty: generated.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`'s certificate.
+    pub key_file: PathBuf,
+    /// PEM of what devices should trust (served by the server-ca endpoint); with
+    /// `cert_file` only. Empty: the last certificate of `cert_file`.
+    pub ca_file: PathBuf,
+    /// Extra names (DNS or IP) of the generated certificate.
+    pub hostnames: Vec<String>,
+    pub reload_interval_secs: u32,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            hostnames: Vec::new(),
+            reload_interval_secs: 60,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the certificate comes from files rather than being generated.
+    pub fn uses_files(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -410,6 +468,32 @@ impl Config {
                 "mqtt.max_packet_size must be at least 128 bytes".into(),
             ));
         }
+        let tls = &self.tls;
+        let set = |p: &Path| !p.as_os_str().is_empty();
+        if set(&tls.cert_file) != set(&tls.key_file) {
+            return Err(plain(
+                "tls.cert_file and tls.key_file go together (both empty: generated)".into(),
+            ));
+        }
+        if set(&tls.ca_file) && !tls.uses_files() {
+            return Err(plain(
+                "tls.ca_file needs tls.cert_file (the generated certificate has its own CA)".into(),
+            ));
+        }
+        if !tls.hostnames.is_empty() && tls.uses_files() {
+            return Err(plain(
+                "tls.hostnames only apply to the generated certificate (not with tls.cert_file)"
+                    .into(),
+            ));
+        }
+        if tls.hostnames.iter().any(|h| h.trim().is_empty()) {
+            return Err(plain("tls.hostnames: a name is empty".into()));
+        }
+        if tls.reload_interval_secs == 0 {
+            return Err(plain(
+                "tls.reload_interval_secs must be greater than 0".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -447,7 +531,13 @@ mod tests {
                 .iter()
                 .map(|(kind, _, a, _)| (*kind, a.port()))
                 .collect::<Vec<_>>(),
-            [("mqtt", 1883), ("ws", 8083), ("wss", 8084), ("quic", 14567)]
+            [
+                ("mqtt", 1883),
+                ("tls", 8883),
+                ("ws", 8083),
+                ("wss", 8084),
+                ("quic", 14567)
+            ]
         );
         assert_eq!(c.api.bind, d.api.bind);
         assert_eq!(c.api.region, d.api.region);
@@ -456,6 +546,12 @@ mod tests {
         assert_eq!(c.quotas, d.quotas);
         assert_eq!(c.mqtt.connect_timeout_secs, d.mqtt.connect_timeout_secs);
         assert_eq!(c.mqtt.max_packet_size, d.mqtt.max_packet_size);
+        assert_eq!(c.tls.cert_file, d.tls.cert_file);
+        assert_eq!(c.tls.key_file, d.tls.key_file);
+        assert_eq!(c.tls.ca_file, d.tls.ca_file);
+        assert_eq!(c.tls.hostnames, d.tls.hostnames);
+        assert_eq!(c.tls.reload_interval_secs, d.tls.reload_interval_secs);
+        assert!(!c.tls.uses_files());
         assert_eq!(c.hubs.len(), 1);
         assert_eq!(c.hubs[0].name.value, "default");
         assert_eq!(c.hubs[0].limits, HubLimits::default());
@@ -526,6 +622,37 @@ mod tests {
                     assert_eq!(got, *names, "{yaml}");
                 }
                 (Err(e), Err(part)) => assert!(e.to_string().contains(part), "{yaml}: {e}"),
+                (got, _) => panic!("{yaml}: unexpected {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        // (tls section, None = valid or Some(part of the message))
+        let cases: &[(&str, Option<&str>)] = &[
+            ("tls: {}\n", None),
+            (
+                "tls:\n  cert_file: s.crt\n  key_file: s.key\n  ca_file: ca.crt\n",
+                None,
+            ),
+            ("tls:\n  hostnames: [hub.example, 10.0.0.7]\n", None),
+            ("tls:\n  cert_file: s.crt\n", Some("go together")),
+            ("tls:\n  key_file: s.key\n", Some("go together")),
+            ("tls:\n  ca_file: ca.crt\n", Some("tls.ca_file needs")),
+            (
+                "tls:\n  cert_file: s.crt\n  key_file: s.key\n  hostnames: [a]\n",
+                Some("only apply to the generated"),
+            ),
+            ("tls:\n  hostnames: ['']\n", Some("a name is empty")),
+            ("tls:\n  reload_interval_secs: 0\n", Some("greater than 0")),
+            ("tls:\n  certfile: s.crt\n", Some("f.yaml:2:")),
+        ];
+        for (yaml, want) in cases {
+            let got = Config::parse(yaml, &Source::File("f.yaml".into()));
+            match (got, want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(part)) => assert!(e.to_string().contains(part), "{yaml}: {e}"),
                 (got, _) => panic!("{yaml}: unexpected {got:?}"),
             }
         }

@@ -1,6 +1,6 @@
 //! Opening the control plane at start: the data directory, the registry database and its
-//! migrations, the admin account of a first start, and loading every stored hub and device
-//! into the engine.
+//! migrations, the admin account of a first start, and loading every stored hub, device and
+//! hub CA into the runtime (the engine, and the TLS listeners' trust).
 
 use std::io::Write;
 use std::path::Path;
@@ -16,8 +16,8 @@ use crate::config::Config;
 /// File in the data directory that holds the admin API key created at the first start.
 pub const ADMIN_KEY_FILE: &str = "admin-api-key";
 
-/// Opens the registry and loads its hubs and devices into `runtime`. Fails (and the hub
-/// does not start) when the database cannot be opened or migrated.
+/// Opens the registry and loads its hubs, devices and hub CAs into `runtime`. Fails (and
+/// the hub does not start) when the database cannot be opened or migrated.
 pub async fn open(config: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Arc<Registry>> {
     create_private_dir(&config.data_dir).with_context(|| {
         format!(
@@ -64,6 +64,12 @@ pub async fn open(config: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<
     let devices = registry.all_devices().await.context("loading devices")?;
     for device in &devices {
         runtime.device_upserted(device);
+    }
+    // Every hub's CA (made now for hubs older than certificates), so TLS handshakes trust
+    // them before the first listener accepts.
+    let cas = registry.all_hub_cas().await.context("loading hub CAs")?;
+    for ca in &cas {
+        runtime.hub_ca_upserted(ca.hub_id, &ca.cert_pem, ca.is_custom);
     }
     registry
         .finish_interrupted_transitions()

@@ -61,6 +61,9 @@ struct ServeArgs {
     /// Bind address of the first MQTT listener, overriding the config (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", env = "IOTHUB_MQTT_ADDR")]
     mqtt_addr: Option<SocketAddr>,
+    /// Bind address of the first MQTT-over-TLS listener (listeners.tls), overriding the config.
+    #[arg(long, value_name = "ADDR", env = "IOTHUB_TLS_ADDR")]
+    tls_addr: Option<SocketAddr>,
     /// Bind address of the first WebSocket listener (listeners.ws), overriding the config.
     #[arg(long, value_name = "ADDR", env = "IOTHUB_WS_ADDR")]
     ws_addr: Option<SocketAddr>,
@@ -123,6 +126,10 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         eprintln!("iothub: invalid --log filter {:?}: {e}", args.log);
         return ExitCode::from(2);
     }
+    // ring is the only crypto provider built in (DESIGN.md); installing it makes every
+    // rustls user that asks for the process default (quinn, clients) agree. It fails only
+    // when one is installed already, which is then ring too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = match config::Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -142,6 +149,7 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         }
     }
     for (flag, addr, listeners) in [
+        ("--tls-addr", args.tls_addr, &mut config.listeners.tls),
         ("--ws-addr", args.ws_addr, &mut config.listeners.ws),
         ("--wss-addr", args.wss_addr, &mut config.listeners.wss),
         ("--quic-addr", args.quic_addr, &mut config.listeners.quic),

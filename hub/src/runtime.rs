@@ -1,20 +1,60 @@
-//! The control plane's [`Runtime`], implemented with the engine: every stored change of a hub
-//! or device is applied to the running broker at once (live connections included).
+//! The control plane's [`Runtime`], implemented with the engine and the TLS listeners'
+//! trust: every stored change of a hub, a device or a certificate is applied to the running
+//! broker at once (live connections included), and new TLS handshakes trust the hubs' CAs
+//! and the devices' pinned certificates as they are now. [`RegistryProvisioner`] creates
+//! devices on first connection for hubs that auto-provision them.
 
-use iothub_control::Runtime;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use iothub_adapter_mqtt::tls::{ProvisionError, ProvisionFuture, Provisioner};
+use iothub_adapter_mqtt::tls_trust::TlsTrust;
 use iothub_control::records::{DeviceRecord, HubRecord};
 use iothub_control::runtime::HubCounts;
-use iothub_engine::{DeviceSpec, Engine, EngineError, HubSpec, RevokedSubscription};
+use iothub_control::{Registry, Runtime};
+use iothub_engine::{
+    CertificateFingerprint, DeviceSpec, Engine, EngineError, HubSpec, RevokedSubscription,
+};
 use iothub_model::{DeviceId, HubId};
 use tracing::{info, warn};
 
 pub struct EngineRuntime {
     engine: Engine,
+    /// The TLS listeners' trust, when there are TLS-based listeners.
+    trust: Option<Arc<TlsTrust>>,
+    /// Hubs that create devices on first connection (custom CA, auto-provisioning on,
+    /// enabled), so a certificate of a hub that does not is refused without asking the
+    /// database.
+    auto_provisioning: RwLock<HashSet<HubId>>,
 }
 
 impl EngineRuntime {
-    pub fn new(engine: Engine) -> Self {
-        Self { engine }
+    pub fn new(engine: Engine, trust: Option<Arc<TlsTrust>>) -> Self {
+        Self {
+            engine,
+            trust,
+            auto_provisioning: RwLock::new(HashSet::new()),
+        }
+    }
+
+    fn auto_provisions(&self, hub: HubId) -> bool {
+        self.auto_provisioning
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&hub)
+    }
+
+    fn set_auto_provisioning(&self, hub: HubId, on: bool) {
+        let mut set = self
+            .auto_provisioning
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if on {
+            set.insert(hub);
+        } else {
+            set.remove(&hub);
+        }
     }
 
     fn log_revoked(&self, revoked: &[RevokedSubscription]) {
@@ -39,8 +79,26 @@ fn hub_spec(hub: &HubRecord) -> HubSpec {
     }
 }
 
+/// The device's current certificate, as the engine compares it. The registry stores
+/// lowercase hex; anything else is logged and treated as no certificate (the device then
+/// cannot connect with one until the record is fixed).
+fn certificate_fingerprint(device: &DeviceRecord) -> Option<CertificateFingerprint> {
+    let hex = device.certificate_fingerprint.as_deref()?;
+    match hex.parse() {
+        Ok(fp) => Some(fp),
+        Err(e) => {
+            warn!(message = "ignoring a device certificate fingerprint", device = %device.id, %e);
+            None
+        }
+    }
+}
+
 impl Runtime for EngineRuntime {
     fn hub_upserted(&self, hub: &HubRecord) {
+        self.set_auto_provisioning(
+            hub.id,
+            hub.has_custom_ca && hub.enable_device_auto_provisioning && hub.enabled,
+        );
         let spec = hub_spec(hub);
         let result = match self.engine.create_hub(spec.clone()) {
             Err(EngineError::HubExists(_)) => self.engine.update_hub(spec).map(|revoked| {
@@ -54,6 +112,7 @@ impl Runtime for EngineRuntime {
     }
 
     fn hub_removed(&self, hub: HubId) {
+        self.set_auto_provisioning(hub, false);
         if let Err(e) = self.engine.remove_hub(hub) {
             warn!(message = "cannot remove a hub from the engine", %hub, %e);
         }
@@ -68,8 +127,16 @@ impl Runtime for EngineRuntime {
             allow_insecure: device.allow_insecure,
             allow_multiple_connections: device.allow_multiple_connections,
             filters: device.message_filters.clone(),
-            certificate_fingerprint: None,
+            certificate_fingerprint: certificate_fingerprint(device),
         };
+        // Pinned before the engine learns the device: a handshake with the new certificate
+        // then finds a device that accepts it.
+        if let Some(trust) = &self.trust {
+            let pinned = spec
+                .certificate_fingerprint
+                .filter(|_| device.has_custom_certificate);
+            trust.pin_device(device.id, device.hub_id, pinned);
+        }
         match self.engine.upsert_device(spec) {
             Ok(revoked) => self.log_revoked(&revoked),
             Err(e) => {
@@ -82,6 +149,23 @@ impl Runtime for EngineRuntime {
         if let Err(e) = self.engine.remove_device(device) {
             warn!(message = "cannot remove a device from the engine", %device, %e);
         }
+        if let Some(trust) = &self.trust {
+            trust.remove_device(device);
+        }
+    }
+
+    fn hub_ca_upserted(&self, hub: HubId, ca_cert_pem: &str, custom: bool) {
+        if let Some(trust) = &self.trust
+            && let Err(e) = trust.set_hub_ca(hub, ca_cert_pem, custom)
+        {
+            warn!(message = "cannot trust a hub CA; its devices cannot use certificates", %hub, %e);
+        }
+    }
+
+    fn hub_ca_removed(&self, hub: HubId) {
+        if let Some(trust) = &self.trust {
+            trust.remove_hub_ca(hub);
+        }
     }
 
     fn hub_counts(&self, hub: HubId) -> HubCounts {
@@ -92,5 +176,36 @@ impl Runtime for EngineRuntime {
 
     fn device_connected(&self, device: DeviceId) -> bool {
         self.engine.device_connected(device)
+    }
+}
+
+/// Auto-provisioning through the registry: an unknown CN of a hub that auto-provisions
+/// devices becomes a device (`Registry::auto_provision`, which also pushes it into the
+/// engine), then connects.
+pub struct RegistryProvisioner {
+    pub registry: Arc<Registry>,
+    pub runtime: Arc<EngineRuntime>,
+}
+
+impl Provisioner for RegistryProvisioner {
+    fn provision<'a>(
+        &'a self,
+        hub: HubId,
+        common_name: &'a str,
+        peer: SocketAddr,
+    ) -> ProvisionFuture<'a> {
+        Box::pin(async move {
+            if !self.runtime.auto_provisions(hub) {
+                return Ok(None);
+            }
+            match self
+                .registry
+                .auto_provision(hub, common_name, peer.ip())
+                .await
+            {
+                Ok(device) => Ok(Some(device.id)),
+                Err(e) => Err(ProvisionError(e.to_string())),
+            }
+        })
     }
 }

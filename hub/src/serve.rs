@@ -1,16 +1,26 @@
 //! `iothub serve`: builds the engine and its hubs from the configuration, binds every
 //! listener (all of them before serving any, so a port that cannot be bound stops the start
 //! cleanly), then runs until the shutdown signal.
+//!
+//! TLS: the tls, wss and quic listeners share one [`TlsTrust`]: the server certificate
+//! (from `tls.cert_file`, or generated in `data_dir/tls`, read again every
+//! `tls.reload_interval_secs`) and the client trust, which the control plane's runtime keeps
+//! current (hub CAs, pinned device certificates). The same server CA is served by the API's
+//! `server-ca` endpoint.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use iothub_adapter_mqtt::tls::TlsContext;
+use iothub_adapter_mqtt::tls_trust::TlsTrust;
 use iothub_control::Registry;
+use iothub_control::api::{ApiExtras, ServerCaPem};
 use iothub_engine::{Engine, EngineConfig, HubSpec};
 use iothub_model::HubId;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -19,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
+use crate::runtime::{EngineRuntime, RegistryProvisioner};
 
 /// Namespace of the stable ids of hubs declared in the configuration: the same name gives the
 /// same id on every start, so persistent state keyed by hub id survives a restart.
@@ -88,11 +99,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         hub_ids.insert(hub.name.value.clone(), id);
     }
 
-    let registry = crate::control_plane::open(
-        &config,
-        Arc::new(crate::runtime::EngineRuntime::new(engine.clone())),
-    )
-    .await?;
+    // The TLS material before the registry: the runtime keeps the trust's hub CAs and pins
+    // current from the first stored record it loads.
+    let server_ca = ServerCaPem::default();
+    let tls = if config.listeners.any_tls() {
+        let material = load_server_certificate(&config.tls, &config.data_dir).await?;
+        let trust = TlsTrust::new(&material.chain_pem, &material.key_pem)
+            .context("cannot use the TLS server certificate")?;
+        server_ca.set(material.ca_pem.as_str());
+        Some((trust, material))
+    } else {
+        None
+    };
+    let trust = tls.as_ref().map(|(trust, _)| trust.clone());
+    let runtime = Arc::new(EngineRuntime::new(engine.clone(), trust.clone()));
+    let registry = crate::control_plane::open(&config, runtime.clone()).await?;
+    let tls_context = trust.as_ref().map(|trust| TlsContext {
+        trust: trust.clone(),
+        provisioner: Some(Arc::new(RegistryProvisioner {
+            registry: registry.clone(),
+            runtime: runtime.clone(),
+        })),
+    });
+    let server_tls = match &trust {
+        Some(trust) => Some(
+            trust
+                .server_config(&[])
+                .context("cannot build the TLS configuration")?,
+        ),
+        None => None,
+    };
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -120,11 +156,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         );
         listeners.push((l.name.clone(), addr, Box::pin(serve)));
     }
-    let server_tls = if config.listeners.wss.is_empty() && config.listeners.quic.is_empty() {
-        None
-    } else {
-        Some(server_tls_config(&config)?)
-    };
+    if let Some(tls) = &tls_context {
+        for l in &config.listeners.tls {
+            let tcp = bind_tcp("TLS", l).await?;
+            let addr = tcp.local_addr().context("listener address")?;
+            let serve = iothub_adapter_mqtt::tls::serve_tls(
+                tcp,
+                engine.clone(),
+                settings(l),
+                tls.clone(),
+                stop.clone(),
+                tracker.clone(),
+            );
+            let name = l.name.clone();
+            let serve = async move {
+                if let Err(e) = serve.await {
+                    warn!(message = "TLS listener stopped", listener = %name, %e);
+                }
+            };
+            listeners.push((l.name.clone(), addr, Box::pin(serve)));
+        }
+    }
     let ws = config.listeners.ws.iter().map(|l| (l, None));
     let wss = config.listeners.wss.iter().map(|l| {
         (
@@ -176,9 +228,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let api_addr = api_listener.local_addr().context("listener address")?;
     info!("listening listener=api addr={api_addr}");
+    if let Some((trust, material)) = tls {
+        tokio::spawn(reload_server_certificate(
+            config.tls.clone(),
+            config.data_dir.clone(),
+            trust,
+            server_ca.clone(),
+            material,
+            stop.clone(),
+        ));
+    }
     let api_stop = stop.clone();
     let api = tokio::spawn(async move {
-        axum::serve(api_listener, api_router(prometheus, registry))
+        axum::serve(api_listener, api_router(prometheus, registry, server_ca))
             .with_graceful_shutdown(async move { api_stop.cancelled().await })
             .await
     });
@@ -228,34 +290,109 @@ async fn bind_tcp(
         .with_context(|| format!("cannot bind {kind} listener {:?} on {}", l.name, l.bind))
 }
 
-/// The TLS server configuration of the wss and QUIC listeners: the local server certificate
-/// from `data_dir/tls` (made on first use), no client certificates yet.
-// TODO(issue 4, tls helper): replace with the shared TlsTrust configuration (hot-reloaded
-// server certificate, client-certificate verification), which these listeners then share.
-fn server_tls_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let pki = iothub_control::pki::ServerPki::load_or_create(&config.data_dir, &[])
-        .context("cannot load or create the server certificate")?;
-    let chain = CertificateDer::pem_slice_iter(pki.cert_chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("the server certificate chain is not PEM")?;
-    let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes())
-        .context("the server key is not PEM")?;
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .context("the server certificate and key do not match")?;
-    Ok(Arc::new(tls))
+/// The TLS listeners' server certificate, and the CA devices should trust.
+#[derive(Clone, PartialEq, Eq)]
+struct ServerCertificate {
+    chain_pem: String,
+    key_pem: String,
+    ca_pem: String,
+}
+
+/// Reads the configured certificate files, or loads (creating or renewing when needed) the
+/// generated certificate in `data_dir/tls`.
+async fn load_server_certificate(
+    tls: &TlsConfig,
+    data_dir: &Path,
+) -> anyhow::Result<ServerCertificate> {
+    let (tls, data_dir) = (tls.clone(), data_dir.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        if !tls.uses_files() {
+            let pki = iothub_control::pki::ServerPki::load_or_create(&data_dir, &tls.hostnames)
+                .with_context(|| {
+                    format!(
+                        "cannot load or create the server certificate in {}",
+                        iothub_control::pki::ServerPki::dir(&data_dir).display()
+                    )
+                })?;
+            return Ok(ServerCertificate {
+                chain_pem: pki.cert_chain_pem,
+                key_pem: pki.key_pem,
+                ca_pem: pki.ca_pem,
+            });
+        }
+        let read = |path: &Path, what: &str| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read tls.{what} {}", path.display()))
+        };
+        let chain_pem = read(&tls.cert_file, "cert_file")?;
+        let key_pem = read(&tls.key_file, "key_file")?;
+        let ca_pem = if tls.ca_file.as_os_str().is_empty() {
+            last_certificate(&chain_pem).to_string()
+        } else {
+            read(&tls.ca_file, "ca_file")?
+        };
+        Ok(ServerCertificate {
+            chain_pem,
+            key_pem,
+            ca_pem,
+        })
+    })
+    .await
+    .context("loading the server certificate")?
+}
+
+/// The last PEM certificate of a chain: the one nearest its root.
+fn last_certificate(chain_pem: &str) -> &str {
+    chain_pem
+        .rfind("-----BEGIN CERTIFICATE-----")
+        .map_or(chain_pem, |at| &chain_pem[at..])
+}
+
+/// Reads the server certificate's source again every `reload_interval_secs`; a changed
+/// certificate applies to the next handshake (and the server-ca endpoint), a broken one is
+/// logged and the current one kept.
+async fn reload_server_certificate(
+    config: TlsConfig,
+    data_dir: std::path::PathBuf,
+    trust: Arc<TlsTrust>,
+    server_ca: ServerCaPem,
+    mut current: ServerCertificate,
+    stop: CancellationToken,
+) {
+    let period = Duration::from_secs(u64::from(config.reload_interval_secs));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = stop.cancelled() => return,
+        }
+        let fresh = match load_server_certificate(&config, &data_dir).await {
+            Ok(fresh) if fresh == current => continue,
+            Ok(fresh) => fresh,
+            Err(e) => {
+                warn!(message = "cannot reload the server certificate; keeping the current one", error = %format!("{e:#}"));
+                continue;
+            }
+        };
+        match trust.set_server_certificate(&fresh.chain_pem, &fresh.key_pem) {
+            Ok(()) => {
+                server_ca.set(fresh.ca_pem.as_str());
+                info!("server certificate reloaded: new TLS connections use it");
+                current = fresh;
+            }
+            Err(e) => {
+                warn!(message = "the new server certificate cannot be used; keeping the current one", %e);
+            }
+        }
+    }
 }
 
 /// The management API with `/metrics` and `/healthz` beside it (the API router brings the
 /// JSON fallback for unknown paths).
-fn api_router(prometheus: PrometheusHandle, registry: Arc<Registry>) -> axum::Router {
+fn api_router(
+    prometheus: PrometheusHandle,
+    registry: Arc<Registry>,
+    server_ca: ServerCaPem,
+) -> axum::Router {
     use axum::routing::get;
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
@@ -265,7 +402,7 @@ fn api_router(prometheus: PrometheusHandle, registry: Arc<Registry>) -> axum::Ro
             upkeep.run_upkeep();
         }
     });
-    iothub_control::api::router(registry)
+    iothub_control::api::router_with(registry, ApiExtras { server_ca })
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/metrics",
