@@ -7,7 +7,10 @@
 //! [`registry`] holds every rule (validation, quotas, hub lifecycle, tenancy, API keys) and
 //! tells the broker about changes through the [`runtime::Runtime`] trait, which the binary
 //! implements with the engine. [`api`] is the management REST API over the registry, with
-//! its OpenAPI document (`control/openapi.json`).
+//! its OpenAPI document (`control/openapi.json`). [`pki`] makes and judges certificates:
+//! each hub's CA, device certificates, custom CAs with their proof of possession, and the
+//! TLS listeners' server certificate. A managed hub CA's private key is kept in plain text
+//! in the database (see [`pki`]): protect the database like the keys it holds.
 //!
 //! This crate must never depend on the engine, the adapters, the MQTT codec or wasmtime:
 //! the control plane is testable without a broker, and the broker without a database.

@@ -103,6 +103,7 @@ fn device_certificates_made_by_openssl_are_judged() {
             client(&["extendedKeyUsage=serverAuth,clientAuth"], KeyType::EcP256),
             Ok(()),
         ),
+        ("CRLF line ends", signed.replace('\n', "\r\n"), Ok(())),
         (
             "text around the block",
             format!("subject=CN = sensor\n{signed}\ntrailing words\n"),
