@@ -33,8 +33,8 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 pub use inspect::{
-    CertificateError, CertificateInfo, CheckedCustomCa, CustomCaError, check_custom_ca,
-    check_device_certificate, single_certificate_der,
+    CertificateError, CertificateInfo, CheckedCertificate, CheckedCustomCa, CustomCaError,
+    check_custom_ca, check_device_certificate, single_certificate_der,
 };
 pub use issue::{
     DeviceCredentials, GeneratedCa, IssuedDeviceCertificate, generate_hub_ca,
