@@ -421,6 +421,8 @@ fn client_tls(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
 /// The upgrade succeeds only on /mqtt with the `mqtt` subprotocol offered, and then selects
 /// it; an upgrade without it gets 400 (a wrong path 404) with the reason, and no MQTT
 /// connection is started for any refusal.
+/// v3.1.1: [MQTT-6.0.0-4]
+/// v5: [MQTT-6.0.0-4]
 #[test]
 fn upgrade_needs_the_mqtt_subprotocol_on_the_mqtt_path() {
     let Some(hub) = ws_hub() else { return };
@@ -530,8 +532,10 @@ fn bad_handshakes_are_closed_and_the_listeners_keep_serving() {
     iothub_e2e::raw::assert_serving(hub.mqtt_addr());
 }
 
-/// An MQTT packet may span WebSocket messages and one message may hold several packets
-/// [MQTT-6.0.0-2]; fragmented messages and pings in between change nothing.
+/// An MQTT packet may span WebSocket messages and one message may hold several packets;
+/// fragmented messages and pings in between change nothing.
+/// v3.1.1: [MQTT-6.0.0-2]
+/// v5: [MQTT-6.0.0-2]
 #[test]
 fn mqtt_packets_may_span_and_share_websocket_messages() {
     let Some(hub) = ws_hub() else { return };
@@ -576,8 +580,9 @@ fn mqtt_packets_may_span_and_share_websocket_messages() {
     assert_eq!(ws.read_packet(QUIET).unwrap_err(), ReadError::Timeout);
 }
 
-/// A text message is not MQTT: the connection is closed [MQTT-6.0.0-1] and its will is
-/// published.
+/// A text message is not MQTT: the connection is closed and its will is published.
+/// v3.1.1: [MQTT-6.0.0-1]
+/// v5: [MQTT-6.0.0-1]
 #[test]
 fn a_text_message_closes_the_connection() {
     let Some(hub) = ws_hub() else { return };
