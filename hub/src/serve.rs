@@ -121,10 +121,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             runtime: runtime.clone(),
         })),
     });
-    let server_tls = match &trust {
-        Some(trust) => Some(
-            trust
-                .server_config(&[])
+    let wss_tls = match &tls_context {
+        Some(tls) => Some(
+            iothub_adapter_mqtt::ws::WssTls::new(tls.clone())
                 .context("cannot build the TLS configuration")?,
         ),
         None => None,
@@ -178,14 +177,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     let ws = config.listeners.ws.iter().map(|l| (l, None));
-    let wss = config.listeners.wss.iter().map(|l| {
-        (
-            l,
-            server_tls
-                .as_ref()
-                .map(|t| iothub_adapter_mqtt::ws::tls_acceptor(t)),
-        )
-    });
+    let wss = config.listeners.wss.iter().map(|l| (l, wss_tls.clone()));
     for (l, tls) in ws.chain(wss) {
         let kind = if tls.is_some() { "wss" } else { "ws" };
         let tcp = bind_tcp(kind, l).await?;
@@ -200,7 +192,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         );
         listeners.push((l.name.clone(), addr, Box::pin(serve)));
     }
-    if let Some(tls) = &server_tls {
+    if let Some(tls) = &tls_context {
         for l in &config.listeners.quic {
             let endpoint = iothub_adapter_mqtt::quic::bind(l.bind, tls)
                 .with_context(|| format!("cannot start QUIC listener {:?}", l.name))?;
@@ -209,6 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 endpoint,
                 engine.clone(),
                 settings(l),
+                tls.clone(),
                 stop.clone(),
                 tracker.clone(),
             );

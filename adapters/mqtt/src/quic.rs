@@ -6,6 +6,11 @@
 //! `AsyncRead + AsyncWrite` and handed to the same [`connection::run`](crate::connection::run)
 //! as TCP. Unidirectional streams are not allowed (their credit is 0).
 //!
+//! QUIC shares the TLS listeners' [`TlsContext`]: the same server certificate and client
+//! verification; a client certificate presented in the QUIC handshake identifies the device
+//! of every MQTT connection on that QUIC connection, exactly as on the TLS port
+//! ([`tls::identify`](crate::tls::identify)).
+//!
 //! Lifetimes follow MQTT rather than QUIC: the server sets no idle timeout of its own (a
 //! client's MQTT keep-alive, which the connection task enforces, decides when a silent
 //! client is gone; the client may still ask for a QUIC idle timeout), the first stream must
@@ -20,6 +25,7 @@ use std::time::Duration;
 use iothub_engine::Engine;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use rustls::pki_types::CertificateDer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +33,8 @@ use tracing::debug;
 
 use crate::ListenerSettings;
 use crate::connection::{self, Transport};
+use crate::tls::{self, PeerCertificate, TlsContext};
+use crate::tls_trust::TlsError;
 
 /// The ALPN protocol id of MQTT over QUIC.
 pub const ALPN: &[u8] = b"mqtt";
@@ -43,6 +51,8 @@ const CLOSE_NO_STREAM: u32 = 1;
 pub enum QuicConfigError {
     #[error("the TLS configuration cannot serve QUIC (it needs TLS 1.3 with AES-128-GCM): {0}")]
     Tls(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error(transparent)]
+    Trust(#[from] TlsError),
     #[error("cannot bind UDP {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -50,10 +60,11 @@ pub enum QuicConfigError {
     },
 }
 
-/// Binds a QUIC endpoint on `addr` (UDP) for [`serve_quic`], with [`server_config`]. Must be
-/// called within the tokio runtime.
-pub fn bind(addr: SocketAddr, tls: &rustls::ServerConfig) -> Result<Endpoint, QuicConfigError> {
-    let config = server_config(tls)?;
+/// Binds a QUIC endpoint on `addr` (UDP) for [`serve_quic`], with [`server_config`] over the
+/// shared trust's TLS configuration. Must be called within the tokio runtime.
+pub fn bind(addr: SocketAddr, tls: &TlsContext) -> Result<Endpoint, QuicConfigError> {
+    let tls = tls.trust.server_config(&[ALPN])?;
+    let config = server_config(&tls)?;
     Endpoint::server(config, addr).map_err(|source| QuicConfigError::Bind { addr, source })
 }
 
@@ -82,6 +93,7 @@ pub async fn serve_quic(
     endpoint: Endpoint,
     engine: Engine,
     settings: ListenerSettings,
+    tls: TlsContext,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -94,6 +106,7 @@ pub async fn serve_quic(
                 Some(incoming) => {
                     tracker.spawn(serve_connection(
                         incoming,
+                        tls.clone(),
                         engine.clone(),
                         settings.clone(),
                         transport.clone(),
@@ -111,6 +124,7 @@ pub async fn serve_quic(
 
 async fn serve_connection(
     incoming: Incoming,
+    tls: TlsContext,
     engine: Engine,
     settings: Arc<ListenerSettings>,
     transport: Transport,
@@ -124,14 +138,23 @@ async fn serve_connection(
             return;
         }
     };
-    let conn = match tokio::time::timeout(settings.connect_timeout, connecting).await {
-        Ok(Ok(conn)) => conn,
+    // The handshake and the identification of the client certificate, if any, together
+    // within the connect timeout.
+    let handshake = async {
+        let conn = connecting.await?;
+        let chain = peer_chain(&conn);
+        let certificate = tls::identify(&tls, &engine, chain.as_deref(), peer).await;
+        Ok::<_, quinn::ConnectionError>((conn, certificate))
+    };
+    let (conn, certificate) = match tokio::time::timeout(settings.connect_timeout, handshake).await
+    {
+        Ok(Ok(ok)) => ok,
         Ok(Err(e)) => {
-            debug!(message = "QUIC handshake failed", %peer, error = %e);
+            debug!(message = "QUIC handshake failed", listener = %settings.name, %peer, error = %e);
             return;
         }
         Err(_) => {
-            debug!(message = "QUIC handshake not finished in time", %peer);
+            debug!(message = "QUIC handshake not finished in time", listener = %settings.name, %peer);
             return;
         }
     };
@@ -151,6 +174,7 @@ async fn serve_connection(
                         send,
                         recv,
                         peer,
+                        certificate,
                         engine.clone(),
                         settings.clone(),
                         transport.clone(),
@@ -180,6 +204,14 @@ async fn serve_connection(
     close(&conn, code);
 }
 
+/// The client's certificate chain (leaf first) as rustls verified it in the handshake.
+fn peer_chain(conn: &Connection) -> Option<Vec<CertificateDer<'static>>> {
+    conn.peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()
+        .map(|chain| *chain)
+}
+
 fn close(conn: &Connection, code: u32) {
     let reason: &[u8] = match code {
         CLOSE_NO_STREAM => b"no MQTT stream opened in time",
@@ -193,12 +225,13 @@ async fn run_stream(
     send: SendStream,
     recv: RecvStream,
     peer: SocketAddr,
+    certificate: PeerCertificate,
     engine: Engine,
     settings: Arc<ListenerSettings>,
     transport: Transport,
 ) {
     let mut io = tokio::io::join(recv, send);
-    connection::run(&mut io, peer, engine, settings, transport).await;
+    connection::run_with_certificate(&mut io, peer, engine, settings, transport, certificate).await;
     let (_recv, mut send) = io.into_inner();
     // Already finished when the connection task shut its stream down; a second finish is a
     // harmless error.

@@ -11,6 +11,11 @@
 //! `mqtt` subprotocol [MQTT-6.0.0-3]; the answer then selects it [MQTT-6.0.0-4]. Anything else
 //! gets an HTTP error and no MQTT session is ever created. The TLS and WebSocket handshakes
 //! together must finish within the listener's connect timeout, like the CONNECT on TCP.
+//!
+//! wss shares the TLS listeners' [`TlsContext`]: the same server certificate and client
+//! verification, and a client certificate identifies the device exactly as on the TLS port
+//! ([`tls::identify`](crate::tls::identify)); without one, only devices that allow insecure
+//! connections and anonymous clients get in.
 
 use std::io;
 use std::net::SocketAddr;
@@ -32,10 +37,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::ListenerSettings;
 use crate::connection::{self, Transport};
+use crate::tls::{self, PeerCertificate, TlsContext};
+use crate::tls_trust::TlsError;
 
 /// The only HTTP path that upgrades to MQTT (the reference product's and most clients' default).
 pub const WS_PATH: &str = "/mqtt";
@@ -84,14 +91,25 @@ pub fn check_upgrade<'a>(
     }
 }
 
-/// The TLS acceptor of a wss listener from the TLS listeners' configuration (same server
-/// certificate and client-certificate verifier, so their updates apply here too). ALPN is
-/// `http/1.1`: the upgrade is an HTTP/1.1 request, and a browser that offers `h2` as well
-/// must not be told to speak HTTP/2.
-pub fn tls_acceptor(tls: &rustls::ServerConfig) -> TlsAcceptor {
-    let mut tls = tls.clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsAcceptor::from(Arc::new(tls))
+/// What a wss listener adds to a ws one: the TLS acceptor and the identification of devices
+/// by their client certificates.
+#[derive(Clone)]
+pub struct WssTls {
+    acceptor: TlsAcceptor,
+    context: TlsContext,
+}
+
+impl WssTls {
+    /// The acceptor uses the shared trust's configuration (server certificate and client
+    /// verifier follow its updates) with ALPN `http/1.1`: the upgrade is an HTTP/1.1 request,
+    /// and a browser that offers `h2` as well must not be told to speak HTTP/2.
+    pub fn new(context: TlsContext) -> Result<Self, TlsError> {
+        let config = context.trust.server_config(&[b"http/1.1"])?;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(config),
+            context,
+        })
+    }
 }
 
 /// The WebSocket limits for a listener: a message may not exceed the largest MQTT packet by
@@ -114,7 +132,7 @@ fn ws_config(max_packet_size: u32) -> WebSocketConfig {
 /// slow or hostile client never holds up the accept loop.
 pub async fn serve_ws(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<WssTls>,
     engine: Engine,
     settings: ListenerSettings,
     stop: CancellationToken,
@@ -153,7 +171,7 @@ pub async fn serve_ws(
 async fn accept_one(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<WssTls>,
     config: WebSocketConfig,
     engine: Engine,
     settings: Arc<ListenerSettings>,
@@ -171,23 +189,42 @@ async fn accept_one(
                 connection::run(WsIo::new(ws), peer, engine, settings, transport).await;
             }
         }
-        Some(acceptor) => {
+        Some(wss) => {
             let handshakes = async {
-                let tls = match acceptor.accept(stream).await {
-                    Ok(tls) => tls,
+                let stream = match wss.acceptor.accept(stream).await {
+                    Ok(stream) => stream,
                     Err(e) => {
-                        debug!(message = "TLS handshake failed", %peer, error = %e);
+                        match tls::handshake_failure(&e) {
+                            tls::HandshakeFailure::Certificate(refusal) => {
+                                info!(message = "TLS handshake refused: client certificate", listener = %settings.name, %peer, reason = %refusal);
+                            }
+                            other => {
+                                debug!(message = "TLS handshake failed", listener = %settings.name, %peer, reason = other.label(), error = %e);
+                            }
+                        }
                         return None;
                     }
                 };
-                upgrade(tls, peer, config).await
+                let chain = stream.get_ref().1.peer_certificates();
+                let certificate: PeerCertificate =
+                    tls::identify(&wss.context, &engine, chain, peer).await;
+                let ws = upgrade(stream, peer, config).await?;
+                Some((ws, certificate))
             };
             let Ok(upgraded) = tokio::time::timeout(timeout, handshakes).await else {
                 debug!(message = "TLS or WebSocket handshake not finished in time; closing", %peer);
                 return;
             };
-            if let Some(ws) = upgraded {
-                connection::run(WsIo::new(ws), peer, engine, settings, transport).await;
+            if let Some((ws, certificate)) = upgraded {
+                connection::run_with_certificate(
+                    WsIo::new(ws),
+                    peer,
+                    engine,
+                    settings,
+                    transport,
+                    certificate,
+                )
+                .await;
             }
         }
     }
