@@ -185,6 +185,21 @@ impl DeviceEntry {
         })
     }
 
+    /// Whether a client that proved to be device `id` with `certificate` may send
+    /// `client_id` (its session's client id is the device id either way): empty, the
+    /// device id, or, for a device its hub's own CA names by its name, that name (firmware
+    /// that knows its certificate's CN but not the id the hub gave the device).
+    pub(crate) fn certificate_client_id(
+        &self,
+        id: DeviceId,
+        certificate: &CertificateProof,
+        client_id: &str,
+    ) -> bool {
+        client_id.is_empty()
+            || parse_uuid(client_id) == Some(*id.as_uuid())
+            || (*certificate == CertificateProof::HubCa && client_id == self.name)
+    }
+
     /// The admission rules of a device: enabled, and a certificate unless insecure is
     /// allowed; a registered certificate must be the device's current one.
     pub(crate) fn admit(&self, certificate: Option<&CertificateProof>) -> Result<(), ConnectError> {
@@ -227,13 +242,14 @@ pub(crate) fn resolve(
         )
     };
     if let Some(cert) = credentials.certificate {
-        let client_id = credentials.client_id;
-        if !client_id.is_empty() && parse_uuid(client_id) != Some(*cert.device.as_uuid()) {
-            return Some(Err(ConnectError::ClientIdInvalid));
-        }
-        // A certificate of hub A never opens a session on hub B.
-        if devices.get(&cert.device).is_some_and(|e| e.hub != cert.hub) {
-            return Some(Err(ConnectError::CertificateOtherHub));
+        if let Some(entry) = devices.get(&cert.device) {
+            // A certificate of hub A never opens a session on hub B.
+            if entry.hub != cert.hub {
+                return Some(Err(ConnectError::CertificateOtherHub));
+            }
+            if !entry.certificate_client_id(cert.device, &cert.proof, credentials.client_id) {
+                return Some(Err(ConnectError::ClientIdInvalid));
+            }
         }
         return Some(
             device(cert.device, Some(cert.proof)).unwrap_or(Err(ConnectError::NotAuthorized)),

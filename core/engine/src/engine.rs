@@ -455,7 +455,8 @@ impl Engine {
     /// 1. a verified client certificate names the device (TLS listeners fill
     ///    `credentials.certificate`); the device must be in the hub whose CA verified the
     ///    chain (`CertificateOtherHub`), a registered certificate must be its current one
-    ///    (`CertificateNotCurrent`), and the client id must be the device id or empty;
+    ///    (`CertificateNotCurrent`), and the client id must be the device id or empty (or
+    ///    the device's name, when its hub's own CA names it);
     /// 2. the client id is the id of a registered device;
     /// 3. the username is the id of a registered device and the password is empty;
     /// 4. the username is the id of a hub that admits anonymous clients: the client joins

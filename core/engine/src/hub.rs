@@ -265,8 +265,11 @@ impl Hub {
                 }
                 entry.admit(certificate.as_ref())?;
                 let own = &entry.client_id;
-                if certificate.is_some() && req.client_id.as_ref().is_some_and(|c| c != own) {
-                    return Err(ConnectError::ClientIdInvalid);
+                if let Some(proof) = &certificate {
+                    let sent = req.client_id.as_ref().map_or("", |c| c.as_str());
+                    if !entry.certificate_client_id(id, proof, sent) {
+                        return Err(ConnectError::ClientIdInvalid);
+                    }
                 }
                 let owner = Owner::Device(id);
                 let multiple = entry.allow_multiple_connections && config.plan != Plan::Shared;

@@ -71,7 +71,8 @@
 //! verifies it and finds the device ([`Engine::device_by_name`] for hubs with their own CA).
 //!
 //! A device's session has the device id as client id, whatever the client sent (with a
-//! certificate it must be the device id or empty). Without `allow_multiple_connections`
+//! certificate it must be the device id or empty, or, for a device its hub's own CA names
+//! by its name, that name: firmware knows its certificate's CN, not the id the hub gave it). Without `allow_multiple_connections`
 //! a new connection takes the session over (0x8E to the old one). With it (dedicated and
 //! HA plans), a connection that arrives while the device's session is connected gets a
 //! session of its own, client id `<device-id>.<n>`, that ends with the connection: every

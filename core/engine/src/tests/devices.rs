@@ -1215,6 +1215,7 @@ fn certificates_admit_only_their_current_device_in_their_hub() {
         ..fx.spec(bare)
     });
     let id = device.to_string();
+    let (device_name, bare_name) = (fx.spec(device).name, fx.spec(bare).name);
     let registered = |fp| CertificateProof::Registered(fingerprint(fp));
     let cert = |hub, device, proof| Some(VerifiedCertificate { hub, device, proof });
     // (client id, certificate) -> resolve_client's answer
@@ -1286,6 +1287,23 @@ fn certificates_admit_only_their_current_device_in_their_hub() {
             cert(fx.hub, device, registered(1)),
             Err(ConnectError::ClientIdInvalid),
         ),
+        // named by the hub's own CA: the client id may be the device's name (the CN)
+        (
+            &bare_name,
+            cert(fx.hub, bare, CertificateProof::HubCa),
+            Ok((
+                fx.hub,
+                Identity::Device {
+                    id: bare,
+                    certificate: Some(CertificateProof::HubCa),
+                },
+            )),
+        ),
+        (
+            &device_name,
+            cert(fx.hub, device, registered(1)),
+            Err(ConnectError::ClientIdInvalid),
+        ),
     ];
     for (i, (client_id, certificate, expect)) in table.into_iter().enumerate() {
         let credentials = Credentials {
@@ -1323,6 +1341,23 @@ fn certificates_admit_only_their_current_device_in_their_hub() {
     ));
     fx.try_device_with(device, Some(registered(1)), req)
         .unwrap();
+    let by_name = |name: &str, id, proof| {
+        let req = ConnectRequest {
+            client_id: Some(ClientId::new(name).unwrap()),
+            ..fx.req("unused", true, 0)
+        };
+        fx.try_device_with(id, Some(proof), req)
+            .map(|c| (c.client_id, c.assigned))
+    };
+    assert_eq!(
+        by_name(&bare_name, bare, CertificateProof::HubCa).ok(),
+        Some((ClientId::from(bare), true)),
+        "the session's client id is the device id, assigned"
+    );
+    assert!(matches!(
+        by_name(&device_name, device, registered(1)),
+        Err(ConnectError::ClientIdInvalid)
+    ));
 }
 
 /// Renewing, replacing or removing a device's certificate closes its live connections
