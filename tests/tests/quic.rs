@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use iothub_e2e::api::{Api, id_of};
 use iothub_e2e::clients::{V4, v4_options};
 use iothub_e2e::frames::{self, Connect, PropValue, kind};
 use iothub_e2e::raw::{Packet, QUIET, ReadError, WAIT};
@@ -70,9 +72,19 @@ struct MqttStream {
 impl QuicClient {
     /// Connects to `addr` as `localhost`, offering `alpn`, trusting only the PEM CA `ca`;
     /// `Err` carries quinn's reason when the handshake fails.
-    fn connect(addr: SocketAddr, alpn: &[&[u8]], ca: &std::path::Path) -> Result<Self, String> {
-        use rustls::pki_types::CertificateDer;
+    fn connect(addr: SocketAddr, alpn: &[&[u8]], ca: &Path) -> Result<Self, String> {
+        Self::connect_as(addr, alpn, ca, None)
+    }
+
+    /// [`Self::connect`] presenting the client certificate `client`.
+    fn connect_as(
+        addr: SocketAddr,
+        alpn: &[&[u8]],
+        ca: &Path,
+        client: Option<&Pem>,
+    ) -> Result<Self, String> {
         use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let rt = Arc::new(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -84,13 +96,24 @@ impl QuicClient {
         for cert in CertificateDer::pem_file_iter(ca).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let mut tls = match client {
+            Some(pem) => {
+                let chain = CertificateDer::pem_file_iter(&pem.cert)
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                builder
+                    .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&pem.key).unwrap())
+                    .unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
         tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -109,7 +132,7 @@ impl QuicClient {
         Ok(QuicClient { rt, endpoint, conn })
     }
 
-    fn open(addr: SocketAddr, ca: &std::path::Path) -> Self {
+    fn open(addr: SocketAddr, ca: &Path) -> Self {
         Self::connect(addr, &[b"mqtt"], ca).unwrap_or_else(|e| panic!("QUIC connect: {e}"))
     }
 
@@ -149,6 +172,21 @@ impl QuicClient {
                 String::from_utf8_lossy(&close.reason).to_string(),
             ),
             other => panic!("closed otherwise than by the server application: {other}"),
+        }
+    }
+}
+
+impl QuicClient {
+    /// Waits for the server to close the connection with a TLS error (a refused client
+    /// certificate); its description.
+    fn expect_handshake_refused(&self) -> String {
+        let err = self
+            .rt
+            .block_on(async { tokio::time::timeout(WAIT, self.conn.closed()).await })
+            .unwrap_or_else(|_| panic!("the QUIC connection is still open after {WAIT:?}"));
+        match err {
+            quinn::ConnectionError::ConnectionClosed(close) => close.to_string(),
+            other => panic!("closed otherwise than by a TLS error: {other}"),
         }
     }
 }
@@ -206,6 +244,60 @@ impl MqttStream {
             (kind::SUBACK, &[0, 1, 0][..])
         );
     }
+}
+
+/// A client certificate and its key, as PEM files.
+struct Pem {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Creates a device through the API and saves the certificate it answers in `dir`.
+fn create_device(api: &Api, dir: &Path, hub: &str, allow_insecure: bool) -> (String, Pem) {
+    let created = api
+        .post(
+            "devices",
+            &serde_json::json!({ "hub_id": hub, "name": unique("dev"), "allow_insecure": allow_insecure }),
+        )
+        .expect(200);
+    let id = id_of(&created["device"]);
+    let pem = Pem {
+        cert: dir.join(format!("{id}.crt")),
+        key: dir.join(format!("{id}.key")),
+    };
+    std::fs::write(&pem.cert, created["certificate"]["crt"].as_str().unwrap()).unwrap();
+    std::fs::write(&pem.key, created["certificate"]["key"].as_str().unwrap()).unwrap();
+    (id, pem)
+}
+
+/// A self-signed client certificate made by the openssl CLI (no hub CA knows it).
+fn self_signed(dir: &Path, cn: &str) -> Pem {
+    let pem = Pem {
+        cert: dir.join("self-signed.crt"),
+        key: dir.join("self-signed.key"),
+    };
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={cn}")])
+        .args(["-addext", "extendedKeyUsage=clientAuth", "-keyout"])
+        .arg(&pem.key)
+        .arg("-out")
+        .arg(&pem.cert)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl (apt-get install openssl): {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pem
 }
 
 /// One MQTT packet from the front of `data`, if complete.
@@ -396,4 +488,88 @@ fn quic_connections_end_with_their_mqtt_connections() {
     let mut s = alive.connected(&unique("alive"));
     s.send(&frames::pingreq());
     assert_eq!(s.expect_packet().kind(), kind::PINGRESP);
+}
+
+/// QUIC identifies devices by the client certificate of the QUIC handshake, like the TLS
+/// port: a device's certificate (from the API) connects it with its id or an empty client
+/// id; without a certificate only an `allow_insecure` device gets in (CONNACK 5 otherwise);
+/// a certificate never opens another device's session, nor one in another hub (CONNACK 2); a
+/// self-signed certificate fails the handshake. Devices of one hub exchange messages.
+#[test]
+fn devices_are_identified_by_client_certificates_over_quic() {
+    let Some(hub) = Hub::start_with(
+        "listeners:\n  mqtt:\n    - name: mqtt\n      bind: 127.0.0.1:0\n\
+         \x20 quic:\n    - name: quic\n      bind: 127.0.0.1:0\n\
+         api:\n  bind: 127.0.0.1:0\nhubs: []\n",
+    ) else {
+        return;
+    };
+    let addr = listener(&hub, "quic");
+    let api = Api::admin(&hub);
+    let dir = tempfile::tempdir().unwrap();
+    let (status, ca_pem) = http_get(api.addr, "/iot/v1/regions/fr-par/server-ca");
+    assert_eq!(status, 200, "{ca_pem}");
+    let ca = dir.path().join("server-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let hub_a = id_of(&api.create_hub(&serde_json::json!({ "name": unique("a") })));
+    let hub_b = id_of(&api.create_hub(&serde_json::json!({ "name": unique("b") })));
+    let (a1, a1_pem) = create_device(&api, dir.path(), &hub_a, false);
+    let (insecure, _) = create_device(&api, dir.path(), &hub_a, true);
+    let (b1, b1_pem) = create_device(&api, dir.path(), &hub_b, false);
+    let stranger = self_signed(dir.path(), &a1);
+
+    // (what, certificate, client id, CONNACK return code or None: handshake refused).
+    // 5 = not authorized; 2 = identifier rejected: the certificate names a device, and the
+    // client id must then be that device's id (or empty).
+    let cases: &[(&str, Option<&Pem>, &str, Option<u8>)] = &[
+        ("own certificate, own id", Some(&a1_pem), &a1, Some(0)),
+        ("own certificate, empty id", Some(&a1_pem), "", Some(0)),
+        ("no certificate, mTLS device", None, &a1, Some(5)),
+        ("no certificate, insecure device", None, &insecure, Some(0)),
+        (
+            "certificate of another hub's device",
+            Some(&b1_pem),
+            &a1,
+            Some(2),
+        ),
+        (
+            "own certificate, other hub's device id",
+            Some(&a1_pem),
+            &b1,
+            Some(2),
+        ),
+        (
+            "self-signed certificate with CN = device id",
+            Some(&stranger),
+            &a1,
+            None,
+        ),
+    ];
+    for (what, pem, client_id, code) in cases {
+        match (QuicClient::connect_as(addr, &[b"mqtt"], &ca, *pem), code) {
+            (Ok(client), Some(code)) => {
+                let mut s = client.stream();
+                s.send(&Connect::v4(client_id, true).encode());
+                let p = s.expect_packet();
+                assert_eq!((p.kind(), p.body[1]), (kind::CONNACK, *code), "{what}");
+            }
+            (Err(e), None) => assert!(!e.is_empty(), "{what}"),
+            // TLS 1.3: the client may finish its side of the handshake before the server
+            // has checked its certificate; the server then closes the connection.
+            (Ok(client), None) => {
+                let reason = client.expect_handshake_refused();
+                assert!(reason.contains("certificate"), "{what}: {reason}");
+            }
+            (Err(e), Some(_)) => panic!("{what}: handshake refused: {e}"),
+        }
+    }
+
+    let topic = format!("{}/t", unique("cert"));
+    let secure = QuicClient::connect_as(addr, &[b"mqtt"], &ca, Some(&a1_pem)).unwrap();
+    let mut s = secure.connected(&a1);
+    s.subscribe(&topic);
+    let plain = QuicClient::open(addr, &ca);
+    let mut p = plain.connected(&insecure);
+    p.send(&frames::Publish::v4(&topic, b"same hub").encode());
+    assert_eq!(s.expect_publish().payload, b"same hub");
 }

@@ -6,10 +6,12 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use iothub_e2e::api::{Api, id_of};
 use iothub_e2e::clients::{V4, V5};
 use iothub_e2e::frames::{self, Connect, kind};
 use iothub_e2e::raw::{Packet, QUIET, ReadError, WAIT};
@@ -396,22 +398,102 @@ fn ws_v5_options(addr: SocketAddr, client_id: &str) -> rumqttc::v5::MqttOptions 
     o
 }
 
-/// rustls client configuration (ring) trusting only the PEM CA at `ca`.
-fn client_tls(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
+/// A client certificate and its key, as PEM files.
+struct Pem {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// rustls client configuration (ring) trusting only the PEM CA at `ca`, presenting `client`.
+fn client_tls(ca: &Path, client: Option<&Pem>) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match client {
+        Some(pem) => {
+            let chain = CertificateDer::pem_file_iter(&pem.cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            builder
+                .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&pem.key).unwrap())
+                .unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
     Arc::new(config)
+}
+
+/// rumqttc 3.1.1 over wss to 127.0.0.1 (a SAN of the generated server certificate).
+fn wss_v4_options(
+    addr: SocketAddr,
+    client_id: &str,
+    ca: &Path,
+    client: Option<&Pem>,
+) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(client_id, format!("wss://{addr}/mqtt"), addr.port());
+    o.set_transport(rumqttc::Transport::Wss(rumqttc::TlsConfiguration::Rustls(
+        client_tls(ca, client),
+    )));
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// Creates a device through the API and saves the certificate it answers in `dir`.
+fn create_device(api: &Api, dir: &Path, hub: &str, allow_insecure: bool) -> (String, Pem) {
+    let created = api
+        .post(
+            "devices",
+            &serde_json::json!({ "hub_id": hub, "name": unique("dev"), "allow_insecure": allow_insecure }),
+        )
+        .expect(200);
+    let id = id_of(&created["device"]);
+    let pem = Pem {
+        cert: dir.join(format!("{id}.crt")),
+        key: dir.join(format!("{id}.key")),
+    };
+    std::fs::write(&pem.cert, created["certificate"]["crt"].as_str().unwrap()).unwrap();
+    std::fs::write(&pem.key, created["certificate"]["key"].as_str().unwrap()).unwrap();
+    (id, pem)
+}
+
+/// A self-signed client certificate made by the openssl CLI (no hub CA knows it).
+fn self_signed(dir: &Path, cn: &str) -> Pem {
+    let pem = Pem {
+        cert: dir.join("self-signed.crt"),
+        key: dir.join("self-signed.key"),
+    };
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={cn}")])
+        .args(["-addext", "extendedKeyUsage=clientAuth", "-keyout"])
+        .arg(&pem.key)
+        .arg("-out")
+        .arg(&pem.cert)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl (apt-get install openssl): {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pem
 }
 
 // ---------------------------------------------------------------------------------------
@@ -695,7 +777,7 @@ fn rumqttc_over_wss_verifies_the_server_and_talks_to_ws_clients() {
     let topic = format!("{}/s", unique("wss"));
     let mut o = rumqttc::MqttOptions::new(unique("wss"), format!("wss://{wss}/mqtt"), wss.port());
     o.set_transport(rumqttc::Transport::Wss(rumqttc::TlsConfiguration::Rustls(
-        client_tls(&server_ca(&hub)),
+        client_tls(&server_ca(&hub), None),
     )));
     let mut secure = V4::connect(o);
     secure.subscribe(&topic, rumqttc::QoS::AtLeastOnce);
@@ -704,4 +786,100 @@ fn rumqttc_over_wss_verifies_the_server_and_talks_to_ws_clients() {
     assert_eq!(plain.expect_packet().kind(), kind::PUBACK);
     assert_eq!(secure.expect_publish().payload.as_ref(), b"over tls");
     assert_eq!(connections_started(&hub, "wss"), 1.0);
+}
+
+/// wss identifies devices by their client certificates, like the TLS port: a device's
+/// certificate (from the API) connects it with its id or an empty client id; without a
+/// certificate only an `allow_insecure` device gets in (over ws too); a certificate never
+/// opens another device's session, nor one in another hub; a self-signed certificate fails
+/// the handshake. Connected devices of one hub exchange messages across ws and wss.
+#[test]
+fn devices_are_identified_by_client_certificates_over_wss() {
+    let Some(hub) = Hub::start_with(
+        "listeners:\n  mqtt:\n    - name: mqtt\n      bind: 127.0.0.1:0\n\
+         \x20 ws:\n    - name: ws\n      bind: 127.0.0.1:0\n\
+         \x20 wss:\n    - name: wss\n      bind: 127.0.0.1:0\n\
+         api:\n  bind: 127.0.0.1:0\nhubs: []\n",
+    ) else {
+        return;
+    };
+    let (ws, wss) = (listener(&hub, "ws"), listener(&hub, "wss"));
+    let api = Api::admin(&hub);
+    let dir = tempfile::tempdir().unwrap();
+    let (status, ca_pem) = http_get(api.addr, "/iot/v1/regions/fr-par/server-ca");
+    assert_eq!(status, 200, "{ca_pem}");
+    let ca = dir.path().join("server-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let hub_a = id_of(&api.create_hub(&serde_json::json!({ "name": unique("a") })));
+    let hub_b = id_of(&api.create_hub(&serde_json::json!({ "name": unique("b") })));
+    let (a1, a1_pem) = create_device(&api, dir.path(), &hub_a, false);
+    let (insecure, _) = create_device(&api, dir.path(), &hub_a, true);
+    let (b1, b1_pem) = create_device(&api, dir.path(), &hub_b, false);
+    let stranger = self_signed(dir.path(), &a1);
+
+    // (what, listener, certificate, client id, admitted)
+    let cases: &[(&str, SocketAddr, Option<&Pem>, &str, bool)] = &[
+        ("own certificate, own id", wss, Some(&a1_pem), &a1, true),
+        ("own certificate, empty id", wss, Some(&a1_pem), "", true),
+        ("no certificate, mTLS device", wss, None, &a1, false),
+        (
+            "no certificate, insecure device",
+            wss,
+            None,
+            &insecure,
+            true,
+        ),
+        (
+            "certificate of another device's hub",
+            wss,
+            Some(&b1_pem),
+            &a1,
+            false,
+        ),
+        (
+            "own certificate, other hub's device id",
+            wss,
+            Some(&a1_pem),
+            &b1,
+            false,
+        ),
+        (
+            "self-signed certificate with CN = device id",
+            wss,
+            Some(&stranger),
+            &a1,
+            false,
+        ),
+        ("ws, mTLS device", ws, None, &a1, false),
+        ("ws, insecure device", ws, None, &insecure, true),
+    ];
+    for (what, addr, pem, client_id, admitted) in cases {
+        let options = if *addr == wss {
+            wss_v4_options(*addr, client_id, &ca, *pem)
+        } else {
+            ws_v4_options(*addr, client_id)
+        };
+        match V4::try_connect(options) {
+            Ok(c) => {
+                assert!(admitted, "{what}: admitted");
+                c.disconnect();
+            }
+            Err(e) => assert!(!admitted, "{what}: refused: {e}"),
+        }
+    }
+
+    let topic = format!("{}/t", unique("cert"));
+    let mut secure = V4::connect(wss_v4_options(wss, &a1, &ca, Some(&a1_pem)));
+    secure.subscribe(&topic, rumqttc::QoS::AtLeastOnce);
+    let mut plain = V4::connect(ws_v4_options(ws, &insecure));
+    plain.publish(&topic, rumqttc::QoS::AtLeastOnce, false, b"same hub");
+    assert_eq!(secure.expect_publish().payload.as_ref(), b"same hub");
+    assert_ws_serving_devices(&hub, wss, &ca, &a1, &a1_pem);
+}
+
+/// After the refusals the wss listener still admits the device (a fresh connection).
+fn assert_ws_serving_devices(hub: &Hub, wss: SocketAddr, ca: &Path, id: &str, pem: &Pem) {
+    let c = V4::try_connect(wss_v4_options(wss, id, ca, Some(pem)))
+        .unwrap_or_else(|e| panic!("wss no longer serves: {e}\n{}", hub.logs()));
+    c.disconnect();
 }
