@@ -5,10 +5,12 @@
 //! listener here feeds it plain sockets, and TLS ([`tls`]), WebSocket and QUIC feed it their
 //! streams. [`tls_trust::TlsTrust`] is the server certificate and the client trust (hub CAs,
 //! pinned device certificates) every TLS-based listener shares, changed at run time;
-//! [`tls::identify`] turns a verified client certificate into the device it names. This crate is the only one that knows the MQTT wire format (through
-//! `iothub-mqtt-codec`) and transports; it never reaches into the engine's internals, only its
-//! link API (connect -> session -> publish/subscribe/ack). It must never depend on the control
-//! plane, HTTP or wasm.
+//! [`tls::identify`] turns a verified client certificate into the device it names.
+//!
+//! This crate is the only one that knows the MQTT wire format (through `iothub-mqtt-codec`)
+//! and transports; it never reaches into the engine's internals, only its link API (connect ->
+//! session -> publish/subscribe/ack). It must never depend on the control plane, HTTP or wasm
+//! (auto-provisioning reaches the registry through the [`tls::Provisioner`] trait).
 
 mod aliases;
 pub mod connection;
