@@ -573,3 +573,21 @@ fn devices_are_identified_by_client_certificates_over_quic() {
     p.send(&frames::Publish::v4(&topic, b"same hub").encode());
     assert_eq!(s.expect_publish().payload, b"same hub");
 }
+
+/// SIGTERM: an MQTT 5 client on a QUIC stream gets DISCONNECT 0x8B (server shutting down)
+/// before the hub exits with status 0.
+#[test]
+fn sigterm_disconnects_quic_clients_gracefully() {
+    let Some(mut hub) = quic_hub("") else { return };
+    let quic = QuicClient::open(listener(&hub, "quic"), &server_ca(&hub));
+    let mut s = quic.stream();
+    s.send(&Connect::v5(&unique("bye"), true).encode());
+    assert_eq!(s.expect_packet().kind(), kind::CONNACK);
+    let status = hub.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let p = s.expect_packet();
+    assert_eq!(
+        (p.kind(), frames::disconnect_reason(&p.body)),
+        (kind::DISCONNECT, 0x8B)
+    );
+}

@@ -883,3 +883,20 @@ fn assert_ws_serving_devices(hub: &Hub, wss: SocketAddr, ca: &Path, id: &str, pe
         .unwrap_or_else(|e| panic!("wss no longer serves: {e}\n{}", hub.logs()));
     c.disconnect();
 }
+
+/// SIGTERM: an MQTT 5 client over WebSocket gets DISCONNECT 0x8B (server shutting down)
+/// before the hub exits with status 0.
+#[test]
+fn sigterm_disconnects_websocket_clients_gracefully() {
+    let Some(mut hub) = ws_hub() else { return };
+    let mut ws = RawWs::open(listener(&hub, "ws"));
+    ws.binary(&Connect::v5(&unique("bye"), true).encode());
+    assert_eq!(ws.expect_packet().kind(), kind::CONNACK);
+    let status = hub.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let p = ws.expect_packet();
+    assert_eq!(
+        (p.kind(), frames::disconnect_reason(&p.body)),
+        (kind::DISCONNECT, 0x8B)
+    );
+}
