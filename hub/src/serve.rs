@@ -413,3 +413,24 @@ fn api_router(
             }),
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_ca_defaults_to_the_chains_last_certificate() {
+        let leaf = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let root = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n";
+        // (chain file, what server-ca serves)
+        let cases = [
+            (format!("{leaf}{root}"), root),
+            (leaf.to_string(), leaf),
+            (format!("# comment\n{leaf}\n{root}"), root),
+            ("no PEM at all".to_string(), "no PEM at all"),
+        ];
+        for (chain, served) in &cases {
+            assert_eq!(last_certificate(chain), *served, "{chain:?}");
+        }
+    }
+}
