@@ -212,6 +212,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .with_context(|| format!("cannot bind the API listener on {}", config.api.bind))?;
 
+    // The signal handlers are installed by the shutdown future's first poll: poll it before
+    // announcing anything, so a SIGTERM right after the `listening` lines shuts down
+    // gracefully instead of killing the process with the default action.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let signalled_early = tokio::select! {
+        biased;
+        () = &mut shutdown => true,
+        () = std::future::ready(()) => false,
+    };
+
     // Every transport is announced before the API: whoever waits for the API's line (the
     // test harnesses) has then seen all of them.
     for (name, addr, serve) in listeners {
@@ -253,7 +263,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         })
     };
 
-    shutdown.await;
+    if !signalled_early {
+        shutdown.await;
+    }
     info!("shutting down: closing listeners and disconnecting clients");
     stop.cancel();
     engine.shutdown();

@@ -205,10 +205,12 @@ async fn accept_one(
                         return None;
                     }
                 };
-                let chain = stream.get_ref().1.peer_certificates();
+                // Identified after the upgrade: a refused upgrade must not auto-provision a
+                // device.
+                let ws = upgrade(stream, peer, config).await?;
+                let chain = ws.get_ref().get_ref().1.peer_certificates();
                 let certificate: PeerCertificate =
                     tls::identify(&wss.context, &engine, chain, peer).await;
-                let ws = upgrade(stream, peer, config).await?;
                 Some((ws, certificate))
             };
             let Ok(upgraded) = tokio::time::timeout(timeout, handshakes).await else {
