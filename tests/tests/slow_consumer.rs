@@ -3,25 +3,68 @@
 //! session with 0x97 Quota exceeded) and keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use iothub_e2e::frames::{self, Connect, Publish, kind};
 use iothub_e2e::raw::{RawClient, WAIT, assert_serving};
 use iothub_e2e::tools::{http_get, metric_sum};
 use iothub_e2e::{Hub, config, unique};
 
-/// Starts a subscriber on its own thread that reads (and acknowledges) everything until the
-/// sentinel, and returns the payload sizes it got.
-fn fast_subscriber(hub: &Hub, topic: &str, sentinel: &str) -> thread::JoinHandle<Vec<usize>> {
+/// A subscriber on its own thread that reads (and acknowledges) everything until the
+/// sentinel; `received` counts what it got so far, so the publisher can stay within a window of
+/// it ([`publish_paced`]). Returns the payload sizes it got.
+struct FastSubscriber {
+    received: Arc<AtomicUsize>,
+    thread: thread::JoinHandle<Vec<usize>>,
+}
+
+fn fast_subscriber(hub: &Hub, topic: &str, sentinel: &str) -> FastSubscriber {
     let (mut fast, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("fast"), true));
     assert_eq!(fast.subscribe(1, &[(topic, 1), (sentinel, 1)]), vec![1, 1]);
     let sentinel = sentinel.to_string();
-    thread::spawn(move || {
-        fast.publishes_until(&sentinel)
-            .iter()
-            .map(|r| r.payload.len())
-            .collect()
-    })
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let thread = thread::spawn(move || {
+        let mut sizes = Vec::new();
+        loop {
+            match fast.next_publish(WAIT) {
+                Ok(r) if r.topic == sentinel => return sizes,
+                Ok(r) => {
+                    sizes.push(r.payload.len());
+                    counter.fetch_add(1, Ordering::Release);
+                }
+                Err(e) => panic!("the reading subscriber lost its connection: {e:?}"),
+            }
+        }
+    });
+    FastSubscriber { received, thread }
+}
+
+/// Publishes `count` QoS 1 messages, never more than `window` ahead of what the reading
+/// subscriber has received: it keeps up however loaded the machine is, so only the stuck
+/// subscriber can exceed its queue bound.
+fn publish_paced(
+    p: &mut RawClient,
+    topic: &str,
+    payload: &[u8],
+    count: usize,
+    window: usize,
+    fast: &FastSubscriber,
+) {
+    for i in 0..count {
+        let deadline = Instant::now() + WAIT;
+        while i >= fast.received.load(Ordering::Acquire) + window {
+            assert!(
+                Instant::now() < deadline,
+                "the reading subscriber stopped at {i}"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        p.publish(&Publish::v4(topic, payload).qos(1, (i % 60_000 + 1) as u16));
+    }
 }
 
 /// Issue 2's "a subscriber that never reads": another subscriber gets every message in order,
@@ -42,11 +85,9 @@ fn a_subscriber_that_never_reads_does_not_hold_up_anyone() {
     // per-session queue (1000 messages / 16 MiB) together.
     let payload = vec![0x5Au8; 16 * 1024];
     let count = 3000;
-    for i in 0..count {
-        p.publish(&Publish::v4(&topic, &payload).qos(1, (i % 60_000 + 1) as u16));
-    }
+    publish_paced(&mut p, &topic, &payload, count, 200, &fast);
     p.publish(&Publish::v4(&sentinel, b"").qos(1, 1));
-    let got = fast.join().unwrap();
+    let got = fast.thread.join().unwrap();
     assert_eq!(got.len(), count, "the reading subscriber got every message");
     assert!(got.iter().all(|n| *n == payload.len()));
     assert_serving(hub.mqtt_addr());
@@ -90,12 +131,10 @@ fn a_stuck_qos1_subscriber_over_its_quota_is_disconnected_with_0x97() {
     let (mut p, _) = RawClient::connected(hub.mqtt_addr(), &Connect::v4(&unique("p"), true));
     let payload = vec![0xA5u8; 4096];
     let count = 2500;
-    for i in 0..count {
-        p.publish(&Publish::v4(&topic, &payload).qos(1, (i % 60_000 + 1) as u16));
-    }
+    publish_paced(&mut p, &topic, &payload, count, 20, &fast);
     p.publish(&Publish::v4(&sentinel, b"").qos(1, 1));
     assert_eq!(
-        fast.join().unwrap().len(),
+        fast.thread.join().unwrap().len(),
         count,
         "the reading subscriber got every message"
     );
