@@ -255,6 +255,17 @@ impl Hub {
         self.mqtt
     }
 
+    /// The address the listener `name` reported in its `listening listener=<name> addr=...`
+    /// line (iothub only).
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.logs()
+            .lines()
+            .filter_map(parse_listening)
+            .find(|(n, _)| n == name)
+            .map(|(_, addr)| addr)
+            .unwrap_or_else(|| panic!("no `listening listener={name}` line in:\n{}", self.logs()))
+    }
+
     /// The HTTP API address (iothub only; `None` for an external broker).
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api

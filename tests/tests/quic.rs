@@ -15,7 +15,7 @@ use iothub_e2e::clients::{V4, v4_options};
 use iothub_e2e::frames::{self, Connect, PropValue, kind};
 use iothub_e2e::raw::{Packet, QUIET, ReadError, WAIT};
 use iothub_e2e::tools::{http_get, metric_sum};
-use iothub_e2e::{Hub, parse_listening, unique};
+use iothub_e2e::{Hub, unique};
 use tokio::runtime::Runtime;
 
 /// A hub with an MQTT and a QUIC listener admitting anonymous clients; `extra` is added at
@@ -27,16 +27,6 @@ fn quic_hub(extra: &str) -> Option<Hub> {
          api:\n  bind: 127.0.0.1:0\n\
          hubs:\n  - name: default\n    plan: plan_dedicated\n    allow_anonymous: true\n"
     ))
-}
-
-/// The address a listener reported in its `listening listener=<name> addr=...` line.
-fn listener(hub: &Hub, name: &str) -> SocketAddr {
-    hub.logs()
-        .lines()
-        .filter_map(parse_listening)
-        .find(|(n, _)| n == name)
-        .map(|(_, addr)| addr)
-        .unwrap_or_else(|| panic!("no `listening listener={name}` line in:\n{}", hub.logs()))
 }
 
 /// The CA that signs the hub's generated server certificate.
@@ -333,7 +323,7 @@ fn take_packet(data: &mut Vec<u8>) -> Result<Option<Packet>, ReadError> {
 #[test]
 fn mqtt_over_quic_talks_to_tcp_clients() {
     let Some(hub) = quic_hub("") else { return };
-    let quic = QuicClient::open(listener(&hub, "quic"), &server_ca(&hub));
+    let quic = QuicClient::open(hub.listener("quic"), &server_ca(&hub));
     let topic = format!("{}/q", unique("quic"));
     let mut s = quic.connected(&unique("q"));
     s.subscribe(&topic);
@@ -367,7 +357,7 @@ fn mqtt_over_quic_talks_to_tcp_clients() {
 #[test]
 fn wrong_alpn_is_refused_at_the_handshake() {
     let Some(hub) = quic_hub("") else { return };
-    let (addr, ca) = (listener(&hub, "quic"), server_ca(&hub));
+    let (addr, ca) = (hub.listener("quic"), server_ca(&hub));
     let cases: &[(&[&[u8]], bool)] = &[
         (&[b"h3"], false),
         (&[b"mqttx"], false),
@@ -406,7 +396,7 @@ fn wrong_alpn_is_refused_at_the_handshake() {
 #[test]
 fn several_mqtt_connections_over_quic_at_once() {
     let Some(hub) = quic_hub("") else { return };
-    let (addr, ca) = (listener(&hub, "quic"), server_ca(&hub));
+    let (addr, ca) = (hub.listener("quic"), server_ca(&hub));
     let topic = format!("{}/all", unique("many"));
     let clients: Vec<QuicClient> = (0..5).map(|_| QuicClient::open(addr, &ca)).collect();
     let mut streams: Vec<MqttStream> = clients
@@ -442,7 +432,7 @@ fn quic_connections_end_with_their_mqtt_connections() {
     let Some(hub) = quic_hub("mqtt:\n  connect_timeout_secs: 1\n") else {
         return;
     };
-    let (addr, ca) = (listener(&hub, "quic"), server_ca(&hub));
+    let (addr, ca) = (hub.listener("quic"), server_ca(&hub));
 
     let idle = QuicClient::open(addr, &ca);
     let (code, reason) = idle.expect_closed();
@@ -504,7 +494,7 @@ fn devices_are_identified_by_client_certificates_over_quic() {
     ) else {
         return;
     };
-    let addr = listener(&hub, "quic");
+    let addr = hub.listener("quic");
     let api = Api::admin(&hub);
     let dir = tempfile::tempdir().unwrap();
     let (status, ca_pem) = http_get(api.addr, "/iot/v1/regions/fr-par/server-ca");
@@ -579,7 +569,7 @@ fn devices_are_identified_by_client_certificates_over_quic() {
 #[test]
 fn sigterm_disconnects_quic_clients_gracefully() {
     let Some(mut hub) = quic_hub("") else { return };
-    let quic = QuicClient::open(listener(&hub, "quic"), &server_ca(&hub));
+    let quic = QuicClient::open(hub.listener("quic"), &server_ca(&hub));
     let mut s = quic.stream();
     s.send(&Connect::v5(&unique("bye"), true).encode());
     assert_eq!(s.expect_packet().kind(), kind::CONNACK);

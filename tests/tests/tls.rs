@@ -219,16 +219,6 @@ fn tls_config(extra: &str) -> String {
     )
 }
 
-/// The address a listener reported in its `listening listener=<name> addr=...` line.
-fn listener(hub: &Hub, name: &str) -> SocketAddr {
-    hub.logs()
-        .lines()
-        .filter_map(iothub_e2e::parse_listening)
-        .find(|(n, _)| n == name)
-        .map(|(_, addr)| addr)
-        .unwrap_or_else(|| panic!("no `listening listener={name}` line in:\n{}", hub.logs()))
-}
-
 /// A running hub for TLS tests, the admin API, and a scratch directory for certificates.
 struct Fx {
     hub: Hub,
@@ -254,7 +244,7 @@ impl Fx {
     fn start_with(extra: &str) -> Option<Fx> {
         let hub = Hub::start_with(&tls_config(extra))?;
         let api = Api::admin(&hub);
-        let tls = listener(&hub, "tls");
+        let tls = hub.listener("tls");
         let mqtt = hub.mqtt_addr();
         let dir = tempfile::tempdir().unwrap();
         let server_ca = dir.path().join("server-ca.pem");
@@ -1113,7 +1103,7 @@ fn readme_recipe_connect_a_device_with_mtls() {
         })
         .collect();
     let hub = Hub::start_with(&config).unwrap();
-    let tls = listener(&hub, "tls");
+    let tls = hub.listener("tls");
     let api = hub.api_addr().unwrap();
     let script = script
         .replace("127.0.0.1:8080", &api.to_string())

@@ -16,7 +16,7 @@ use iothub_e2e::clients::{V4, V5};
 use iothub_e2e::frames::{self, Connect, kind};
 use iothub_e2e::raw::{Packet, QUIET, ReadError, WAIT};
 use iothub_e2e::tools::{http_get, metric_sum};
-use iothub_e2e::{Hub, parse_listening, unique};
+use iothub_e2e::{Hub, unique};
 
 /// A hub with an MQTT, a ws and a wss listener, all admitting anonymous clients.
 fn ws_hub() -> Option<Hub> {
@@ -32,16 +32,6 @@ fn ws_hub_with(extra: &str) -> Option<Hub> {
          api:\n  bind: 127.0.0.1:0\n\
          hubs:\n  - name: default\n    plan: plan_dedicated\n    allow_anonymous: true\n"
     ))
-}
-
-/// The address a listener reported in its `listening listener=<name> addr=...` line.
-fn listener(hub: &Hub, name: &str) -> SocketAddr {
-    hub.logs()
-        .lines()
-        .filter_map(parse_listening)
-        .find(|(n, _)| n == name)
-        .map(|(_, addr)| addr)
-        .unwrap_or_else(|| panic!("no `listening listener={name}` line in:\n{}", hub.logs()))
 }
 
 /// The CA that signs the hub's generated server certificate.
@@ -508,7 +498,7 @@ fn self_signed(dir: &Path, cn: &str) -> Pem {
 #[test]
 fn upgrade_needs_the_mqtt_subprotocol_on_the_mqtt_path() {
     let Some(hub) = ws_hub() else { return };
-    let addr = listener(&hub, "ws");
+    let addr = hub.listener("ws");
     // (path, offered subprotocols, expected status, part of the refusal's body)
     let cases: &[(&str, Option<&str>, u16, &str)] = &[
         ("/mqtt", Some("mqtt"), 101, ""),
@@ -560,7 +550,7 @@ fn bad_handshakes_are_closed_and_the_listeners_keep_serving() {
     let Some(mut hub) = ws_hub_with("mqtt:\n  connect_timeout_secs: 1\n") else {
         return;
     };
-    let (ws, wss) = (listener(&hub, "ws"), listener(&hub, "wss"));
+    let (ws, wss) = (hub.listener("ws"), hub.listener("wss"));
     let connect = Connect::v4(&unique("bad"), true).encode();
     let upgrade_request = format!(
         "GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -621,7 +611,7 @@ fn bad_handshakes_are_closed_and_the_listeners_keep_serving() {
 #[test]
 fn mqtt_packets_may_span_and_share_websocket_messages() {
     let Some(hub) = ws_hub() else { return };
-    let addr = listener(&hub, "ws");
+    let addr = hub.listener("ws");
     let mut ws = RawWs::open(addr);
     let id = unique("span");
     let topic = format!("{id}/t");
@@ -668,7 +658,7 @@ fn mqtt_packets_may_span_and_share_websocket_messages() {
 #[test]
 fn a_text_message_closes_the_connection() {
     let Some(hub) = ws_hub() else { return };
-    let addr = listener(&hub, "ws");
+    let addr = hub.listener("ws");
     let id = unique("text");
     let will_topic = format!("{id}/will");
     let mut watcher = V4::connect(iothub_e2e::clients::v4_options(
@@ -694,7 +684,7 @@ fn a_text_message_closes_the_connection() {
 #[test]
 fn rumqttc_over_websocket_talks_to_tcp_clients() {
     let Some(hub) = ws_hub() else { return };
-    let addr = listener(&hub, "ws");
+    let addr = hub.listener("ws");
     let topic = format!("{}/x", unique("rws"));
     let mut ws4 = V4::connect(ws_v4_options(addr, &unique("ws4")));
     ws4.subscribe(&topic, rumqttc::QoS::AtLeastOnce);
@@ -733,7 +723,7 @@ fn rumqttc_over_websocket_talks_to_tcp_clients() {
 #[test]
 fn several_connections_over_websocket_at_once() {
     let Some(hub) = ws_hub() else { return };
-    let addr = listener(&hub, "ws");
+    let addr = hub.listener("ws");
     let topic = format!("{}/all", unique("many"));
     let mut clients: Vec<RawWs> = (0..20)
         .map(|_| {
@@ -773,7 +763,7 @@ fn several_connections_over_websocket_at_once() {
 #[test]
 fn rumqttc_over_wss_verifies_the_server_and_talks_to_ws_clients() {
     let Some(hub) = ws_hub() else { return };
-    let (ws, wss) = (listener(&hub, "ws"), listener(&hub, "wss"));
+    let (ws, wss) = (hub.listener("ws"), hub.listener("wss"));
     let topic = format!("{}/s", unique("wss"));
     let mut o = rumqttc::MqttOptions::new(unique("wss"), format!("wss://{wss}/mqtt"), wss.port());
     o.set_transport(rumqttc::Transport::Wss(rumqttc::TlsConfiguration::Rustls(
@@ -803,7 +793,7 @@ fn devices_are_identified_by_client_certificates_over_wss() {
     ) else {
         return;
     };
-    let (ws, wss) = (listener(&hub, "ws"), listener(&hub, "wss"));
+    let (ws, wss) = (hub.listener("ws"), hub.listener("wss"));
     let api = Api::admin(&hub);
     let dir = tempfile::tempdir().unwrap();
     let (status, ca_pem) = http_get(api.addr, "/iot/v1/regions/fr-par/server-ca");
@@ -889,7 +879,7 @@ fn assert_ws_serving_devices(hub: &Hub, wss: SocketAddr, ca: &Path, id: &str, pe
 #[test]
 fn sigterm_disconnects_websocket_clients_gracefully() {
     let Some(mut hub) = ws_hub() else { return };
-    let mut ws = RawWs::open(listener(&hub, "ws"));
+    let mut ws = RawWs::open(hub.listener("ws"));
     ws.binary(&Connect::v5(&unique("bye"), true).encode());
     assert_eq!(ws.expect_packet().kind(), kind::CONNACK);
     let status = hub.terminate(Duration::from_secs(20));
