@@ -1,15 +1,20 @@
 //! Time as the engine sees it. Every deadline (will delay, session expiry, message expiry)
 //! is computed from a [`Clock`], so tests drive time with a [`ManualClock`] instead of
-//! sleeping.
+//! sleeping. The wall-clock time ([`Clock::wall`]) only stamps hub events.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
 /// A source of "now". The engine never reads the system time directly.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Instant;
+
+    /// The calendar time, for the `time` of hub events.
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 /// The real monotonic clock.
@@ -22,17 +27,23 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to: tests advance it and call `Engine::tick`.
+/// A clock that only moves when told to: tests advance it and call `Engine::tick`. Its
+/// wall time moves with it, from the calendar time it was made at.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now: Arc<Mutex<Instant>>,
+    start: Instant,
+    wall_start: SystemTime,
 }
 
 impl ManualClock {
     /// A clock standing at the current instant.
     pub fn new() -> Self {
+        let start = Instant::now();
         Self {
-            now: Arc::new(Mutex::new(Instant::now())),
+            now: Arc::new(Mutex::new(start)),
+            start,
+            wall_start: SystemTime::now(),
         }
     }
 
@@ -53,6 +64,10 @@ impl Clock for ManualClock {
     fn now(&self) -> Instant {
         *self.now.lock()
     }
+
+    fn wall(&self) -> SystemTime {
+        self.wall_start + (self.now() - self.start)
+    }
 }
 
 #[cfg(test)]
@@ -69,5 +84,8 @@ mod tests {
         let shared = clock.clone();
         shared.advance(Duration::from_secs(1));
         assert_eq!(clock.now() - start, Duration::from_secs(6));
+        let wall = clock.wall();
+        clock.advance(Duration::from_millis(1500));
+        assert_eq!(clock.wall().duration_since(wall), Ok(Duration::from_millis(1500)));
     }
 }
