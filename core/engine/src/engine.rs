@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::certificate::CertificateProof;
 use crate::clock::{Clock, SystemClock};
 use crate::directory::{Credentials, DeviceEntry, DeviceSpec, Directory};
-use crate::hub::{DeviceChange, Hub, HubConfig};
+use crate::hub::{DeviceChange, Hub, HubActivity, HubConfig};
 use crate::session::{KickReason, Session};
 
 /// How the engine is built. Only the clock today; tests pass a `ManualClock`.
@@ -115,6 +115,10 @@ pub struct HubStats {
     pub retained_messages: usize,
     /// Weight ([`Message::weight`]) of the retained messages.
     pub retained_bytes: u64,
+    /// Messages waiting in the sessions' queues, not yet sent.
+    pub queued_messages: usize,
+    /// QoS 1/2 messages sent and not yet acknowledged (PUBACK, PUBREC/PUBCOMP).
+    pub inflight_messages: usize,
     /// Bytes of retained, queued, inflight and will messages counted against the budget.
     pub budget_used_bytes: u64,
     pub dropped: DroppedCounts,
@@ -203,6 +207,27 @@ pub enum ConnectError {
     RetainNotSupported,
     #[error("the will payload is larger than the hub accepts")]
     PayloadTooLarge,
+}
+
+impl ConnectError {
+    /// A short name for metric labels (`iothub_auth_refusals_total{reason}`) and logs.
+    pub const fn label(&self) -> &'static str {
+        match self {
+            Self::UnknownHub => "unknown_hub",
+            Self::HubDisabled => "hub_disabled",
+            Self::ClientIdInvalid => "client_id_invalid",
+            Self::NotAuthorized => "not_authorized",
+            Self::DeviceDisabled => "device_disabled",
+            Self::MutualTlsRequired => "mutual_tls_required",
+            Self::CertificateNotCurrent => "certificate_not_current",
+            Self::CertificateOtherHub => "certificate_other_hub",
+            Self::CleanStartRequired => "clean_start_required",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::QosNotSupported => "qos_not_supported",
+            Self::RetainNotSupported => "retain_not_supported",
+            Self::PayloadTooLarge => "payload_too_large",
+        }
+    }
 }
 
 /// The broker. Cheap to clone; every clone is the same engine.
@@ -558,5 +583,25 @@ impl Engine {
 
     pub fn hub_stats(&self, id: HubId) -> Option<HubStats> {
         self.hub(id).map(|hub| hub.stats())
+    }
+
+    /// The packets every hub's connections exchanged since the previous call, per hub and
+    /// per device (see [`HubActivity`]): what the metrics API's rings are fed with. Hubs
+    /// without any are left out.
+    pub fn take_activity(&self) -> Vec<HubActivity> {
+        self.all_hubs()
+            .iter()
+            .map(|hub| hub.take_activity())
+            .filter(|a| a.messages > 0)
+            .collect()
+    }
+
+    /// Refreshes the gauges that walk every session (`iothub_queued_messages`,
+    /// `iothub_inflight_messages`); the binary calls it every few seconds rather than on
+    /// every tick.
+    pub fn update_session_gauges(&self) {
+        for hub in self.all_hubs() {
+            hub.update_session_gauges();
+        }
     }
 }

@@ -32,10 +32,12 @@ use crate::state::{
 };
 use crate::trie::{SharedGroup, SubTrie, too_deep};
 
+mod activity;
 mod config;
 mod live;
 mod registry;
 
+pub use activity::{HubActivity, Traffic};
 pub(crate) use config::HubConfig;
 pub(crate) use live::DeviceChange;
 use registry::Registry;
@@ -125,6 +127,8 @@ pub(crate) struct Hub {
     budget_used: AtomicU64,
     connected: AtomicUsize,
     pub(crate) metrics: HubMetrics,
+    /// Packets of ended connections not yet collected (`activity`).
+    activity: activity::ActivityLog,
 }
 
 impl Hub {
@@ -152,6 +156,7 @@ impl Hub {
             generation: AtomicU64::new(0),
             budget_used: AtomicU64::new(0),
             connected: AtomicUsize::new(0),
+            activity: activity::ActivityLog::default(),
             config: RwLock::new(config.clone()),
         };
         hub.set_hot_limits(&config.limits);
@@ -1175,14 +1180,33 @@ impl Hub {
         self.update_gauges();
     }
 
+    /// The gauges that cost one lock each (every tick); the queued and inflight ones walk
+    /// every session and are refreshed by [`Hub::update_session_gauges`].
     pub(crate) fn update_gauges(&self) {
         let sessions = self.sessions.lock().len();
-        let retained = self.retained.read().len();
-        self.metrics.sessions.set(sessions as f64);
-        self.metrics.retained.set(retained as f64);
-        self.metrics
-            .budget
+        let subscriptions = self.subs.read().len();
+        let (retained, retained_bytes) = {
+            let store = self.retained.read();
+            (store.len(), store.bytes())
+        };
+        let m = &self.metrics;
+        m.sessions.set(sessions as f64);
+        m.connected
+            .set(self.connected.load(Ordering::Acquire) as f64);
+        m.subscriptions.set(subscriptions as f64);
+        m.retained.set(retained as f64);
+        m.retained_bytes.set(retained_bytes as f64);
+        m.budget
             .set(self.budget_used.load(Ordering::Acquire) as f64);
+        m.budget_limit
+            .set(self.budget_bytes.load(Ordering::Relaxed) as f64);
+    }
+
+    /// `iothub_queued_messages` and `iothub_inflight_messages`: a walk over the sessions.
+    pub(crate) fn update_session_gauges(&self) {
+        let (queued, inflight) = self.session_totals();
+        self.metrics.queued.set(queued as f64);
+        self.metrics.inflight.set(inflight as f64);
     }
 
     pub(crate) fn stats(&self) -> HubStats {
@@ -1192,12 +1216,15 @@ impl Hub {
             let store = self.retained.read();
             (store.len(), store.bytes())
         };
+        let (queued_messages, inflight_messages) = self.session_totals();
         HubStats {
             sessions,
             connected: self.connected.load(Ordering::Acquire),
             subscriptions,
             retained_messages,
             retained_bytes,
+            queued_messages,
+            inflight_messages,
             budget_used_bytes: self.budget_used.load(Ordering::Acquire),
             dropped: self.metrics.dropped_counts(),
         }

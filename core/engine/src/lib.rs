@@ -21,7 +21,8 @@
 //! - `certificate`: what a verified client certificate proves ([`VerifiedCertificate`],
 //!   [`CertificateFingerprint`]).
 //! - `hub`: one hub — connect/disconnect, routing, the queue policy, timers, budget;
-//!   `hub::config` its settings, `hub::registry` its sessions, `hub::live` live changes.
+//!   `hub::config` its settings, `hub::registry` its sessions, `hub::live` live changes,
+//!   `hub::activity` the traffic counted for metrics.
 //! - `session`: the [`Session`] handle and the types of its operations.
 //! - `state`: per-session state (queue, inflight, inbound QoS 2 ids, subscriptions, will).
 //! - `trie`: the subscription trie; `retained`: the retained store (a trie by topic level).
@@ -49,7 +50,7 @@
 //! routing takes `subs` and then session locks one at a time, so it never runs while a
 //! session lock is held. Wills and shared-subscription hand-overs collected under locks are
 //! published after releasing them. The hub budget and the statistics are atomics, outside
-//! the order.
+//! the order; `Hub.activity` (traffic of ended connections, see `hub::activity`) is a leaf.
 //!
 //! # Identity and admission
 //!
@@ -145,11 +146,23 @@
 //!
 //! # Metrics
 //!
-//! Through the `metrics` facade, labelled by hub id only: counters
-//! `iothub_messages_received_total`, `iothub_messages_delivered_total`,
-//! `iothub_messages_dropped_total{reason=queue_full|hub_budget|expired}`; gauges
-//! `iothub_sessions`, `iothub_retained_messages`, `iothub_budget_used_bytes` (refreshed by
-//! `tick`). A message without subscribers is not a drop.
+//! Through the `metrics` facade, labelled by hub id (and a reason from a closed set; never
+//! a client or device): counters `iothub_messages_received_total`,
+//! `iothub_messages_delivered_total`,
+//! `iothub_messages_dropped_total{reason=queue_full|hub_budget|expired}`,
+//! `iothub_publish_refusals_total{reason}` and `iothub_subscribe_refusals_total{reason}`
+//! (reason = [`PublishError::label`] / [`SubscribeError::label`]; `not_authorized` is a
+//! message filter's refusal), `iothub_hub_{packets,bytes}_{received,sent}_total` (counted
+//! by the adapter through [`Traffic`]); gauges `iothub_sessions`,
+//! `iothub_sessions_connected`, `iothub_subscriptions`, `iothub_retained_messages`,
+//! `iothub_retained_bytes`, `iothub_budget_used_bytes`, `iothub_budget_limit_bytes`
+//! (refreshed by `tick`), `iothub_queued_messages` and `iothub_inflight_messages`
+//! (refreshed by [`Engine::update_session_gauges`], which walks every session). A message
+//! without subscribers is not a drop.
+//!
+//! For the metrics API, every MQTT packet in either direction is one message of its hub
+//! and of its device: [`Traffic`] counts them per session without a lock and
+//! [`Engine::take_activity`] collects them ([`HubActivity`]).
 
 mod certificate;
 mod clock;
@@ -174,6 +187,7 @@ pub use engine::{
     ConnectError, ConnectRequest, Connected, DroppedCounts, Engine, EngineConfig, EngineError,
     HubCaps, HubSpec, HubStats, Identity, RevokedSubscription, Will,
 };
+pub use hub::{HubActivity, Traffic};
 pub use session::{
     DisconnectKind, KickReason, Outgoing, OutgoingPublish, PublishAck, PublishError,
     RetainHandling, Session, SubscribeError, SubscribeRequest,

@@ -1,6 +1,7 @@
 //! The metrics of one hub, through the `metrics` facade (the binary installs the
 //! exporter). Handles are registered once per hub and cached, so the publish path only
-//! bumps a counter, and the only label is the hub id (bounded cardinality).
+//! bumps a counter, and the labels are the hub id plus, for refusals, a reason from a
+//! closed set (bounded cardinality: never a client or device label).
 //!
 //! Handles are bound to the recorder installed when the hub is created: the binary must
 //! install its exporter before creating hubs.
@@ -11,6 +12,7 @@ use iothub_model::HubId;
 use metrics::{Counter, Gauge, counter, gauge};
 
 use crate::engine::DroppedCounts;
+use crate::session::{PublishError, SubscribeError};
 
 /// Why a message was dropped (the `reason` label). A message without subscribers is not a
 /// drop.
@@ -21,6 +23,27 @@ pub(crate) enum DropReason {
     Expired,
 }
 
+/// Every `PublishError`, in the order of `publish_refusals`.
+const PUBLISH_REFUSALS: [PublishError; 7] = [
+    PublishError::PayloadTooLarge,
+    PublishError::RetainNotSupported,
+    PublishError::QosNotSupported,
+    PublishError::NotAuthorized,
+    PublishError::QuotaExceeded,
+    PublishError::PacketIdInUse,
+    PublishError::ReceiveMaximumExceeded,
+];
+
+/// Every `SubscribeError`, in the order of `subscribe_refusals`.
+const SUBSCRIBE_REFUSALS: [SubscribeError; 6] = [
+    SubscribeError::NotAuthorized,
+    SubscribeError::QosNotSupported,
+    SubscribeError::SharedNotSupported,
+    SubscribeError::WildcardNotSupported,
+    SubscribeError::SubscriptionIdsNotSupported,
+    SubscribeError::QuotaExceeded,
+];
+
 pub(crate) struct HubMetrics {
     pub(crate) received: Counter,
     pub(crate) delivered: Counter,
@@ -28,8 +51,23 @@ pub(crate) struct HubMetrics {
     dropped_hub_budget: Counter,
     dropped_expired: Counter,
     pub(crate) sessions: Gauge,
+    pub(crate) connected: Gauge,
+    pub(crate) subscriptions: Gauge,
     pub(crate) retained: Gauge,
+    pub(crate) retained_bytes: Gauge,
     pub(crate) budget: Gauge,
+    pub(crate) budget_limit: Gauge,
+    pub(crate) queued: Gauge,
+    pub(crate) inflight: Gauge,
+    /// MQTT packets and bytes of the hub's connections, counted by the adapter through
+    /// [`crate::Traffic`] once the CONNECT is accepted (before that, the hub is unknown and
+    /// only the listener's counters see them).
+    pub(crate) packets_in: Counter,
+    pub(crate) packets_out: Counter,
+    pub(crate) bytes_in: Counter,
+    pub(crate) bytes_out: Counter,
+    publish_refusals: [Counter; PUBLISH_REFUSALS.len()],
+    subscribe_refusals: [Counter; SUBSCRIBE_REFUSALS.len()],
     /// The same drops as plain numbers, for `HubStats` (the facade cannot be read back).
     counts: [AtomicU64; 3],
 }
@@ -38,15 +76,29 @@ impl HubMetrics {
     pub(crate) fn new(hub: HubId) -> Self {
         let id = hub.to_string();
         let dropped = |reason: &'static str| counter!("iothub_messages_dropped_total", "hub" => id.clone(), "reason" => reason);
+        let hub_counter = |name: &'static str| counter!(name, "hub" => id.clone());
+        let hub_gauge = |name: &'static str| gauge!(name, "hub" => id.clone());
         Self {
-            received: counter!("iothub_messages_received_total", "hub" => id.clone()),
-            delivered: counter!("iothub_messages_delivered_total", "hub" => id.clone()),
+            received: hub_counter("iothub_messages_received_total"),
+            delivered: hub_counter("iothub_messages_delivered_total"),
             dropped_queue_full: dropped("queue_full"),
             dropped_hub_budget: dropped("hub_budget"),
             dropped_expired: dropped("expired"),
-            sessions: gauge!("iothub_sessions", "hub" => id.clone()),
-            retained: gauge!("iothub_retained_messages", "hub" => id.clone()),
-            budget: gauge!("iothub_budget_used_bytes", "hub" => id),
+            sessions: hub_gauge("iothub_sessions"),
+            connected: hub_gauge("iothub_sessions_connected"),
+            subscriptions: hub_gauge("iothub_subscriptions"),
+            retained: hub_gauge("iothub_retained_messages"),
+            retained_bytes: hub_gauge("iothub_retained_bytes"),
+            budget: hub_gauge("iothub_budget_used_bytes"),
+            budget_limit: hub_gauge("iothub_budget_limit_bytes"),
+            queued: hub_gauge("iothub_queued_messages"),
+            inflight: hub_gauge("iothub_inflight_messages"),
+            packets_in: hub_counter("iothub_hub_packets_received_total"),
+            packets_out: hub_counter("iothub_hub_packets_sent_total"),
+            bytes_in: hub_counter("iothub_hub_bytes_received_total"),
+            bytes_out: hub_counter("iothub_hub_bytes_sent_total"),
+            publish_refusals: PUBLISH_REFUSALS.map(|e| counter!("iothub_publish_refusals_total", "hub" => id.clone(), "reason" => e.label())),
+            subscribe_refusals: SUBSCRIBE_REFUSALS.map(|e| counter!("iothub_subscribe_refusals_total", "hub" => id.clone(), "reason" => e.label())),
             counts: Default::default(),
         }
     }
@@ -59,6 +111,21 @@ impl HubMetrics {
         };
         counter.increment(n);
         self.counts[slot].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A PUBLISH the hub refused; `reason="not_authorized"` is a message filter's (or a
+    /// reserved topic's) refusal.
+    pub(crate) fn publish_refused(&self, e: PublishError) {
+        if let Some(i) = PUBLISH_REFUSALS.iter().position(|r| *r == e) {
+            self.publish_refusals[i].increment(1);
+        }
+    }
+
+    /// One refused filter of a SUBSCRIBE.
+    pub(crate) fn subscribe_refused(&self, e: SubscribeError) {
+        if let Some(i) = SUBSCRIBE_REFUSALS.iter().position(|r| *r == e) {
+            self.subscribe_refusals[i].increment(1);
+        }
     }
 
     pub(crate) fn dropped_counts(&self) -> DroppedCounts {

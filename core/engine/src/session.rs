@@ -7,7 +7,7 @@ use iothub_model::{ClientId, HubId, Message, QoS, SubscriptionFilter};
 use parking_lot::MutexGuard;
 
 use crate::engine::HubCaps;
-use crate::hub::{Hub, HubConfig, reserved_topic};
+use crate::hub::{Hub, HubConfig, Traffic, reserved_topic};
 use crate::metrics::DropReason;
 use crate::state::{
     Conn, Inflight, InflightState, Inner, Queued, SessionState, SubEntry, SubOptions,
@@ -41,6 +41,21 @@ pub enum PublishError {
     PacketIdInUse,
     #[error("more QoS 2 messages awaiting PUBREL than the hub's receive maximum")]
     ReceiveMaximumExceeded,
+}
+
+impl PublishError {
+    /// The `reason` label of `iothub_publish_refusals_total`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::RetainNotSupported => "retain_not_supported",
+            Self::QosNotSupported => "qos_not_supported",
+            Self::NotAuthorized => "not_authorized",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::PacketIdInUse => "packet_id_in_use",
+            Self::ReceiveMaximumExceeded => "receive_maximum_exceeded",
+        }
+    }
 }
 
 /// MQTT 5 Retain Handling (3.1.1 subscriptions use `SendAtSubscribe`).
@@ -78,6 +93,20 @@ pub enum SubscribeError {
     SubscriptionIdsNotSupported,
     #[error("quota exceeded")]
     QuotaExceeded,
+}
+
+impl SubscribeError {
+    /// The `reason` label of `iothub_subscribe_refusals_total`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::NotAuthorized => "not_authorized",
+            Self::QosNotSupported => "qos_not_supported",
+            Self::SharedNotSupported => "shared_not_supported",
+            Self::WildcardNotSupported => "wildcard_not_supported",
+            Self::SubscriptionIdsNotSupported => "subscription_ids_not_supported",
+            Self::QuotaExceeded => "quota_exceeded",
+        }
+    }
 }
 
 /// How a connection ended, as the adapter saw it.
@@ -179,6 +208,13 @@ impl Session {
         self.config.caps
     }
 
+    /// The connection's traffic counters: the hub's packets and bytes, and this client's
+    /// messages for the metrics API (see [`Traffic`]). Take it once per connection and
+    /// keep it until the connection's end.
+    pub fn traffic(&self) -> Traffic {
+        Traffic::new(self.hub.clone(), self.state.clone())
+    }
+
     /// The session state, locked, if this connection still owns it.
     fn live(&self) -> Option<MutexGuard<'_, Inner>> {
         let inner = self.state.inner.lock();
@@ -192,7 +228,20 @@ impl Session {
     /// retained message, or an empty payload deletes it [MQTT-3.3.1-5..7]. Clients may not
     /// publish to `$SYS/..` or `$SCW/..` (hub events), nor to a topic their publish filter
     /// refuses: `NotAuthorized`.
+    /// Every refusal is counted (`iothub_publish_refusals_total{reason}`).
     pub fn publish(
+        &self,
+        message: Message,
+        packet_id: Option<u16>,
+    ) -> Result<PublishAck, PublishError> {
+        let result = self.publish_checked(message, packet_id);
+        if let Err(e) = result {
+            self.hub.metrics.publish_refused(e);
+        }
+        result
+    }
+
+    fn publish_checked(
         &self,
         message: Message,
         packet_id: Option<u16>,
@@ -269,11 +318,19 @@ impl Session {
     /// messages [MQTT-3.8.4-3]. Matching retained messages are queued right away per the
     /// Retain Handling option [MQTT-3.3.1-9..11], with RETAIN set [MQTT-3.3.1-8]; never for
     /// shared subscriptions. The adapter sends SUBACK before draining, so SUBACK comes first.
+    ///
+    /// Every refused filter is counted (`iothub_subscribe_refusals_total{reason}`).
     pub fn subscribe(&self, requests: &[SubscribeRequest]) -> Vec<Result<QoS, SubscribeError>> {
         let now = self.hub.now();
         requests
             .iter()
-            .map(|r| self.subscribe_one(r, now))
+            .map(|r| {
+                let result = self.subscribe_one(r, now);
+                if let Err(e) = result {
+                    self.hub.metrics.subscribe_refused(e);
+                }
+                result
+            })
             .collect()
     }
 

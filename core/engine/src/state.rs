@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
 
 use iothub_model::{
@@ -218,6 +218,9 @@ pub(crate) struct SessionState {
     /// Mirrors `inner.conn.is_some()`, readable without the lock, so shared-subscription
     /// routing can prefer connected members cheaply.
     pub(crate) connected: AtomicBool,
+    /// MQTT packets of its connections not yet collected for the metrics API
+    /// (`hub::activity`); outside the lock, bumped once per packet.
+    pub(crate) activity: AtomicU64,
     pub(crate) inner: Mutex<Inner>,
 }
 
@@ -270,6 +273,7 @@ impl SessionState {
             client_id,
             owner,
             connected: AtomicBool::new(true),
+            activity: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 generation,
                 conn: Some(conn),

@@ -12,6 +12,8 @@ use iothub_model::{
 
 use crate::*;
 
+mod activity;
+mod budget;
 mod devices;
 mod tenancy;
 
