@@ -19,6 +19,12 @@
 //! reason code of the client's protocol version (MQTT 5 reason codes; MQTT 3.1.1 has only
 //! CONNACK return codes and SUBACK 0x80, so other refusals close the connection or, for a
 //! refused PUBLISH, acknowledge and drop it [MQTT-3.3.5-2]).
+//!
+//! Metrics: packets and bytes per listener ([`Transport`]) from the first byte; per hub
+//! (and, for the metrics API, per device) through the session's `Traffic` once the CONNECT
+//! is accepted, the CONNECT and the bytes read before it included; refused CONNECTs as
+//! `iothub_auth_refusals_total{listener, reason}` (the engine's `ConnectError::label`,
+//! `certificate_refused`, or `protocol`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +33,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use iothub_engine::{
     ConnectRequest, Connected, Credentials, DisconnectKind, Engine, Identity, Outgoing,
-    OutgoingPublish, PublishAck, PublishError, Session, SubscribeError, SubscribeRequest, Will,
+    OutgoingPublish, PublishAck, PublishError, Session, SubscribeError, SubscribeRequest, Traffic,
+    Will,
 };
 use iothub_model::{ClientId, Message, Origin, SubscriptionFilter, TopicName};
 use iothub_mqtt_codec::{self as codec, Packet, ProtocolVersion, ReasonCode};
@@ -135,6 +142,8 @@ pub async fn run_with_certificate<S>(
         transport: transport.clone(),
         settings,
         certificate,
+        traffic: None,
+        bytes_before_connack: 0,
     };
     conn.serve(&engine).await;
     transport.connections.decrement(1.0);
@@ -148,6 +157,10 @@ struct Conn<S> {
     transport: Transport,
     settings: Arc<ListenerSettings>,
     certificate: PeerCertificate,
+    /// The hub's counters, once the CONNECT is accepted (see `iothub_engine::Traffic`).
+    traffic: Option<Traffic>,
+    /// Bytes read before the hub was known, attributed to it when the CONNECT is accepted.
+    bytes_before_connack: u64,
 }
 
 /// State of an established MQTT connection.
@@ -223,7 +236,10 @@ where
             }
             match self.stream.read_buf(&mut self.rbuf).await {
                 Ok(0) | Err(_) => return None,
-                Ok(n) => self.transport.bytes_in.increment(n as u64),
+                Ok(n) => {
+                    self.transport.bytes_in.increment(n as u64);
+                    self.bytes_before_connack += n as u64;
+                }
             }
         }
     }
@@ -233,6 +249,9 @@ where
         let version = c.protocol;
         let v5 = version == ProtocolVersion::V5;
         let refuse = |code: ReasonCode, why: &'static str| (code, why);
+        // The `reason` of `iothub_auth_refusals_total`: the engine's, the certificate's, or
+        // a CONNECT the protocol refuses.
+        let mut refusal = "protocol";
 
         let result: Result<(Connected, ConnectRequestInfo), (ReasonCode, &'static str)> = (|| {
             if c.properties.authentication_method.is_some() {
@@ -265,6 +284,7 @@ where
                 PeerCertificate::None => None,
                 PeerCertificate::Verified(c) => Some(c),
                 PeerCertificate::Refused(why) => {
+                    refusal = "certificate_refused";
                     return Err(refuse(ReasonCode::NOT_AUTHORIZED, why));
                 }
             };
@@ -276,7 +296,10 @@ where
             };
             let (hub, identity) = engine
                 .resolve_client(self.settings.anonymous_hub, &credentials)
-                .map_err(|e| convert::connect_refusal(&e))?;
+                .map_err(|e| {
+                    refusal = e.label();
+                    convert::connect_refusal(&e)
+                })?;
             // Messages name the session they come from: a device's is its device id.
             let origin = match identity {
                 Identity::Device { id, .. } => Origin::Client(ClientId::from(id)),
@@ -346,7 +369,10 @@ where
                         will,
                     },
                 )
-                .map_err(|e| convert::connect_refusal(&e))?;
+                .map_err(|e| {
+                    refusal = e.label();
+                    convert::connect_refusal(&e)
+                })?;
             Ok((
                 connected,
                 ConnectRequestInfo {
@@ -361,6 +387,12 @@ where
             Ok(ok) => ok,
             Err((code, why)) => {
                 debug!(message = "connection refused", peer = %self.peer, client_id = %c.client_id, username = ?c.username, reason = why, code = code.0);
+                metrics::counter!(
+                    "iothub_auth_refusals_total",
+                    "listener" => self.settings.name.clone(),
+                    "reason" => refusal
+                )
+                .increment(1);
                 let ack = codec::ConnAck {
                     session_present: false,
                     reason_code: code,
@@ -375,6 +407,11 @@ where
             }
         };
 
+        // From here on the hub is known: its counters take the CONNECT and what follows.
+        let traffic = connected.session.traffic();
+        traffic.packet_received();
+        traffic.bytes_received(self.bytes_before_connack);
+        self.traffic = Some(traffic);
         let client_id = connected.client_id.clone();
         let caps = connected.caps;
         let requested_keep_alive = c.keep_alive;
@@ -484,6 +521,9 @@ where
                         }
                         Ok(n) => {
                             self.transport.bytes_in.increment(n as u64);
+                            if let Some(t) = &self.traffic {
+                                t.bytes_received(n as u64);
+                            }
                             last_read = Instant::now();
                         }
                     }
@@ -537,6 +577,9 @@ where
                 }
             };
             self.transport.packets_in.increment(1);
+            if let Some(t) = &self.traffic {
+                t.packet_received();
+            }
             if let Some(close) = self.handle_packet(est, packet) {
                 return Some(close);
             }
@@ -939,7 +982,12 @@ where
 
     fn send(&mut self, packet: &Packet, version: ProtocolVersion) {
         match codec::encode(packet, version, &mut self.wbuf) {
-            Ok(()) => self.transport.packets_out.increment(1),
+            Ok(()) => {
+                self.transport.packets_out.increment(1);
+                if let Some(t) = &self.traffic {
+                    t.packet_sent();
+                }
+            }
             Err(e) => {
                 debug!(message = "cannot encode packet; not sent", peer = %self.peer, error = %e, packet = ?packet_name(packet));
             }
@@ -958,6 +1006,9 @@ where
         match tokio::time::timeout(WRITE_STALL_TIMEOUT, write).await {
             Ok(Ok(())) => {
                 self.transport.bytes_out.increment(n as u64);
+                if let Some(t) = &self.traffic {
+                    t.bytes_sent(n as u64);
+                }
                 self.wbuf.clear();
                 Ok(())
             }
