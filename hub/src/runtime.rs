@@ -15,8 +15,9 @@ use iothub_control::runtime::HubCounts;
 use iothub_control::{Registry, Runtime};
 use iothub_engine::{
     CertificateFingerprint, DeviceSpec, Engine, EngineError, HubSpec, RevokedSubscription,
+    default_events_topic_prefix,
 };
-use iothub_model::{DeviceId, HubId};
+use iothub_model::{DeviceId, HubId, TopicName};
 use tracing::{info, warn};
 
 pub struct EngineRuntime {
@@ -76,7 +77,18 @@ fn hub_spec(hub: &HubRecord) -> HubSpec {
         allow_anonymous: hub.allow_anonymous,
         anonymous_filters: Default::default(),
         enabled: hub.enabled,
+        events_enabled: !hub.disable_events,
+        events_topic_prefix: events_topic_prefix(hub),
     }
+}
+
+/// The hub's events prefix as a topic. The registry validates it as one; a stored value
+/// that is not (edited by hand) is logged and the default used.
+fn events_topic_prefix(hub: &HubRecord) -> TopicName {
+    TopicName::new(&hub.events_topic_prefix).unwrap_or_else(|e| {
+        warn!(message = "ignoring an events topic prefix that is not a topic; using the default", hub = %hub.id, prefix = %hub.events_topic_prefix, %e);
+        default_events_topic_prefix()
+    })
 }
 
 /// The device's current certificate, as the engine compares it. The registry stores

@@ -94,6 +94,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 allow_anonymous: hub.allow_anonymous.value,
                 anonymous_filters: Default::default(),
                 enabled: true,
+                events_enabled: true,
+                events_topic_prefix: iothub_engine::default_events_topic_prefix(),
             })
             .with_context(|| format!("cannot create hub {:?}", hub.name.value))?;
         hub_ids.insert(hub.name.value.clone(), id);

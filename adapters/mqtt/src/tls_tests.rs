@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iothub_engine::{
-    CertificateFingerprint, CertificateProof, DeviceSpec, Engine, EngineConfig, HubSpec,
-    VerifiedCertificate,
+    CertificateFingerprint, CertificateProof, DEFAULT_EVENTS_TOPIC_PREFIX, DeviceSpec, Engine,
+    EngineConfig, HubSpec, VerifiedCertificate,
 };
-use iothub_model::{DeviceId, HubId, HubLimits, Plan};
+use iothub_model::{DeviceId, HubId, HubLimits, Plan, TopicName};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, date_time_ymd,
@@ -452,6 +452,8 @@ impl Fixture {
                 allow_anonymous: false,
                 anonymous_filters: Default::default(),
                 enabled: true,
+                events_enabled: true,
+                events_topic_prefix: TopicName::new(DEFAULT_EVENTS_TOPIC_PREFIX).unwrap(),
             })
             .unwrap();
         self.trust.set_hub_ca(id, &ca.pem(), custom).unwrap();

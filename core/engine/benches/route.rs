@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use iothub_engine::{
-    ConnectRequest, Engine, EngineConfig, HubSpec, Outgoing, RetainHandling, Session,
-    SubscribeRequest,
+    ConnectRequest, DEFAULT_EVENTS_TOPIC_PREFIX, Engine, EngineConfig, HubSpec, Outgoing,
+    RetainHandling, Session, SubscribeRequest,
 };
 use iothub_model::{
     ClientId, FilterPolicy, FilterRule, HubId, HubLimits, Message, MessageFilters,
@@ -67,6 +67,8 @@ fn run(
             allow_anonymous: true,
             anonymous_filters: filters,
             enabled: true,
+            events_enabled: true,
+            events_topic_prefix: TopicName::new(DEFAULT_EVENTS_TOPIC_PREFIX).unwrap(),
         })
         .unwrap();
     let subs: Vec<Session> = (0..subscribers)

@@ -268,3 +268,25 @@ pub(crate) fn resolve(
     }
     None
 }
+
+/// Whom a refused CONNECT's credentials name among the devices (see
+/// [`crate::Engine::refusal_subject`]): the device and its hub, or, for a certificate of a
+/// device the engine does not know, the hub whose CA verified it.
+pub(crate) fn subject(
+    directory: &Directory,
+    credentials: &Credentials<'_>,
+) -> Option<(HubId, Option<DeviceId>)> {
+    let devices = directory.read();
+    let known = |id: DeviceId| devices.get(&id).map(|e| (e.hub, Some(id)));
+    if let Some(cert) = credentials.certificate {
+        return known(cert.device).or(Some((cert.hub, None)));
+    }
+    let by_client_id =
+        parse_uuid(credentials.client_id).and_then(|u| known(DeviceId::from_uuid(u)));
+    by_client_id.or_else(|| {
+        credentials
+            .username
+            .and_then(parse_uuid)
+            .and_then(|u| known(DeviceId::from_uuid(u)))
+    })
+}

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use iothub_model::{
     ClientId, DeviceId, FilterError, HubId, HubLimits, Message, MessageFilters, Plan, QoS,
-    SubscriptionFilter,
+    SubscriptionFilter, TopicName,
 };
 use parking_lot::{Mutex, RwLock};
 
 use crate::certificate::CertificateProof;
 use crate::clock::{Clock, SystemClock};
 use crate::directory::{Credentials, DeviceEntry, DeviceSpec, Directory};
+use crate::events::{EventCounts, EventKind, EventOutcome, HubEvent};
 use crate::hub::{DeviceChange, Hub, HubActivity, HubConfig};
 use crate::session::{KickReason, Session};
 
@@ -47,6 +48,11 @@ pub struct HubSpec {
     pub anonymous_filters: MessageFilters,
     /// A disabled hub refuses CONNECT with `HubDisabled`.
     pub enabled: bool,
+    /// Whether the hub publishes hub events (the registry's `!disable_events`).
+    pub events_enabled: bool,
+    /// Where: `<prefix>/<severity>/<object-type>/<object-id>`; clients may not publish
+    /// under it. Default [`crate::DEFAULT_EVENTS_TOPIC_PREFIX`].
+    pub events_topic_prefix: TopicName,
 }
 
 /// Administration failures (hubs and devices).
@@ -339,20 +345,32 @@ impl Engine {
                 }
             }
         }
+        let old_plan = hub.config().plan;
         let mut revoked = hub.reconfigure(config, spec.enabled);
         for (id, entry) in reexpanded {
             let filters = entry.filters.clone();
             let version = entry.version;
             self.inner.devices.write().insert(id, Arc::new(entry));
-            revoked.extend(hub.apply_device(
-                id,
-                DeviceChange::Update {
-                    kick: false,
-                    filters: Some(filters),
-                    version,
-                },
+            revoked.extend(
+                hub.apply_device(
+                    id,
+                    DeviceChange::Update {
+                        kick: false,
+                        filters: Some(filters),
+                        version,
+                    },
+                )
+                .revoked,
+            );
+        }
+        if old_plan != spec.plan {
+            hub.raise(HubEvent::about_hub(
+                EventKind::PlanChanged,
+                spec.id,
+                "hub product plan has changed",
             ));
         }
+        raise_revoked(&hub, &revoked);
         Ok(revoked)
     }
 
@@ -418,8 +436,14 @@ impl Engine {
             return Ok(Vec::new());
         };
         if old.hub != change.hub {
-            if let Some(old_hub) = self.hub(old.hub) {
-                old_hub.apply_device(id, DeviceChange::End);
+            if let Some(old_hub) = self.hub(old.hub)
+                && old_hub.apply_device(id, DeviceChange::End).kicked > 0
+            {
+                old_hub.raise(HubEvent::about_device(
+                    EventKind::DeviceDeleted,
+                    id,
+                    "device is deleted (moved to another hub)",
+                ));
             }
             return Ok(Vec::new());
         }
@@ -431,14 +455,27 @@ impl Engine {
         if !kick && filters.is_none() {
             return Ok(Vec::new());
         }
-        Ok(hub.apply_device(
+        let applied = hub.apply_device(
             id,
             DeviceChange::Update {
                 kick,
                 filters,
                 version: change.version,
             },
-        ))
+        );
+        if applied.kicked > 0 {
+            let (kind, msg) = if old.enabled && !change.enabled {
+                (EventKind::DeviceDisabled, "device is not enabled")
+            } else {
+                (
+                    EventKind::DeviceSecurityChanged,
+                    "device security has changed, requires authentication",
+                )
+            };
+            hub.raise(HubEvent::about_device(kind, id, msg));
+        }
+        raise_revoked(&hub, &applied.revoked);
+        Ok(applied.revoked)
     }
 
     /// Unregisters a device: its sessions end (live connections kicked with
@@ -451,8 +488,14 @@ impl Engine {
             .write()
             .remove(&id)
             .ok_or(EngineError::UnknownDevice(id))?;
-        if let Some(hub) = self.hub(old.hub) {
-            hub.apply_device(id, DeviceChange::End);
+        if let Some(hub) = self.hub(old.hub)
+            && hub.apply_device(id, DeviceChange::End).kicked > 0
+        {
+            hub.raise(HubEvent::about_device(
+                EventKind::DeviceDeleted,
+                id,
+                "device is deleted",
+            ));
         }
         Ok(())
     }
@@ -516,6 +559,44 @@ impl Engine {
             .ok_or(ConnectError::NotAuthorized)
     }
 
+    /// Whom a CONNECT that [`Engine::resolve_client`] refused was about, for its hub event:
+    /// the hub and device its certificate, client id or username name (a device of another
+    /// hub than its certificate's is the device's hub's), or a hub named by the username;
+    /// `None` when it names nothing the engine knows (the event is then only counted).
+    /// Only for the refusal path: it repeats the lookups.
+    pub fn refusal_subject(
+        &self,
+        credentials: &Credentials<'_>,
+    ) -> Option<(HubId, Option<DeviceId>)> {
+        if let Some(found) = crate::directory::subject(&self.inner.devices, credentials) {
+            return Some(found);
+        }
+        let hub = HubId::from_uuid(
+            credentials
+                .username
+                .and_then(crate::directory::parse_uuid)?,
+        );
+        self.hub(hub).map(|_| (hub, None))
+    }
+
+    /// Raises a hub event on `hub` (see the `events` module): published on the hub's
+    /// events topic unless the hub has events off or the event's kind is over its rate.
+    /// Never call it while holding a lock of the engine (nothing outside the crate can).
+    pub fn raise_event(&self, hub: HubId, event: HubEvent) -> EventOutcome {
+        match self.hub(hub) {
+            Some(h) => h.raise(event),
+            None => {
+                crate::events::count_unattributed(event.kind);
+                EventOutcome::UnknownHub
+            }
+        }
+    }
+
+    /// Events the hub published and dropped (rate limited) so far.
+    pub fn event_counts(&self, hub: HubId) -> Option<EventCounts> {
+        self.hub(hub).map(|h| h.events.counts())
+    }
+
     // ---- clients ------------------------------------------------------------------------
 
     /// An anonymous client connects (`connect_as(Identity::Anonymous, ..)`).
@@ -571,6 +652,7 @@ impl Engine {
         let now = self.inner.clock.now();
         for hub in self.all_hubs() {
             hub.tick(now);
+            hub.tick_sys(now);
         }
     }
 
@@ -603,5 +685,22 @@ impl Engine {
         for hub in self.all_hubs() {
             hub.update_session_gauges();
         }
+    }
+}
+
+/// One "unauthorized topic" event per subscription a filter change removed.
+fn raise_revoked(hub: &Hub, revoked: &[RevokedSubscription]) {
+    for r in revoked {
+        let filter = match &r.filter.share_group {
+            Some(group) => format!("$share/{group}/{}", r.filter.filter.as_str()),
+            None => r.filter.filter.as_str().to_string(),
+        };
+        let event = HubEvent::about(
+            EventKind::UnauthorizedTopic,
+            r.hub,
+            r.device,
+            format!("unauthorized topic {filter}: subscription removed (message filters changed)"),
+        );
+        hub.raise(event);
     }
 }

@@ -45,13 +45,6 @@ use registry::Registry;
 /// Prefix of client ids the engine assigns to clients that sent an empty one.
 const ASSIGNED_PREFIX: &str = "auto-";
 
-/// Whether clients may publish to `topic`. `$SYS` and `$SCW` (hub events) are written
-/// by the hub only, so a client can never fake them.
-pub(crate) fn reserved_topic(topic: &TopicName) -> bool {
-    let first = topic.levels().next().unwrap_or_default();
-    first == "$SYS" || first == "$SCW"
-}
-
 /// The expiry instant of a message published at `now` [MQTT-3.3.2-5].
 pub(crate) fn expiry_of(message: &Message, now: Instant) -> Option<Instant> {
     message
@@ -129,6 +122,10 @@ pub(crate) struct Hub {
     pub(crate) metrics: HubMetrics,
     /// Packets of ended connections not yet collected (`activity`).
     activity: activity::ActivityLog,
+    /// Hub events: rate limits and counts (`crate::events`).
+    pub(crate) events: crate::events::HubEvents,
+    /// `$SYS` figures (`crate::sys`).
+    pub(crate) sys: crate::sys::SysTopics,
 }
 
 impl Hub {
@@ -146,7 +143,7 @@ impl Hub {
             queue_max_messages: AtomicUsize::new(0),
             queue_max_bytes: AtomicU64::new(0),
             enabled: AtomicBool::new(enabled),
-            clock,
+            clock: clock.clone(),
             directory,
             sessions: Mutex::new(Registry::default()),
             subs: RwLock::new(SubTrie::default()),
@@ -157,6 +154,8 @@ impl Hub {
             budget_used: AtomicU64::new(0),
             connected: AtomicUsize::new(0),
             activity: activity::ActivityLog::default(),
+            events: crate::events::HubEvents::new(id),
+            sys: crate::sys::SysTopics::new(clock.now()),
             config: RwLock::new(config.clone()),
         };
         hub.set_hot_limits(&config.limits);
@@ -181,6 +180,11 @@ impl Hub {
 
     pub(crate) fn now(&self) -> Instant {
         self.clock.now()
+    }
+
+    /// The calendar time, for hub events.
+    pub(crate) fn wall_now(&self) -> std::time::SystemTime {
+        self.clock.wall()
     }
 
     // ---- budget -------------------------------------------------------------------------
@@ -321,7 +325,7 @@ impl Hub {
         if m.retain && !config.caps.retain_available {
             return Err(ConnectError::RetainNotSupported);
         }
-        if reserved_topic(&m.topic) || !filters.allows_publish(m.topic.as_str()) {
+        if config.reserved_topic(&m.topic) || !filters.allows_publish(m.topic.as_str()) {
             return Err(ConnectError::NotAuthorized);
         }
         Ok(())

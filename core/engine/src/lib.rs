@@ -168,11 +168,13 @@ mod certificate;
 mod clock;
 mod directory;
 mod engine;
+mod events;
 mod hub;
 mod metrics;
 mod retained;
 mod session;
 mod state;
+mod sys;
 mod trie;
 
 #[cfg(test)]
@@ -187,8 +189,14 @@ pub use engine::{
     ConnectError, ConnectRequest, Connected, DroppedCounts, Engine, EngineConfig, EngineError,
     HubCaps, HubSpec, HubStats, Identity, RevokedSubscription, Will,
 };
+pub use events::{
+    BURST as EVENT_BURST, DEFAULT_EVENTS_TOPIC_PREFIX, EventCounts, EventKind, EventOutcome,
+    HubEvent, ObjectType, RATE_PER_SEC as EVENT_RATE_PER_SEC, Severity, count_unattributed,
+    default_events_topic_prefix,
+};
 pub use hub::{HubActivity, Traffic};
 pub use session::{
     DisconnectKind, KickReason, Outgoing, OutgoingPublish, PublishAck, PublishError,
     RetainHandling, Session, SubscribeError, SubscribeRequest,
 };
+pub use sys::{SYS_INTERVAL, SYS_VERSION};

@@ -44,9 +44,35 @@ const SUBSCRIBE_REFUSALS: [SubscribeError; 6] = [
     SubscribeError::QuotaExceeded,
 ];
 
+/// A counter that can be read back (the facade's cannot): what `$SYS` publishes.
+pub(crate) struct Tally {
+    counter: Counter,
+    count: AtomicU64,
+}
+
+impl Tally {
+    fn new(counter: Counter) -> Self {
+        Self {
+            counter,
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn increment(&self, n: u64) {
+        self.counter.increment(n);
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
 pub(crate) struct HubMetrics {
-    pub(crate) received: Counter,
-    pub(crate) delivered: Counter,
+    /// Application messages that entered the hub (client PUBLISH, wills).
+    pub(crate) received: Tally,
+    /// Application messages handed to connections.
+    pub(crate) delivered: Tally,
     dropped_queue_full: Counter,
     dropped_hub_budget: Counter,
     dropped_expired: Counter,
@@ -79,8 +105,8 @@ impl HubMetrics {
         let hub_counter = |name: &'static str| counter!(name, "hub" => id.clone());
         let hub_gauge = |name: &'static str| gauge!(name, "hub" => id.clone());
         Self {
-            received: hub_counter("iothub_messages_received_total"),
-            delivered: hub_counter("iothub_messages_delivered_total"),
+            received: Tally::new(hub_counter("iothub_messages_received_total")),
+            delivered: Tally::new(hub_counter("iothub_messages_delivered_total")),
             dropped_queue_full: dropped("queue_full"),
             dropped_hub_budget: dropped("hub_budget"),
             dropped_expired: dropped("expired"),

@@ -7,7 +7,8 @@ use iothub_model::{ClientId, HubId, Message, QoS, SubscriptionFilter};
 use parking_lot::MutexGuard;
 
 use crate::engine::HubCaps;
-use crate::hub::{Hub, HubConfig, Traffic, reserved_topic};
+use crate::events::{EventOutcome, HubEvent};
+use crate::hub::{Hub, HubConfig, Traffic};
 use crate::metrics::DropReason;
 use crate::state::{
     Conn, Inflight, InflightState, Inner, Queued, SessionState, SubEntry, SubOptions,
@@ -208,6 +209,11 @@ impl Session {
         self.config.caps
     }
 
+    /// Raises a hub event on this session's hub (see `Engine::raise_event`).
+    pub fn raise_event(&self, event: HubEvent) -> EventOutcome {
+        self.hub.raise(event)
+    }
+
     /// The connection's traffic counters: the hub's packets and bytes, and this client's
     /// messages for the metrics API (see [`Traffic`]). Take it once per connection and
     /// keep it until the connection's end.
@@ -256,7 +262,7 @@ impl Session {
         if message.retain && !caps.retain_available {
             return Err(PublishError::RetainNotSupported);
         }
-        if reserved_topic(&message.topic) {
+        if self.config.reserved_topic(&message.topic) {
             return Err(PublishError::NotAuthorized);
         }
         let qos2_id = match (message.qos, packet_id) {
@@ -398,6 +404,26 @@ impl Session {
                     subscription_ids: opts.subscription_id.into_iter().collect(),
                     expires_at: r.expires_at,
                     weight: r.weight,
+                    shared: None,
+                };
+                self.hub.enqueue(&self.state, entry, now, false);
+            });
+            drop(store);
+            // `$SYS` figures are kept beside the retained store and delivered the same way.
+            self.hub.for_each_sys(&filter.filter, |m| {
+                if guard
+                    .as_ref()
+                    .is_some_and(|g| !g.allows_topic(m.topic.as_str()))
+                {
+                    return;
+                }
+                let entry = Queued {
+                    message: m.clone(),
+                    qos: m.qos.min(opts.qos),
+                    retain: true,
+                    subscription_ids: opts.subscription_id.into_iter().collect(),
+                    expires_at: None,
+                    weight: m.weight() as u64,
                     shared: None,
                 };
                 self.hub.enqueue(&self.state, entry, now, false);

@@ -1,10 +1,11 @@
 //! A hub's settings as the engine keeps them: plan, limits, the caps they give, anonymous
-//! admission and the anonymous clients' message filters.
+//! admission and the anonymous clients' message filters, and its hub events (on or off,
+//! and the topic prefix no client may publish under).
 
 use std::sync::Arc;
 
 use iothub_model::{
-    ClientId, FilterError, HubId, HubLimits, MessageFilters, Plan, QoS, TemplateVars,
+    ClientId, FilterError, HubId, HubLimits, MessageFilters, Plan, QoS, TemplateVars, TopicName,
 };
 
 use crate::engine::{HubCaps, HubSpec};
@@ -23,6 +24,8 @@ pub(crate) struct HubConfig {
     /// The anonymous filters expanded once, when they name no device template; otherwise
     /// they are expanded per client at CONNECT.
     anonymous_compiled: Option<SessionFilters>,
+    pub(crate) events_enabled: bool,
+    pub(crate) events_prefix: TopicName,
 }
 
 impl HubConfig {
@@ -51,7 +54,22 @@ impl HubConfig {
             caps: caps_for(spec.plan, &spec.limits),
             anonymous_filters: filters.clone(),
             anonymous_compiled,
+            events_enabled: spec.events_enabled,
+            events_prefix: spec.events_topic_prefix.clone(),
         }))
+    }
+
+    /// Whether clients may not publish to `topic`: `$SYS/..` and `$SCW/..` (hub events,
+    /// `$SYS` figures) and anything under the hub's events prefix are written by the hub
+    /// only, so a client can never fake them.
+    pub(crate) fn reserved_topic(&self, topic: &TopicName) -> bool {
+        let first = topic.levels().next().unwrap_or_default();
+        if first == "$SYS" || first == "$SCW" {
+            return true;
+        }
+        let (t, prefix) = (topic.as_str(), self.events_prefix.as_str());
+        t.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
     /// Anonymous clients are admitted: `allow_anonymous`, and never on the shared plan.

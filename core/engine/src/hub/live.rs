@@ -14,6 +14,14 @@ use crate::session::KickReason;
 use crate::state::{Owner, SessionFilters, SessionState, SubEntry, SubOptions};
 use crate::trie::SubTrie;
 
+/// What a device change did: the subscriptions its new filters removed, and how many live
+/// connections it closed (for the events the engine raises).
+#[derive(Default)]
+pub(crate) struct Applied {
+    pub(crate) revoked: Vec<RevokedSubscription>,
+    pub(crate) kicked: usize,
+}
+
 /// A live change of one device, as the engine applies it to the device's sessions.
 pub(crate) enum DeviceChange {
     /// Removed, or moved to another hub: its sessions here end.
@@ -38,21 +46,19 @@ impl Hub {
     }
 
     /// Applies a device's change to its sessions here. Returns the subscriptions removed
-    /// because the new filters refuse them.
-    pub(crate) fn apply_device(
-        &self,
-        device: DeviceId,
-        change: DeviceChange,
-    ) -> Vec<RevokedSubscription> {
+    /// because the new filters refuse them and the number of connections closed.
+    pub(crate) fn apply_device(&self, device: DeviceId, change: DeviceChange) -> Applied {
         let now = self.now();
         let mut revoked = Vec::new();
         let mut ended = Vec::new();
+        let mut kicked = 0;
         {
             let mut registry = self.sessions.lock();
             let states = registry.of_device(device);
             match change {
                 DeviceChange::End => {
                     for state in &states {
+                        kicked += usize::from(state.is_connected());
                         ended.push(self.end_session_locked(
                             &mut registry,
                             state,
@@ -78,6 +84,7 @@ impl Hub {
                                 && let Some(conn) = &inner.conn
                             {
                                 conn.kick(KickReason::AdministrativeAction);
+                                kicked += 1;
                             }
                         }
                     }
@@ -88,7 +95,7 @@ impl Hub {
             self.finish_ended(e, now);
         }
         self.update_gauges();
-        revoked
+        Applied { revoked, kicked }
     }
 
     /// Gives `state` new filters (the caller holds the session registry and the trie):
@@ -172,7 +179,9 @@ impl Hub {
         self.set_hot_limits(&config.limits);
         let now = self.now();
         let plan_changed = old.plan != config.plan;
-        let caps_changed = old.caps != config.caps;
+        // A new events prefix is a new reserved topic: connections learn it by reconnecting,
+        // like new caps (each session checks the settings it was admitted under).
+        let caps_changed = old.caps != config.caps || old.events_prefix != config.events_prefix;
         let end_all = plan_changed && config.plan == Plan::Shared;
         let end_anonymous = old.admits_anonymous() && !config.admits_anonymous();
         let refilter_anonymous = config.admits_anonymous()

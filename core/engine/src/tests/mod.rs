@@ -15,6 +15,7 @@ use crate::*;
 mod activity;
 mod budget;
 mod devices;
+mod events;
 mod tenancy;
 
 const Q0: QoS = QoS::AtMostOnce;
@@ -106,6 +107,8 @@ fn hub_spec(id: HubId, name: &str, plan: Plan, limits: HubLimits, anonymous: boo
         allow_anonymous: anonymous,
         anonymous_filters: MessageFilters::default(),
         enabled: true,
+        events_enabled: true,
+        events_topic_prefix: TopicName::new(DEFAULT_EVENTS_TOPIC_PREFIX).unwrap(),
     }
 }
 
