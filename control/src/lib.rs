@@ -7,9 +7,10 @@
 //! [`registry`] holds every rule (validation, quotas, hub lifecycle, tenancy, API keys) and
 //! tells the broker about changes through the [`runtime::Runtime`] trait, which the binary
 //! implements with the engine. [`api`] is the management REST API over the registry, with
-//! its OpenAPI document (`control/openapi.json`). [`pki`] makes and judges certificates:
-//! each hub's CA, device certificates, custom CAs with their proof of possession, and the
-//! TLS listeners' server certificate. A managed hub CA's private key is kept in plain text
+//! its OpenAPI document (`control/openapi.json`). [`metrics`] keeps the metrics API's
+//! time series in bounded rings, fed by the binary and saved in the store. [`pki`] makes
+//! and judges certificates: each hub's CA, device certificates, custom CAs with their proof
+//! of possession, and the TLS listeners' server certificate. A managed hub CA's private key is kept in plain text
 //! in the database (see [`pki`]): protect the database like the keys it holds.
 //!
 //! This crate must never depend on the engine, the adapters, the MQTT codec or wasmtime:
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod ids;
+pub mod metrics;
 pub mod pki;
 pub mod records;
 pub mod registry;

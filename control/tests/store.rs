@@ -139,7 +139,7 @@ async fn migrations_are_idempotent_and_refuse_newer_schemas(db: &TestDb) {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(row.0, 2, "registry, certificates");
+    assert_eq!(row.0, 3, "registry, certificates, metrics");
     sqlx::query(
         "INSERT INTO iothub_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
     )
@@ -152,7 +152,7 @@ async fn migrations_are_idempotent_and_refuse_newer_schemas(db: &TestDb) {
             err,
             StoreError::SchemaTooNew {
                 found: 999,
-                known: 2
+                known: 3
             }
         ),
         "{err}"

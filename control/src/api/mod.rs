@@ -1,5 +1,5 @@
 //! The management REST API: the reference's paths under `/iot/v1/regions/{region}/`
-//! (hubs and their CA, devices and their certificate, routes, networks),
+//! (hubs and their CA, devices and their certificate, their metrics, routes, networks),
 //! `POST /iot/v1/accounts` for the admin, the OpenAPI document at `GET /openapi.json`, and
 //! the CA devices should trust for the TLS listeners at
 //! `GET /iot/v1/regions/{region}/server-ca` (no key needed: it is public by nature).
@@ -20,6 +20,7 @@ pub mod views;
 mod accounts;
 mod devices;
 mod hubs;
+mod metrics;
 mod networks;
 mod routes;
 
@@ -202,6 +203,9 @@ pub const ROUTES: &[Endpoint] = &[
     ep(Get, "/iot/v1/regions/{region}/hubs/{hub_id}/ca", ApiKey, |m| {
         on(m, hubs::get_ca)
     }),
+    ep(Get, "/iot/v1/regions/{region}/hubs/{hub_id}/metrics", ApiKey, |m| {
+        on(m, metrics::hub)
+    }),
     // devices
     ep(Get, "/iot/v1/regions/{region}/devices", ApiKey, |m| {
         on(m, devices::list)
@@ -256,6 +260,12 @@ pub const ROUTES: &[Endpoint] = &[
         "/iot/v1/regions/{region}/devices/{device_id}/certificate",
         ApiKey,
         |m| on(m, devices::get_certificate),
+    ),
+    ep(
+        Get,
+        "/iot/v1/regions/{region}/devices/{device_id}/metrics",
+        ApiKey,
+        |m| on(m, metrics::device),
     ),
     // routes
     ep(Get, "/iot/v1/regions/{region}/routes", ApiKey, |m| {

@@ -39,6 +39,7 @@ pub use requests::{
 };
 
 use crate::ids::{AccountId, ApiKeyId, NetworkId, RouteId};
+use crate::metrics::{MetricRings, MetricsResponse, Period, RangeError, SeriesRange};
 use crate::pki::{self, DeviceCredentials};
 use crate::records::{
     AccountRecord, ApiKeyRecord, DeviceRecord, DeviceStatus, HubCaRecord, HubRecord, HubStatus,
@@ -109,6 +110,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     runtime: Arc<dyn Runtime>,
     config: RegistryConfig,
+    /// The metrics API's rings, fed by the binary ([`Registry::metrics`]).
+    metrics: Arc<MetricRings>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -126,6 +129,7 @@ impl Registry {
             store,
             runtime,
             config,
+            metrics: Arc::default(),
         }
     }
 
@@ -139,6 +143,71 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The metrics API's rings: the binary records the broker's counts into them.
+    pub fn metrics(&self) -> &Arc<MetricRings> {
+        &self.metrics
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Metrics (see `crate::metrics`)
+
+    /// Loads the saved rings (at start, before anything is recorded).
+    pub async fn load_metrics(&self) -> Result<usize, RegistryError> {
+        let records = self.store.load_metric_rings().await?;
+        self.metrics.restore(&records, Timestamp::now());
+        Ok(records.len())
+    }
+
+    /// Saves the rings that changed since the last save; on failure they stay marked for
+    /// the next one. Answers the rows written.
+    pub async fn save_metrics(&self) -> Result<usize, RegistryError> {
+        let records = self.metrics.take_dirty(Timestamp::now());
+        if let Err(e) = self.store.save_metric_rings(&records).await {
+            self.metrics.mark_dirty(&records);
+            return Err(e.into());
+        }
+        Ok(records.len())
+    }
+
+    fn metrics_range(
+        period: Option<Period>,
+        start_date: Option<Timestamp>,
+    ) -> Result<SeriesRange, RegistryError> {
+        SeriesRange::new(period, start_date, Timestamp::now()).map_err(|e| match e {
+            RangeError::StartInFuture => invalid(
+                "start_date",
+                e.to_string(),
+                "give a start date in the past, or a period",
+            ),
+        })
+    }
+
+    /// A hub's `messages` and `active_devices` series (see [`crate::metrics`]).
+    pub async fn hub_metrics(
+        &self,
+        caller: &AccountRecord,
+        id: HubId,
+        period: Option<Period>,
+        start_date: Option<Timestamp>,
+    ) -> Result<MetricsResponse, RegistryError> {
+        self.hub_of(caller, id).await?;
+        let range = Self::metrics_range(period, start_date)?;
+        Ok(self.metrics.hub_series(id, &range))
+    }
+
+    /// A device's `messages` and `activity` series (see [`crate::metrics`]).
+    pub async fn device_metrics(
+        &self,
+        caller: &AccountRecord,
+        id: DeviceId,
+        period: Option<Period>,
+        start_date: Option<Timestamp>,
+    ) -> Result<MetricsResponse, RegistryError> {
+        self.device_of(caller, id).await?;
+        let range = Self::metrics_range(period, start_date)?;
+        Ok(self.metrics.device_series(id, &range))
     }
 
     // -----------------------------------------------------------------------------------
@@ -615,8 +684,10 @@ impl Registry {
             Err(e) => return Err(e.into()),
         };
         for device in devices {
+            self.metrics.forget_device(device);
             self.runtime.device_removed(device);
         }
+        self.metrics.forget_hub(id);
         self.runtime.hub_ca_removed(id);
         self.runtime.hub_removed(id);
         Ok(())
@@ -864,6 +935,7 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         }
+        self.metrics.forget_device(id);
         self.runtime.device_removed(id);
         Ok(())
     }

@@ -20,6 +20,7 @@ use std::str::FromStr;
 use iothub_model::{DeviceId, HubId};
 
 use crate::ids::{AccountId, NetworkId, RouteId};
+use crate::metrics::MetricRingRecord;
 use crate::records::{
     AccountRecord, ApiKeyRecord, DeviceCertificateRecord, DeviceRecord, DeviceStatus, HubCaRecord,
     HubRecord, NetworkRecord, RouteRecord,
@@ -276,9 +277,9 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         plan_quota: Option<u64>,
     ) -> StoreFuture<'a, HubRecord>;
-    /// Deletes a hub with its CA, routes and networks, and its devices (with their
-    /// certificates) when `delete_devices` (returned); otherwise a hub with devices is
-    /// refused with `HubHasDevices`.
+    /// Deletes a hub with its CA, routes, networks and metric rings, and its devices (with
+    /// their certificates and metric rings) when `delete_devices` (returned); otherwise a
+    /// hub with devices is refused with `HubHasDevices`.
     fn delete_hub(
         &self,
         id: HubId,
@@ -318,7 +319,7 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         hub_quota: u64,
     ) -> StoreFuture<'a, DeviceRecord>;
-    /// Deletes a device and its certificate.
+    /// Deletes a device, its certificate and its metric rings.
     fn delete_device(&self, id: DeviceId, expected_version: Option<i64>) -> StoreFuture<'_, ()>;
     fn get_device_certificate(
         &self,
@@ -382,6 +383,12 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         query: &'a ListQuery<NetworkFilter>,
     ) -> StoreFuture<'a, Page<NetworkRecord>>;
+
+    /// Writes the metric rings (each row replaces the stored one of its object and
+    /// resolution), in one transaction.
+    fn save_metric_rings<'a>(&'a self, rings: &'a [MetricRingRecord]) -> StoreFuture<'a, ()>;
+    /// Every stored metric ring, for the start.
+    fn load_metric_rings(&self) -> StoreFuture<'_, Vec<MetricRingRecord>>;
 }
 
 #[cfg(test)]

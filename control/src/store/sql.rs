@@ -21,6 +21,7 @@ use super::{
     SortDirection, Store, StoreError, StoreFuture,
 };
 use crate::ids::{AccountId, NetworkId, RouteId};
+use crate::metrics::{MetricBucket, MetricObject, MetricRingRecord, Resolution};
 use crate::records::{
     AccountRecord, ApiKeyRecord, DeviceCertificateRecord, DeviceRecord, HubCaRecord, HubRecord,
     NetworkRecord, RouteRecord, parse_plan, plan_as_str,
@@ -38,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "certificates",
         include_str!("../../migrations/0002_certificates.sql"),
+    ),
+    (
+        3,
+        "metrics",
+        include_str!("../../migrations/0003_metrics.sql"),
     ),
 ];
 
@@ -380,6 +386,34 @@ fn device_certificate_from(row: &AnyRow) -> Result<DeviceCertificateRecord, Stor
 
 const ROUTE_COLUMNS: &str =
     "id, hub_id, account_id, name, topic, route_type, config, created_at, updated_at, version";
+
+fn metric_ring_from(row: &AnyRow) -> Result<MetricRingRecord, StoreError> {
+    const TABLE: &str = "metric_rings";
+    let kind = text(row, "object_type")?;
+    let id = text(row, "object_id")?;
+    let object = MetricObject::parse(&kind, &id).ok_or_else(|| StoreError::Corrupt {
+        table: TABLE,
+        column: "object_id",
+        value: format!("{kind} {id}"),
+        reason: "not a hub or device id".into(),
+    })?;
+    let resolution = text(row, "resolution")?;
+    let resolution = resolution
+        .parse::<Resolution>()
+        .map_err(|()| StoreError::Corrupt {
+            table: TABLE,
+            column: "resolution",
+            value: resolution,
+            reason: "not a metric resolution".into(),
+        })?;
+    Ok(MetricRingRecord {
+        object,
+        hub_id: parsed(row, TABLE, "hub_id")?,
+        resolution,
+        buckets: json::<Vec<MetricBucket>>(row, TABLE, "buckets")?,
+        updated_at: stamp(row, "updated_at")?,
+    })
+}
 
 fn route_from(row: &AnyRow) -> Result<RouteRecord, StoreError> {
     let route = RouteRecord {
@@ -1021,12 +1055,15 @@ impl Store for SqlStore {
                 for sql in [
                     "DELETE FROM device_certificates WHERE device_id IN \
                      (SELECT id FROM devices WHERE hub_id = $1)",
+                    "DELETE FROM metric_rings WHERE object_type = 'device' AND object_id IN \
+                     (SELECT id FROM devices WHERE hub_id = $1)",
                     "DELETE FROM devices WHERE hub_id = $1",
                 ] {
                     sqlx::query(sql).bind(hub.clone()).execute(&mut *tx).await?;
                 }
             }
             for sql in [
+                "DELETE FROM metric_rings WHERE object_type = 'hub' AND object_id = $1",
                 "DELETE FROM hub_cas WHERE hub_id = $1",
                 "DELETE FROM routes WHERE hub_id = $1",
                 "DELETE FROM networks WHERE hub_id = $1",
@@ -1243,6 +1280,7 @@ impl Store for SqlStore {
             }
             for sql in [
                 "DELETE FROM device_certificates WHERE device_id = $1",
+                "DELETE FROM metric_rings WHERE object_type = 'device' AND object_id = $1",
                 "DELETE FROM devices WHERE id = $1",
             ] {
                 sqlx::query(sql)
@@ -1687,6 +1725,47 @@ impl Store for SqlStore {
                 query.paging,
             )
             .await
+        })
+    }
+
+    fn save_metric_rings<'a>(&'a self, rings: &'a [MetricRingRecord]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if rings.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.begin_write().await?;
+            for ring in rings {
+                sqlx::query(
+                    "INSERT INTO metric_rings \
+                     (object_type, object_id, resolution, hub_id, buckets, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (object_type, object_id, resolution) DO UPDATE SET \
+                     hub_id = excluded.hub_id, buckets = excluded.buckets, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(ring.object.kind())
+                .bind(ring.object.id())
+                .bind(ring.resolution.as_str())
+                .bind(ring.hub_id.to_string())
+                .bind(to_json(&ring.buckets))
+                .bind(ring.updated_at.as_micros())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn load_metric_rings(&self) -> StoreFuture<'_, Vec<MetricRingRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT object_type, object_id, resolution, hub_id, buckets, updated_at \
+                 FROM metric_rings",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(metric_ring_from).collect()
         })
     }
 }

@@ -1,8 +1,8 @@
 //! A checker of JSON values against the OpenAPI document's schemas, for the subset the
 //! document uses: `type`, `format` (`uuid`, `date-time`), `enum`, `required`,
 //! `properties`, `additionalProperties`, `items`, `nullable`, `oneOf`, `$ref`,
-//! `minimum`/`maximum`, `minLength`/`maxLength`, `maxItems`. A keyword outside the subset
-//! fails the check, so the document cannot silently outgrow the checker.
+//! `minimum`/`maximum`, `minLength`/`maxLength`, `minItems`/`maxItems`. A keyword outside
+//! the subset fails the check, so the document cannot silently outgrow the checker.
 
 use serde_json::{Map, Value};
 
@@ -145,14 +145,17 @@ impl Document {
                         }
                     }
                 }
-                "maxItems" => {
-                    if let (Some(bound), Some(items)) = (arg.as_u64(), value.as_array())
-                        && items.len() as u64 > bound
-                    {
-                        errors.push(format!(
-                            "{at}: {} items break maxItems {bound}",
-                            items.len()
-                        ));
+                "minItems" | "maxItems" => {
+                    if let (Some(bound), Some(items)) = (arg.as_u64(), value.as_array()) {
+                        let len = items.len() as u64;
+                        let bad = if keyword == "minItems" {
+                            len < bound
+                        } else {
+                            len > bound
+                        };
+                        if bad {
+                            errors.push(format!("{at}: {len} items break {keyword} {bound}"));
+                        }
                     }
                 }
                 "items" => {
