@@ -20,6 +20,11 @@
 //! CONNACK return codes and SUBACK 0x80, so other refusals close the connection or, for a
 //! refused PUBLISH, acknowledge and drop it [MQTT-3.3.5-2]).
 //!
+//! Hub events ([`crate::events`]): a packet that does not decode, a protocol error, a
+//! refused PUBLISH, SUBSCRIBE, will or CONNECT, and what the shared plan does not offer
+//! raise an event on the client's hub (about its device, or the hub for an anonymous
+//! client) with the offending packet; before the CONNECT names a hub they are only counted.
+//!
 //! Metrics: packets and bytes per listener ([`Transport`]) from the first byte; per hub
 //! (and, for the metrics API, per device) through the session's `Traffic` once the CONNECT
 //! is accepted, the CONNECT and the bytes read before it included; refused CONNECTs as
@@ -32,11 +37,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use iothub_engine::{
-    ConnectRequest, Connected, Credentials, DisconnectKind, Engine, Identity, Outgoing,
-    OutgoingPublish, PublishAck, PublishError, Session, SubscribeError, SubscribeRequest, Traffic,
-    Will,
+    ConnectRequest, Connected, Credentials, DisconnectKind, Engine, EventKind, HubEvent, Identity,
+    Outgoing, OutgoingPublish, PublishAck, PublishError, Session, SubscribeError, SubscribeRequest,
+    Traffic, Will, count_unattributed,
 };
-use iothub_model::{ClientId, Message, Origin, SubscriptionFilter, TopicName};
+use iothub_model::{ClientId, DeviceId, HubId, Message, Origin, SubscriptionFilter, TopicName};
 use iothub_mqtt_codec::{self as codec, Packet, ProtocolVersion, ReasonCode};
 use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -46,6 +51,7 @@ use tracing::{debug, info};
 use crate::ListenerSettings;
 use crate::aliases::{AliasError, InboundAliases, OutboundAliases, OutboundTopic};
 use crate::convert;
+use crate::events::{self as ev, Head};
 use crate::tls::PeerCertificate;
 
 /// A write that makes no progress for this long means the client stopped reading: the
@@ -93,10 +99,32 @@ enum Close {
     Client(DisconnectKind),
     /// We end it with this reason: MQTT 5 clients get a DISCONNECT first; the will is published.
     Server(ReasonCode, &'static str),
+    /// Like `Server`, for a packet the client should not have sent: raises a hub event of
+    /// `kind` with `msg` and the packet (in words) first.
+    Violation {
+        code: ReasonCode,
+        why: &'static str,
+        kind: EventKind,
+        msg: String,
+        packet: String,
+    },
     /// The engine ended the session's connection (takeover, shutdown, ...): told, then closed.
     Kicked(ReasonCode),
     /// The network went away (EOF, I/O error, stalled writes): the will is published.
     Network,
+}
+
+impl Close {
+    /// A protocol error: event "protocol error: <why>".
+    fn protocol(code: ReasonCode, why: &'static str, packet: String) -> Self {
+        Close::Violation {
+            code,
+            why,
+            kind: EventKind::ProtocolError,
+            msg: format!("protocol error: {why}"),
+            packet,
+        }
+    }
 }
 
 /// Runs one connection to the end. Never panics on input; every outcome is logged at debug.
@@ -181,6 +209,17 @@ struct Established {
     max_qos: iothub_model::QoS,
     retain_available: bool,
     outgoing: Vec<Outgoing>,
+    /// The device the client is, for hub events (`None`: an anonymous client; its events are
+    /// about the hub).
+    device: Option<DeviceId>,
+}
+
+impl Established {
+    /// Raises a hub event about this client (its device, else its hub).
+    fn raise(&self, kind: EventKind, msg: String, packet: String) {
+        let event = HubEvent::about(kind, self.session.hub(), self.device, msg).with_packet(packet);
+        self.session.raise_event(event);
+    }
 }
 
 impl<S> Conn<S>
@@ -215,10 +254,13 @@ where
                 }
                 Ok(Some(other)) => {
                     debug!(message = "first packet is not CONNECT; closing", peer = %self.peer, packet = ?packet_name(&other));
+                    count_unattributed(EventKind::ProtocolError);
                     return None;
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // No hub is known before a CONNECT decodes: counted only.
+                    count_unattributed(ev::decode_event(&e).0);
                     if let codec::DecodeError::UnsupportedProtocolVersion(level) = e {
                         // [MQTT-3.1.2-2]: answer with return code 0x01 in the 3.1.1 form, which
                         // every protocol level can read, then close.
@@ -252,6 +294,11 @@ where
         // The `reason` of `iothub_auth_refusals_total`: the engine's, the certificate's, or
         // a CONNECT the protocol refuses.
         let mut refusal = "protocol";
+        // The hub event of a refusal, and whom it is about when the hub is known.
+        let mut event: Option<(EventKind, String)> = None;
+        let mut subject: Option<(HubId, Option<DeviceId>)> = None;
+        let with_certificate = matches!(self.certificate, PeerCertificate::Verified(_));
+        let will_topic = c.will.as_ref().map(|w| w.topic.as_str());
 
         let result: Result<(Connected, ConnectRequestInfo), (ReasonCode, &'static str)> = (|| {
             if c.properties.authentication_method.is_some() {
@@ -271,6 +318,10 @@ where
                 None
             } else {
                 Some(ClientId::new(&c.client_id).map_err(|_| {
+                    event = Some((
+                        EventKind::ProtocolError,
+                        "client identifier not valid".into(),
+                    ));
                     refuse(
                         ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                         "client identifier not valid",
@@ -298,8 +349,10 @@ where
                 .resolve_client(self.settings.anonymous_hub, &credentials)
                 .map_err(|e| {
                     refusal = e.label();
+                    event = ev::connect_event(&e, with_certificate, will_topic);
                     convert::connect_refusal(&e)
                 })?;
+            subject = Some((hub, device_of(identity)));
             // Messages name the session they come from: a device's is its device id.
             let origin = match identity {
                 Identity::Device { id, .. } => Origin::Client(ClientId::from(id)),
@@ -309,6 +362,10 @@ where
                 None => None,
                 Some(w) => {
                     let topic = TopicName::new(&w.topic).map_err(|_| {
+                        event = Some((
+                            EventKind::ProtocolError,
+                            "protocol error: the will topic is not valid".into(),
+                        ));
                         refuse(
                             ReasonCode::TOPIC_NAME_INVALID,
                             "the will topic is not valid",
@@ -371,6 +428,7 @@ where
                 )
                 .map_err(|e| {
                     refusal = e.label();
+                    event = ev::connect_event(&e, with_certificate, will_topic);
                     convert::connect_refusal(&e)
                 })?;
             Ok((
@@ -387,6 +445,9 @@ where
             Ok(ok) => ok,
             Err((code, why)) => {
                 debug!(message = "connection refused", peer = %self.peer, client_id = %c.client_id, username = ?c.username, reason = why, code = code.0);
+                if let Some((kind, msg)) = event {
+                    self.raise_refusal(engine, &c, subject, kind, msg);
+                }
                 metrics::counter!(
                     "iothub_auth_refusals_total",
                     "listener" => self.settings.name.clone(),
@@ -484,7 +545,42 @@ where
             retain_available: caps.retain_available,
             session: connected.session,
             outgoing: Vec::with_capacity(OUTGOING_BATCH),
+            device: device_of(info.identity),
         })
+    }
+
+    /// The hub event of a refused CONNECT: about the device or hub it named (`subject`, or
+    /// what its credentials name), with the CONNECT in words and the client's address;
+    /// counted only when it names nothing the engine knows.
+    fn raise_refusal(
+        &self,
+        engine: &Engine,
+        c: &codec::Connect,
+        subject: Option<(HubId, Option<DeviceId>)>,
+        kind: EventKind,
+        msg: String,
+    ) {
+        let subject = subject.or_else(|| {
+            let certificate = match self.certificate {
+                PeerCertificate::Verified(v) => Some(v),
+                PeerCertificate::None | PeerCertificate::Refused(_) => None,
+            };
+            engine.refusal_subject(&Credentials {
+                client_id: &c.client_id,
+                username: c.username.as_deref(),
+                password_is_empty: c.password.as_ref().is_none_or(|p| p.is_empty()),
+                certificate,
+            })
+        });
+        match subject {
+            Some((hub, device)) => {
+                let event = HubEvent::about(kind, hub, device, msg)
+                    .with_packet(ev::describe_connect(c))
+                    .with_source_address(self.peer);
+                engine.raise_event(hub, event);
+            }
+            None => count_unattributed(kind),
+        }
     }
 
     /// The established connection's loop: until the client, the server or the network ends it.
@@ -514,9 +610,13 @@ where
                 biased;
                 read = self.stream.read_buf(&mut self.rbuf) => {
                     match read {
-                        Ok(0) => return Close::Network,
+                        Ok(0) => {
+                            self.truncated(est);
+                            return Close::Network;
+                        }
                         Err(e) => {
                             debug!(message = "read error", peer = %self.peer, %e);
+                            self.truncated(est);
                             return Close::Network;
                         }
                         Ok(n) => {
@@ -561,6 +661,8 @@ where
     /// Decodes and handles every complete packet in the read buffer.
     fn handle_input(&mut self, est: &mut Established) -> Option<Close> {
         loop {
+            // The offending bytes, should this packet not decode.
+            let head = Head::of(&self.rbuf);
             let packet = match codec::decode(
                 &mut self.rbuf,
                 Some(est.version),
@@ -570,6 +672,8 @@ where
                 Ok(None) => return None,
                 Err(e) => {
                     debug!(message = "bad packet", peer = %self.peer, client_id = %est.client_id, error = %e);
+                    let (kind, msg) = ev::decode_event(&e);
+                    est.raise(kind, msg, head.excerpt(self.rbuf.len()));
                     return Some(Close::Server(
                         e.reason_code(),
                         "malformed or invalid packet",
@@ -588,6 +692,24 @@ where
                 return None;
             }
         }
+    }
+
+    /// The connection ended inside a packet (its first bytes arrived, the rest never will):
+    /// the reference's "cannot read MQTT header" event, with those bytes.
+    fn truncated(&self, est: &Established) {
+        if self.rbuf.is_empty() {
+            return;
+        }
+        let msg = format!(
+            "cannot read MQTT header: the connection closed {} bytes into a packet",
+            self.rbuf.len()
+        );
+        let head = Head::of(&self.rbuf);
+        est.raise(
+            EventKind::MalformedPacket,
+            msg,
+            head.excerpt(self.rbuf.len()),
+        );
     }
 
     fn handle_packet(&mut self, est: &mut Established, packet: Packet) -> Option<Close> {
@@ -652,9 +774,10 @@ where
                 let expiry = d.properties.session_expiry_interval;
                 if est.connect_session_expiry == 0 && expiry.is_some_and(|e| e != 0) {
                     // [MQTT-3.14.2-2]
-                    return Some(Close::Server(
+                    return Some(Close::protocol(
                         ReasonCode::PROTOCOL_ERROR,
                         "session expiry cannot be set at DISCONNECT when it was 0 at CONNECT",
+                        format!("DISCONNECT session_expiry={}", expiry.unwrap_or(0)),
                     ));
                 }
                 let kind = if d.reason_code == ReasonCode::SUCCESS {
@@ -668,20 +791,29 @@ where
                 };
                 return Some(Close::Client(kind));
             }
-            Packet::Connect(_) => {
+            Packet::Connect(c) => {
                 // [MQTT-3.1.0-2]
-                return Some(Close::Server(ReasonCode::PROTOCOL_ERROR, "second CONNECT"));
-            }
-            Packet::Auth(_) => {
-                return Some(Close::Server(
+                return Some(Close::protocol(
                     ReasonCode::PROTOCOL_ERROR,
-                    "AUTH without enhanced authentication",
+                    "second CONNECT",
+                    ev::describe_connect(&c),
                 ));
             }
-            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                return Some(Close::Server(
+            Packet::Auth(_) => {
+                return Some(Close::protocol(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "AUTH without enhanced authentication",
+                    "AUTH".into(),
+                ));
+            }
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => {
+                return Some(Close::protocol(
                     ReasonCode::PROTOCOL_ERROR,
                     "a packet only a server may send",
+                    ev::describe(&other),
                 ));
             }
         }
@@ -690,12 +822,19 @@ where
 
     fn handle_publish(&mut self, est: &mut Established, p: codec::Publish) -> Option<Close> {
         let v5 = est.version == ProtocolVersion::V5;
+        let protocol = |why: &'static str, p: &codec::Publish| {
+            Some(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                why,
+                ev::describe_publish(p),
+            ))
+        };
         if !p.properties.subscription_identifiers.is_empty() {
             // [MQTT-3.3.4-6]
-            return Some(Close::Server(
-                ReasonCode::PROTOCOL_ERROR,
+            return protocol(
                 "a client PUBLISH must not carry subscription identifiers",
-            ));
+                &p,
+            );
         }
         let qos = convert::qos_in(p.qos);
         if v5 {
@@ -703,16 +842,10 @@ where
             // MQTT 3.1.1 has no such code: the engine refuses and the message is acknowledged
             // and dropped below.
             if qos > est.max_qos {
-                return Some(Close::Server(
-                    ReasonCode::QOS_NOT_SUPPORTED,
-                    "QoS not supported",
-                ));
+                return Some(service_level(&PublishError::QosNotSupported, &p));
             }
             if p.retain && !est.retain_available {
-                return Some(Close::Server(
-                    ReasonCode::RETAIN_NOT_SUPPORTED,
-                    "retain not supported",
-                ));
+                return Some(service_level(&PublishError::RetainNotSupported, &p));
             }
         }
         let named = if p.topic.is_empty() {
@@ -721,9 +854,10 @@ where
             match TopicName::new(&p.topic) {
                 Ok(t) => Some(t),
                 Err(_) => {
-                    return Some(Close::Server(
+                    return Some(Close::protocol(
                         ReasonCode::TOPIC_NAME_INVALID,
                         "topic name invalid",
+                        ev::describe_publish(&p),
                     ));
                 }
             }
@@ -732,24 +866,25 @@ where
             (Some(alias), named) => match est.inbound_aliases.resolve(alias, named) {
                 Ok(t) => t,
                 Err(AliasError::OutOfRange) => {
-                    return Some(Close::Server(
+                    return Some(Close::protocol(
                         ReasonCode::TOPIC_ALIAS_INVALID,
                         "topic alias invalid",
+                        ev::describe_publish(&p),
                     ));
                 }
                 Err(AliasError::Unknown) => {
-                    return Some(Close::Server(
-                        ReasonCode::PROTOCOL_ERROR,
-                        "topic alias used before it was set",
-                    ));
+                    return protocol("topic alias used before it was set", &p);
                 }
             },
             (None, Some(t)) => t,
             (None, None) => {
-                return Some(Close::Server(
-                    ReasonCode::PROTOCOL_ERROR,
-                    "empty topic without alias",
-                ));
+                return Some(Close::Violation {
+                    code: ReasonCode::PROTOCOL_ERROR,
+                    why: "empty topic without alias",
+                    kind: EventKind::ProtocolError,
+                    msg: "empty topics are not authorized".into(),
+                    packet: ev::describe_publish(&p),
+                });
             }
         };
         let pp = &p.properties;
@@ -761,20 +896,23 @@ where
             pp.correlation_data.as_ref(),
             &pp.user_properties,
         ) else {
-            return Some(Close::Server(
-                ReasonCode::PROTOCOL_ERROR,
-                "response topic is not a valid topic name",
-            ));
+            return protocol("response topic is not a valid topic name", &p);
         };
         let packet_id = p.packet_id;
         let result = if properties.payload_is_utf8 == Some(true)
             && std::str::from_utf8(&p.payload).is_err()
         {
+            est.raise(
+                EventKind::ProtocolError,
+                "protocol error: the payload is not UTF-8 as its format indicator says".into(),
+                ev::describe_publish(&p),
+            );
             Err(ReasonCode::PAYLOAD_FORMAT_INVALID)
         } else {
             let message = Message {
                 topic,
-                payload: p.payload,
+                // A shared reference: `p` stays whole for the event of a refusal.
+                payload: p.payload.clone(),
                 qos,
                 retain: p.retain,
                 properties,
@@ -789,24 +927,21 @@ where
                 Ok(PublishAck::Duplicate) => Ok(ReasonCode::SUCCESS),
                 Err(e) => match e {
                     PublishError::ReceiveMaximumExceeded => {
-                        return Some(Close::Server(
+                        return Some(Close::protocol(
                             ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                             "receive maximum exceeded",
+                            ev::describe_publish(&p),
                         ));
                     }
-                    PublishError::QosNotSupported if v5 => {
-                        return Some(Close::Server(
-                            ReasonCode::QOS_NOT_SUPPORTED,
-                            "QoS not supported",
-                        ));
+                    PublishError::QosNotSupported | PublishError::RetainNotSupported if v5 => {
+                        return Some(service_level(&e, &p));
                     }
-                    PublishError::RetainNotSupported if v5 => {
-                        return Some(Close::Server(
-                            ReasonCode::RETAIN_NOT_SUPPORTED,
-                            "retain not supported",
-                        ));
+                    other => {
+                        let max = est.session.caps().max_payload_bytes;
+                        let (kind, msg) = publish_event(&other, &p, max);
+                        est.raise(kind, msg, ev::describe_publish(&p));
+                        Err(publish_refusal(&other))
                     }
-                    other => Err(publish_refusal(&other)),
                 },
             }
         };
@@ -840,9 +975,10 @@ where
                 Ok(sf) => {
                     if sf.is_shared() && opts.no_local {
                         // [MQTT-3.8.3-4]
-                        return Some(Close::Server(
+                        return Some(Close::protocol(
                             ReasonCode::PROTOCOL_ERROR,
                             "no local on a shared subscription",
+                            ev::describe_subscribe(&s),
                         ));
                     }
                     slots.push(Ok(requests.len()));
@@ -860,7 +996,41 @@ where
         }
         let results = est.session.subscribe(&requests);
         let mut codes = Vec::with_capacity(slots.len());
-        for slot in slots {
+        for (slot, (filter, opts)) in slots.into_iter().zip(&s.filters) {
+            let requested = convert::qos_in(opts.qos);
+            let event = match slot {
+                Err(_) if filter.is_empty() => Some((
+                    EventKind::ProtocolError,
+                    "empty topics are not authorized".to_string(),
+                )),
+                Err(_) => Some((
+                    EventKind::ProtocolError,
+                    format!("protocol error: topic filter invalid: {filter}"),
+                )),
+                Ok(i) => match results.get(i) {
+                    Some(Ok(q)) if *q < requested => Some((
+                        EventKind::ServiceLevel,
+                        format!(
+                            "service level: QoS {} subscriptions are not available on this plan: \
+                             {filter} granted QoS {}",
+                            u8::from(requested),
+                            u8::from(*q)
+                        ),
+                    )),
+                    Some(Err(SubscribeError::NotAuthorized)) => Some((
+                        EventKind::UnauthorizedTopic,
+                        format!("unauthorized topic {filter}"),
+                    )),
+                    Some(Err(SubscribeError::QuotaExceeded)) => Some((
+                        EventKind::QuotaExceeded,
+                        format!("subscription refused: {filter} has too many levels"),
+                    )),
+                    _ => None,
+                },
+            };
+            if let Some((kind, msg)) = event {
+                est.raise(kind, msg, ev::describe_subscribe(&s));
+            }
             let code = match slot {
                 Err(code) => code,
                 Ok(i) => match results.get(i) {
@@ -1033,6 +1203,20 @@ where
                 info!(message = "closing connection", peer = %self.peer, client_id = %est.client_id, reason = why);
                 DisconnectKind::Abnormal
             }
+            Close::Violation {
+                code,
+                why,
+                kind,
+                msg,
+                packet,
+            } => {
+                est.raise(kind, msg, packet);
+                if v5 {
+                    self.send_disconnect(code, Some(why));
+                }
+                info!(message = "closing connection", peer = %self.peer, client_id = %est.client_id, reason = why);
+                DisconnectKind::Abnormal
+            }
             Close::Kicked(code) => {
                 if v5 {
                     self.send_disconnect(code, None);
@@ -1064,6 +1248,73 @@ where
 struct ConnectRequestInfo {
     session_expiry_secs: u32,
     identity: Identity,
+}
+
+/// Whom a session belongs to: its device, or nobody for an anonymous client.
+fn device_of(identity: Identity) -> Option<DeviceId> {
+    match identity {
+        Identity::Device { id, .. } => Some(id),
+        Identity::Anonymous => None,
+    }
+}
+
+/// The close of an MQTT 5 PUBLISH the plan does not offer (QoS 2, retain), with its
+/// "service level" event.
+fn service_level(e: &PublishError, p: &codec::Publish) -> Close {
+    let (code, why) = match e {
+        PublishError::RetainNotSupported => {
+            (ReasonCode::RETAIN_NOT_SUPPORTED, "retain not supported")
+        }
+        _ => (ReasonCode::QOS_NOT_SUPPORTED, "QoS not supported"),
+    };
+    let (kind, msg) = publish_event(e, p, 0);
+    Close::Violation {
+        code,
+        why,
+        kind,
+        msg,
+        packet: ev::describe_publish(p),
+    }
+}
+
+/// The event of a PUBLISH the engine refused (`max_payload` = the hub's maximum).
+fn publish_event(e: &PublishError, p: &codec::Publish, max_payload: u32) -> (EventKind, String) {
+    match e {
+        PublishError::NotAuthorized => (
+            EventKind::UnauthorizedTopic,
+            format!("unauthorized topic {}", p.topic),
+        ),
+        PublishError::QuotaExceeded => (
+            EventKind::QuotaExceeded,
+            format!(
+                "hub memory budget exhausted: the retained message on {} was refused",
+                p.topic
+            ),
+        ),
+        PublishError::PayloadTooLarge => (
+            EventKind::QuotaExceeded,
+            format!(
+                "payload of {} bytes is larger than the hub's maximum of {max_payload} bytes",
+                p.payload.len()
+            ),
+        ),
+        PublishError::QosNotSupported => (
+            EventKind::ServiceLevel,
+            "service level: QoS 2 messages are not available on this plan".into(),
+        ),
+        PublishError::RetainNotSupported => (
+            EventKind::ServiceLevel,
+            "service level: retained messages are not available on this plan".into(),
+        ),
+        PublishError::PacketIdInUse => (
+            EventKind::ProtocolError,
+            "protocol error: packet identifier in use".into(),
+        ),
+        PublishError::ReceiveMaximumExceeded => (
+            EventKind::ProtocolError,
+            "protocol error: receive maximum exceeded".into(),
+        ),
+    }
 }
 
 fn publish_refusal(e: &PublishError) -> ReasonCode {

@@ -15,6 +15,7 @@
 mod aliases;
 pub mod connection;
 mod convert;
+pub mod events;
 pub mod quic;
 pub mod tls;
 #[cfg(test)]
