@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod control_plane;
+mod metrics;
 mod runtime;
 mod serve;
 

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Config, TlsConfig};
+use crate::metrics::{Collector, MeteredProvisioner};
 use crate::runtime::{EngineRuntime, RegistryProvisioner};
 
 /// Namespace of the stable ids of hubs declared in the configuration: the same name gives the
@@ -116,12 +117,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let trust = tls.as_ref().map(|(trust, _)| trust.clone());
     let runtime = Arc::new(EngineRuntime::new(engine.clone(), trust.clone()));
     let registry = crate::control_plane::open(&config, runtime.clone()).await?;
+    // The metrics API's saved series, before any connection adds to them.
+    let collector = Collector::start(engine.clone(), registry.clone()).await;
     let tls_context = trust.as_ref().map(|trust| TlsContext {
         trust: trust.clone(),
-        provisioner: Some(Arc::new(RegistryProvisioner {
-            registry: registry.clone(),
-            runtime: runtime.clone(),
-        })),
+        provisioner: Some(Arc::new(MeteredProvisioner(Arc::new(
+            RegistryProvisioner {
+                registry: registry.clone(),
+                runtime: runtime.clone(),
+            },
+        )))),
     });
     let wss_tls = match &tls_context {
         Some(tls) => Some(
@@ -250,6 +255,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .await
     });
 
+    let collecting = tokio::spawn(collector.clone().run(stop.clone()));
     let ticker = {
         let engine = engine.clone();
         let stop = stop.clone();
@@ -279,6 +285,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         warn!("some connections did not close within {DRAIN_TIMEOUT:?}; exiting anyway");
     }
     ticker.abort();
+    collecting.abort();
+    // The connections are closed: their last counts are in, and saved for the restart.
+    collector.finish().await;
     match api.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(message = "API server error", %e),
@@ -421,7 +430,10 @@ fn api_router(
                             axum::http::header::CONTENT_TYPE,
                             "text/plain; version=0.0.4",
                         )],
-                        handle.render(),
+                        {
+                            crate::metrics::refresh_process_metrics();
+                            handle.render()
+                        },
                     )
                 }
             }),
