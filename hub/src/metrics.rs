@@ -8,7 +8,7 @@
 //!   restart loses at most the counts of a crash.
 //! - [`refresh_process_metrics`]: the `process_*` gauges Prometheus clients usually
 //!   export, read from `/proc/self` on each scrape (no dependency for it).
-//! - [`MeteredProvisioner`]: `iothub_provisioning_total{hub, outcome}`.
+//! - [`MeteredProvisioner`] counts `iothub_provisioning_total{outcome}`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,6 +19,7 @@ use iothub_adapter_mqtt::tls::{ProvisionFuture, Provisioner};
 use iothub_control::{Registry, Timestamp};
 use iothub_engine::Engine;
 use iothub_model::HubId;
+use metrics::Counter;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -86,10 +87,29 @@ impl Collector {
     }
 }
 
-/// `iothub_provisioning_total{hub, outcome=created|refused|not_enabled}` around the
-/// registry's provisioner: devices created on first connection, refusals (the registry
-/// said no: quota, name), and certificates of hubs that do not auto-provision.
-pub struct MeteredProvisioner(pub Arc<dyn Provisioner>);
+/// `iothub_provisioning_total{outcome=created|refused|not_enabled}` around the registry's
+/// provisioner: devices created on first connection, refusals (the registry said no:
+/// quota, name), and certificates of a hub's own CA naming an unknown device while the hub
+/// does not auto-provision. The series exist from the start (at 0), so dashboards and
+/// alerts see them before the first provisioning; which hub it was is in its hub event.
+pub struct MeteredProvisioner {
+    inner: Arc<dyn Provisioner>,
+    created: Counter,
+    refused: Counter,
+    not_enabled: Counter,
+}
+
+impl MeteredProvisioner {
+    pub fn new(inner: Arc<dyn Provisioner>) -> Self {
+        let counter = |outcome: &'static str| metrics::counter!("iothub_provisioning_total", "outcome" => outcome);
+        Self {
+            inner,
+            created: counter("created"),
+            refused: counter("refused"),
+            not_enabled: counter("not_enabled"),
+        }
+    }
+}
 
 impl Provisioner for MeteredProvisioner {
     fn provision<'a>(
@@ -99,14 +119,13 @@ impl Provisioner for MeteredProvisioner {
         peer: SocketAddr,
     ) -> ProvisionFuture<'a> {
         Box::pin(async move {
-            let result = self.0.provision(hub, common_name, peer).await;
-            let outcome = match &result {
-                Ok(Some(_)) => "created",
-                Ok(None) => "not_enabled",
-                Err(_) => "refused",
-            };
-            metrics::counter!("iothub_provisioning_total", "hub" => hub.to_string(), "outcome" => outcome)
-                .increment(1);
+            let result = self.inner.provision(hub, common_name, peer).await;
+            match &result {
+                Ok(Some(_)) => &self.created,
+                Ok(None) => &self.not_enabled,
+                Err(_) => &self.refused,
+            }
+            .increment(1);
             result
         })
     }

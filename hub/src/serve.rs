@@ -121,7 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let collector = Collector::start(engine.clone(), registry.clone()).await;
     let tls_context = trust.as_ref().map(|trust| TlsContext {
         trust: trust.clone(),
-        provisioner: Some(Arc::new(MeteredProvisioner(Arc::new(
+        provisioner: Some(Arc::new(MeteredProvisioner::new(Arc::new(
             RegistryProvisioner {
                 registry: registry.clone(),
                 runtime: runtime.clone(),
