@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iothub_engine::{CertificateProof, Engine, VerifiedCertificate};
+use iothub_engine::{CertificateProof, Engine, EventKind, HubEvent, VerifiedCertificate};
 use iothub_model::{DeviceId, HubId};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio::net::TcpListener;
@@ -39,7 +39,9 @@ use tracing::{debug, info, warn};
 
 use crate::ListenerSettings;
 use crate::connection::{self, Transport};
-use crate::tls_trust::{CertificateRefusal, TlsTrust, Trusted, common_name, fingerprint};
+use crate::tls_trust::{
+    CertificateRefusal, TlsTrust, Trusted, common_name, describe_certificate, fingerprint,
+};
 
 /// What a connection's client certificate says about its identity, for the CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +89,13 @@ pub struct TlsContext {
 /// Finds the device a client certificate chain (leaf first, as the handshake received it)
 /// names; see the module docs. The chain is checked again against the current trust (a
 /// resumed TLS session, or a CA removed since the handshake).
+///
+/// Raises the hub events of what it finds, each with the certificate in words and, for
+/// provisioning, the CN as `object-name` and the client's address: a certificate no longer
+/// trusted or whose CN names no device of a managed-CA hub ("invalid device certificate",
+/// about the hub), and for hubs with their own CA "empty certificate common name", "could
+/// not identify device" and "device auto-provisioning failed" (errors about the hub) or
+/// "device was auto-provisioned" (info, about the new device).
 pub async fn identify(
     tls: &TlsContext,
     engine: &Engine,
@@ -108,13 +117,38 @@ pub async fn identify(
         Ok(Trusted::HubCa(owners)) => owners,
         Err(refusal) => {
             debug!(message = "client certificate no longer trusted", %peer, %refusal);
+            tls.trust.report_refusal(chain, &refusal);
             return PeerCertificate::Refused("the client certificate is no longer trusted");
         }
     };
-    let Some(cn) = common_name(leaf) else {
+    let raise = |hub: HubId, event: HubEvent| {
+        let event = event
+            .with_packet(describe_certificate(leaf))
+            .with_source_address(peer);
+        engine.raise_event(hub, event);
+    };
+    let managed = owners.iter().find(|o| !o.custom).copied();
+    let custom: Vec<HubId> = owners.iter().filter(|o| o.custom).map(|o| o.hub).collect();
+    let Some(cn) = common_name(leaf).filter(|cn| !cn.is_empty()) else {
+        for o in &owners {
+            let event = if o.custom {
+                HubEvent::about_hub(
+                    EventKind::ProvisioningFailed,
+                    o.hub,
+                    "empty certificate common name",
+                )
+            } else {
+                HubEvent::about_hub(
+                    EventKind::InvalidCertificate,
+                    o.hub,
+                    "invalid device certificate: it has no common name",
+                )
+            };
+            raise(o.hub, event);
+        }
         return PeerCertificate::Refused("the client certificate has no common name");
     };
-    if let Some(owner) = owners.iter().find(|o| !o.custom) {
+    if let Some(owner) = managed {
         // The hub's managed CA: CN = device id; the engine checks it is the device's current
         // certificate and that the device is in this hub.
         return match cn.parse::<DeviceId>() {
@@ -123,10 +157,17 @@ pub async fn identify(
                 device,
                 proof: CertificateProof::Registered(fingerprint(leaf)),
             }),
-            Err(_) => PeerCertificate::Refused("the client certificate's CN is not a device id"),
+            Err(_) => {
+                let event = HubEvent::about_hub(
+                    EventKind::InvalidCertificate,
+                    owner.hub,
+                    "invalid device certificate: its CN is not a device id",
+                );
+                raise(owner.hub, event);
+                PeerCertificate::Refused("the client certificate's CN is not a device id")
+            }
         };
     }
-    let custom: Vec<HubId> = owners.iter().map(|o| o.hub).collect();
     for &hub in &custom {
         if let Some(device) = engine.device_by_name(hub, &cn) {
             return verified_by_hub_ca(hub, device);
@@ -137,15 +178,40 @@ pub async fn identify(
             match provisioner.provision(hub, &cn, peer).await {
                 Ok(Some(device)) => {
                     info!(message = "device auto-provisioned", hub_id = %hub, device_id = %device, name = %cn, %peer);
+                    let event = HubEvent::about_device(
+                        EventKind::DeviceProvisioned,
+                        device,
+                        "device was auto-provisioned",
+                    )
+                    .with_object_name(cn.clone());
+                    raise(hub, event);
                     return verified_by_hub_ca(hub, device);
                 }
                 Ok(None) => {}
                 Err(e) => {
                     info!(message = "device auto-provisioning refused", hub_id = %hub, name = %cn, %peer, error = %e);
+                    let event = HubEvent::about_hub(
+                        EventKind::ProvisioningFailed,
+                        hub,
+                        format!("device auto-provisioning failed: {e}"),
+                    )
+                    .with_object_name(cn.clone());
+                    raise(hub, event);
                     return PeerCertificate::Refused("device auto-provisioning refused");
                 }
             }
         }
+    }
+    for &hub in &custom {
+        let event = HubEvent::about_hub(
+            EventKind::ProvisioningFailed,
+            hub,
+            format!(
+                "could not identify device: no device is named {cn:?} (auto-provisioning is off)"
+            ),
+        )
+        .with_object_name(cn.clone());
+        raise(hub, event);
     }
     PeerCertificate::Refused("the client certificate's CN names no device of its hub")
 }

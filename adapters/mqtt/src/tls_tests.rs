@@ -777,3 +777,135 @@ async fn identify_names_the_device_and_the_proof() {
         assert_eq!(got, expect, "case {i}");
     }
 }
+
+// ---- hub events of refused certificates -------------------------------------------------------
+
+/// A refused client certificate is attributed to the hub whose CA is named as the issuer by
+/// a certificate of the chain (or the pinned device's hub), never to another hub, and raises
+/// "invalid device certificate" there; one no hub's CA issued is only counted.
+#[test]
+fn refused_certificates_raise_events_on_the_hub_that_issued_them() {
+    let engine = Engine::new(EngineConfig::default());
+    let (hub_a, hub_b) = (HubId::new_random(), HubId::new_random());
+    let ca_a = Ca::root("hub a");
+    let root_b = Ca::root("customer root");
+    let inter_b = root_b.intermediate("customer intermediate");
+    let server_ca = Ca::root("server ca");
+    let (chain, key) = server_cert(&server_ca);
+    let trust = TlsTrust::new(&chain, &key).unwrap();
+    for (hub, ca, custom) in [(hub_a, &ca_a, false), (hub_b, &root_b, true)] {
+        engine
+            .create_hub(HubSpec {
+                id: hub,
+                name: hub.to_string(),
+                plan: Plan::Dedicated,
+                limits: HubLimits::default(),
+                allow_anonymous: true,
+                anonymous_filters: Default::default(),
+                enabled: true,
+                events_enabled: true,
+                events_topic_prefix: TopicName::new(DEFAULT_EVENTS_TOPIC_PREFIX).unwrap(),
+            })
+            .unwrap();
+        trust.set_hub_ca(hub, &ca.pem(), custom).unwrap();
+    }
+    trust.raise_events_on(engine.clone());
+    let expired = |p: &mut CertificateParams| p.not_after = date_time_ymd(2021, 1, 1);
+    let pinned = leaf("anything", None, expired);
+    let pinned_device = DeviceId::new_random();
+    trust.pin_device(pinned_device, hub_b, Some(pinned.fingerprint()));
+    let via_inter = leaf("pump", Some(&inter_b), expired);
+    // (case, chain, hub and device it belongs to)
+    type Case = (
+        &'static str,
+        Vec<CertificateDer<'static>>,
+        Vec<(HubId, Option<DeviceId>)>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "issued by hub a's CA",
+            vec![leaf("x", Some(&ca_a), expired).der],
+            vec![(hub_a, None)],
+        ),
+        (
+            "through b's intermediate",
+            vec![via_inter.der.clone(), inter_b.der()],
+            vec![(hub_b, None)],
+        ),
+        (
+            "pinned",
+            vec![pinned.der.clone()],
+            vec![(hub_b, Some(pinned_device))],
+        ),
+        ("truncated chain", vec![via_inter.der.clone()], vec![]),
+        ("self-signed", vec![leaf("x", None, expired).der], vec![]),
+        (
+            "a stranger's CA",
+            vec![leaf("x", Some(&Ca::root("stranger")), expired).der],
+            vec![],
+        ),
+    ];
+    for (case, chain, owners) in &cases {
+        assert_eq!(&trust.attribute(chain), owners, "{case}");
+    }
+    // The events reach a subscriber of the attributed hub only.
+    let subscribe = |hub: HubId| {
+        let s = engine
+            .connect(iothub_engine::ConnectRequest {
+                hub,
+                client_id: Some(iothub_model::ClientId::new("watcher").unwrap()),
+                clean_start: true,
+                session_expiry_secs: 0,
+                receive_maximum: u16::MAX,
+                will: None,
+            })
+            .unwrap()
+            .session;
+        let request = iothub_engine::SubscribeRequest {
+            filter: iothub_model::SubscriptionFilter::parse("$SCW/events/#").unwrap(),
+            qos: iothub_model::QoS::AtMostOnce,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: iothub_engine::RetainHandling::SendAtSubscribe,
+            subscription_id: None,
+        };
+        assert!(s.subscribe(&[request])[0].is_ok());
+        s
+    };
+    let (watch_a, watch_b) = (subscribe(hub_a), subscribe(hub_b));
+    let topics = |s: &iothub_engine::Session| -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        s.poll_outgoing(&mut out, usize::MAX);
+        out.into_iter()
+            .filter_map(|o| match o {
+                iothub_engine::Outgoing::Publish(p) => Some((
+                    p.message.topic.as_str().to_string(),
+                    String::from_utf8_lossy(&p.message.payload).into_owned(),
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    let now = UnixTime::since_unix_epoch(Duration::from_secs(1_900_000_000));
+    for (case, chain, owners) in &cases {
+        let refusal = trust.classify(chain, now).unwrap_err();
+        trust.report_refusal(chain, &refusal);
+        let (a, b) = (topics(&watch_a), topics(&watch_b));
+        let expected = (
+            owners.iter().any(|(h, _)| *h == hub_a),
+            owners.iter().any(|(h, _)| *h == hub_b),
+        );
+        assert_eq!(
+            (!a.is_empty(), !b.is_empty()),
+            expected,
+            "{case}: a {a:?} b {b:?}"
+        );
+        for (topic, payload) in a.iter().chain(&b) {
+            assert!(topic.starts_with("$SCW/events/error/"), "{case}: {topic}");
+            assert!(
+                payload.contains("invalid device certificate: the client certificate has expired"),
+                "{case}: {payload}"
+            );
+        }
+    }
+}

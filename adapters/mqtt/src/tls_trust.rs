@@ -16,12 +16,22 @@
 //! CAs verified the chain, so the session is bound to that hub ([`crate::tls::identify`]).
 //! Running them again (rather than remembering the handshake's answer) also covers resumed
 //! TLS sessions and a CA removed in between.
+//!
+//! A refused certificate raises the hub event "invalid device certificate" (once the binary
+//! named the engine with [`TlsTrust::raise_events_on`]) on the hub it can be attributed to:
+//! the pinned device's hub, else every hub whose CA's subject is the issuer named by a
+//! certificate of the chain (an expired certificate of the hub's CA, a broken chain to
+//! it). A certificate no hub's CA issued (self-signed, a stranger's CA) names no hub: it is
+//! only counted (`iothub_events_unattributed_total`). The handshake does not tell the
+//! client's address to the verifier, so these events have no `source-address`. The issuer
+//! is a name anyone can copy into a certificate: at worst someone raises refusals on a hub,
+//! which the events' rate limit bounds.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use iothub_engine::CertificateFingerprint;
+use iothub_engine::{CertificateFingerprint, Engine, EventKind, HubEvent, count_unattributed};
 use iothub_model::{DeviceId, HubId};
 use parking_lot::RwLock;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -129,6 +139,22 @@ impl CertificateRefusal {
     }
 }
 
+/// A client certificate in words, for hub events: subject, issuer, validity and
+/// fingerprint (or only the fingerprint and size of one that does not parse).
+pub fn describe_certificate(der: &CertificateDer<'_>) -> String {
+    let fp = fingerprint(der);
+    match parse(der) {
+        Ok(c) => format!(
+            "client certificate subject \"{}\" issuer \"{}\" valid {} to {} SHA-256 {fp}",
+            c.subject(),
+            c.issuer(),
+            c.validity().not_before,
+            c.validity().not_after,
+        ),
+        Err(_) => format!("client certificate of {} bytes SHA-256 {fp}", der.len()),
+    }
+}
+
 /// The SHA-256 of a certificate's DER: how pinned and registered certificates are named.
 pub fn fingerprint(der: &[u8]) -> CertificateFingerprint {
     CertificateFingerprint::from_bytes(Sha256::digest(der).into())
@@ -171,12 +197,16 @@ struct Anchors {
     anchors: Vec<TrustAnchor<'static>>,
     /// Per anchor, the hubs it is the CA of: anchors with the same subject and key are one.
     owners: Vec<Vec<HubCaOwner>>,
+    /// Per anchor, its subject as DER (a whole Name), to attribute a refused certificate by
+    /// its issuer.
+    subjects: Vec<Vec<u8>>,
 }
 
 impl Anchors {
     fn build(hubs: HashMap<HubId, (CertificateDer<'static>, bool)>) -> Self {
         let mut anchors: Vec<TrustAnchor<'static>> = Vec::new();
         let mut owners: Vec<Vec<HubCaOwner>> = Vec::new();
+        let mut subjects: Vec<Vec<u8>> = Vec::new();
         let mut ordered: Vec<_> = hubs.iter().collect();
         ordered.sort_by_key(|(hub, _)| **hub);
         for (hub, (der, custom)) in ordered {
@@ -196,6 +226,11 @@ impl Anchors {
                 None => {
                     anchors.push(anchor.to_owned());
                     owners.push(vec![owner]);
+                    subjects.push(
+                        parse(der)
+                            .map(|c| c.subject().as_raw().to_vec())
+                            .unwrap_or_default(),
+                    );
                 }
             }
         }
@@ -203,6 +238,7 @@ impl Anchors {
             hubs,
             anchors,
             owners,
+            subjects,
         }
     }
 }
@@ -233,6 +269,8 @@ pub struct TlsTrust {
     anchors: RwLock<Arc<Anchors>>,
     pins: RwLock<Pins>,
     provider: Arc<CryptoProvider>,
+    /// Where refused client certificates raise hub events.
+    events: RwLock<Option<Engine>>,
 }
 
 impl fmt::Debug for TlsTrust {
@@ -256,7 +294,66 @@ impl TlsTrust {
             anchors: RwLock::new(Arc::new(Anchors::default())),
             pins: RwLock::new(Pins::default()),
             provider,
+            events: RwLock::new(None),
         }))
+    }
+
+    /// Raises "invalid device certificate" hub events on `engine` for the client
+    /// certificates this trust refuses (see the module docs).
+    pub fn raise_events_on(&self, engine: Engine) {
+        *self.events.write() = Some(engine);
+    }
+
+    /// The hubs (and the device, for a pinned certificate) a client chain belongs to, as far
+    /// as it can be told without trusting it: see the module docs.
+    pub fn attribute(&self, chain: &[CertificateDer<'_>]) -> Vec<(HubId, Option<DeviceId>)> {
+        let Some(leaf) = chain.first() else {
+            return Vec::new();
+        };
+        if let Some((device, hub)) = self.pins.read().by_fingerprint.get(&fingerprint(leaf)) {
+            return vec![(*hub, Some(*device))];
+        }
+        let anchors = self.anchors.read().clone();
+        let mut found: Vec<(HubId, Option<DeviceId>)> = Vec::new();
+        for cert in chain {
+            let Ok(parsed) = parse(cert) else { continue };
+            let issuer = parsed.issuer().as_raw();
+            for (i, subject) in anchors.subjects.iter().enumerate() {
+                if subject.as_slice() != issuer {
+                    continue;
+                }
+                for owner in &anchors.owners[i] {
+                    if !found.iter().any(|(h, _)| *h == owner.hub) {
+                        found.push((owner.hub, None));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Raises "invalid device certificate: <why>" for a refused chain on the hubs it belongs
+    /// to ([`TlsTrust::attribute`]), or counts it when it belongs to none.
+    pub fn report_refusal(&self, chain: &[CertificateDer<'_>], refusal: &CertificateRefusal) {
+        let Some(engine) = self.events.read().clone() else {
+            return;
+        };
+        let subjects = self.attribute(chain);
+        if subjects.is_empty() {
+            count_unattributed(EventKind::InvalidCertificate);
+            return;
+        }
+        let packet = chain.first().map(describe_certificate).unwrap_or_default();
+        for (hub, device) in subjects {
+            let event = HubEvent::about(
+                EventKind::InvalidCertificate,
+                hub,
+                device,
+                format!("invalid device certificate: {refusal}"),
+            )
+            .with_packet(packet.clone());
+            engine.raise_event(hub, event);
+        }
     }
 
     /// Replaces the server certificate; the next handshake presents it.
@@ -524,7 +621,10 @@ impl ClientCertVerifier for ClientVerifier {
         chain.extend(intermediates.iter().cloned());
         match self.trust.classify(&chain, now) {
             Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(refusal) => Err(refusal.to_rustls()),
+            Err(refusal) => {
+                self.trust.report_refusal(&chain, &refusal);
+                Err(refusal.to_rustls())
+            }
         }
     }
 
