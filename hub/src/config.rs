@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use iothub_model::{HubLimits, Plan};
+use iothub_model::{HubLimits, Plan, TopicName};
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
@@ -272,6 +272,17 @@ pub struct HubConfig {
     pub allow_anonymous: Spanned<bool>,
     #[serde(default)]
     pub limits: HubLimits,
+    /// No hub events for this hub (the API's `disable_events`).
+    #[serde(default)]
+    pub disable_events: bool,
+    /// Where its hub events are published (`<prefix>/<severity>/<object-type>/<id>`);
+    /// clients cannot publish under it.
+    #[serde(default = "default_events_topic_prefix")]
+    pub events_topic_prefix: Spanned<String>,
+}
+
+fn default_events_topic_prefix() -> Spanned<String> {
+    unlocated(iothub_engine::DEFAULT_EVENTS_TOPIC_PREFIX.to_string())
 }
 
 fn unlocated<T>(value: T) -> Spanned<T> {
@@ -288,6 +299,8 @@ fn default_hubs() -> Vec<HubConfig> {
         plan: Plan::Dedicated,
         allow_anonymous: unlocated(true),
         limits: HubLimits::default(),
+        disable_events: false,
+        events_topic_prefix: default_events_topic_prefix(),
     }]
 }
 
@@ -378,6 +391,12 @@ impl Config {
                 return Err(at(
                     hub.name.referenced,
                     format!("hub name {name:?} is declared twice"),
+                ));
+            }
+            if let Err(e) = TopicName::new(&hub.events_topic_prefix.value) {
+                return Err(at(
+                    hub.events_topic_prefix.referenced,
+                    format!("hub {name:?}: events_topic_prefix is not a topic name: {e}"),
                 ));
             }
             if hub.allow_anonymous.value && hub.plan == Plan::Shared {
@@ -556,6 +575,12 @@ mod tests {
         assert_eq!(c.hubs[0].name.value, "default");
         assert_eq!(c.hubs[0].limits, HubLimits::default());
         assert!(c.hubs[0].allow_anonymous.value);
+        assert!(!c.hubs[0].disable_events);
+        assert_eq!(c.hubs[0].events_topic_prefix.value, "$SCW/events");
+        assert_eq!(
+            c.hubs[0].events_topic_prefix.value,
+            d.hubs[0].events_topic_prefix.value
+        );
     }
 
     #[test]
@@ -564,6 +589,10 @@ mod tests {
             ("api:\n  bnd: 1.2.3.4:5\n", "f.yaml:2:3"),
             ("mqtt:\n  connect_timeout_secs: soon\n", "f.yaml:2:"),
             ("hubs:\n  - name: a\n    plan: plan_gold\n", "f.yaml:3:"),
+            (
+                "hubs:\n  - name: a\n    events_topic_prefix: \"ev/#\"\n",
+                "f.yaml:3:",
+            ),
             (
                 "listeners:\n  mqtt:\n    - bind: 127.0.0.1:1\n      anonymous_hub: nope\n",
                 "f.yaml:4:",

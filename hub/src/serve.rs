@@ -22,7 +22,7 @@ use iothub_adapter_mqtt::tls_trust::TlsTrust;
 use iothub_control::Registry;
 use iothub_control::api::{ApiExtras, ServerCaPem};
 use iothub_engine::{Engine, EngineConfig, HubSpec};
-use iothub_model::HubId;
+use iothub_model::{HubId, TopicName};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -95,8 +95,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 allow_anonymous: hub.allow_anonymous.value,
                 anonymous_filters: Default::default(),
                 enabled: true,
-                events_enabled: true,
-                events_topic_prefix: iothub_engine::default_events_topic_prefix(),
+                events_enabled: !hub.disable_events,
+                // Validated with the configuration.
+                events_topic_prefix: TopicName::new(&hub.events_topic_prefix.value)
+                    .unwrap_or_else(|_| iothub_engine::default_events_topic_prefix()),
             })
             .with_context(|| format!("cannot create hub {:?}", hub.name.value))?;
         hub_ids.insert(hub.name.value.clone(), id);
@@ -109,6 +111,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let material = load_server_certificate(&config.tls, &config.data_dir).await?;
         let trust = TlsTrust::new(&material.chain_pem, &material.key_pem)
             .context("cannot use the TLS server certificate")?;
+        // Refused client certificates raise hub events on the hub that issued them.
+        trust.raise_events_on(engine.clone());
         server_ca.set(material.ca_pem.as_str());
         Some((trust, material))
     } else {
