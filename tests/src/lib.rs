@@ -286,6 +286,11 @@ impl Hub {
         self.child.is_some()
     }
 
+    /// The hub's process id (iothub only), to read `/proc/<pid>/...`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends SIGTERM and waits (up to `timeout`) for the process to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
