@@ -69,7 +69,7 @@ pub enum EngineError {
 }
 
 /// A subscription removed by a live change of message filters (it is no longer allowed),
-/// for the caller to raise an event about.
+/// for the caller's log; the engine raises its "unauthorized topic" hub event itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedSubscription {
     pub hub: HubId,
@@ -628,9 +628,9 @@ impl Engine {
         hub.connect(identity, req)
     }
 
-    /// Publishes a message the hub itself produces (events, `$SYS`), bypassing client rules
-    /// (a retained one is stored if the budget allows). Returns whether any subscriber
-    /// matched.
+    /// Publishes a message the hub itself produces, bypassing client rules (a retained one
+    /// is stored if the budget allows). Hub events ([`Engine::raise_event`]) and `$SYS`
+    /// ([`Engine::tick`]) have paths of their own. Returns whether any subscriber matched.
     pub fn publish(&self, hub: HubId, message: Message) -> Result<bool, EngineError> {
         let hub = self.hub(hub).ok_or(EngineError::UnknownHub(hub))?;
         let now = hub.now();

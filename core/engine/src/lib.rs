@@ -1,7 +1,8 @@
 //! The broker engine: hubs as isolated MQTT namespaces, each with a subscription trie, a
 //! retained store, sessions, QoS 0/1/2 state, wills, shared subscriptions and a byte
 //! budget, and the runtime side of tenancy: which devices exist, who a CONNECT is, and
-//! the message filters of every session. Adapters reach it through one small API:
+//! the message filters of every session, and what a hub tells about itself: hub events and
+//! `$SYS` figures. Adapters reach it through one small API:
 //! [`Engine::resolve_client`] decides who a CONNECT is, [`Engine::connect_as`] gives a
 //! [`Session`] handle, the connection task calls `publish`/`subscribe`/`acknowledge` on it
 //! and drains [`Session::poll_outgoing`] whenever [`Session::ready`] resolves. The control
@@ -26,6 +27,8 @@
 //! - `session`: the [`Session`] handle and the types of its operations.
 //! - `state`: per-session state (queue, inflight, inbound QoS 2 ids, subscriptions, will).
 //! - `trie`: the subscription trie; `retained`: the retained store (a trie by topic level).
+//! - `events`: hub events ([`HubEvent`]): model, JSON, topics, the per-kind rate limit.
+//! - `sys`: the `$SYS/broker/...` figures of dedicated and HA hubs.
 //! - `metrics`: per-hub metric handles; `clock`: [`Clock`], [`SystemClock`], [`ManualClock`].
 //!
 //! # Publishing
@@ -51,6 +54,10 @@
 //! session lock is held. Wills and shared-subscription hand-overs collected under locks are
 //! published after releasing them. The hub budget and the statistics are atomics, outside
 //! the order; `Hub.activity` (traffic of ended connections, see `hub::activity`) is a leaf.
+//! `Hub.sys` (the current `$SYS` figures) sits where `Hub.retained` does: a new subscription
+//! reads it and queues its figures, the tick replaces them with no other lock held. The
+//! event rate limiter (`Hub.events`) is a leaf; raising an event routes a message, so it
+//! happens with no hub lock held (administration raises under `Engine.admin` only).
 //!
 //! # Identity and admission
 //!
@@ -101,11 +108,12 @@
 //! to another hub (its sessions there end), its `allow_insecure` or
 //! `allow_multiple_connections` turned off or its registered certificate changed (renewed,
 //! replaced, removed: connections kicked to reconnect under the new rule), its filters changed (subscriptions re-checked, refused ones removed and returned
-//! as [`RevokedSubscription`] for an event, queued messages and a will the new rules refuse
-//! dropped); a hub disabled, its plan or caps changed (connections kicked; to the shared
-//! plan, sessions end), anonymous clients no longer admitted (their sessions end), its
-//! anonymous filters or its name (templates) changed. See [`Engine::update_hub`] and
-//! [`Engine::upsert_device`].
+//! as [`RevokedSubscription`], queued messages and a will the new rules refuse
+//! dropped); a hub disabled, its plan, caps or events prefix changed (connections kicked;
+//! to the shared plan, sessions end), anonymous clients no longer admitted (their sessions
+//! end), its anonymous filters or its name (templates) changed. See [`Engine::update_hub`]
+//! and [`Engine::upsert_device`]. The engine raises the hub events of these changes itself
+//! (see below).
 //!
 //! # Queue policy
 //!
@@ -144,6 +152,42 @@
 //! device. Devices obey these like any client. `Dedicated` and `Ha`: all of MQTT.
 //! [`HubCaps`] carries what CONNACK announces, and the keep-alive maximum.
 //!
+//! # Hub events
+//!
+//! A [`HubEvent`] (the reference's fields: time, severity, object type and id, msg, packet,
+//! and object name, source address, payload when set) is raised where the problem is
+//! detected and published by the hub itself ([`iothub_model::Origin::Hub`], QoS 1, not
+//! retained, JSON with the reference's keys) on `<prefix>/<severity>/<object-type>/<id>` of
+//! that hub only (`HubSpec::events_topic_prefix`, default `$SCW/events`): subscribers get
+//! events as their filters allow, like any message, and no other hub ever sees them. Clients
+//! may not publish under the prefix, nor under `$SYS` or `$SCW` (`PublishError::
+//! NotAuthorized`; changing the prefix kicks connections so each learns it). With
+//! `HubSpec::events_enabled` off a hub publishes none ([`EventOutcome::Disabled`]).
+//!
+//! Who raises what: the adapter, through [`Engine::raise_event`] and
+//! [`Session::raise_event`], for what clients send and TLS (malformed packets, protocol
+//! errors, refused topics, refused CONNECTs, certificates, provisioning, service levels,
+//! limits), using [`Engine::refusal_subject`] to name the device or hub a refused CONNECT
+//! was about; the engine itself for live changes that close a connection ("device is not
+//! enabled", "device is deleted", "device security has changed, requires authentication",
+//! about the device), for a plan change ("hub product plan has changed", about the hub) and
+//! for each subscription a filter change removed ("unauthorized topic F"). The object is
+//! the device when the event concerns a known device, else the hub. Events a live change
+//! raises for a device with no live connection are not raised: nothing was interrupted.
+//!
+//! Each hub has a token bucket per [`EventKind`] ([`EVENT_RATE_PER_SEC`] per second, bursts
+//! of [`EVENT_BURST`], on the engine's clock): a flood of one kind is dropped and counted,
+//! and never hides another kind.
+//!
+//! # `$SYS`
+//!
+//! Dedicated and HA hubs publish retained `$SYS/broker/...` figures (version, uptime,
+//! clients connected and total, subscriptions, retained messages, bytes held against the
+//! budget, PUBLISH received and sent; Mosquitto's names) every [`SYS_INTERVAL`] from
+//! [`Engine::tick`], each when it changed. They live beside the retained store (a new
+//! matching subscription gets them as retained messages) and outside the budget and the
+//! retained statistics. Shared hubs have none.
+//!
 //! # Metrics
 //!
 //! Through the `metrics` facade, labelled by hub id (and a reason from a closed set; never
@@ -158,7 +202,10 @@
 //! `iothub_retained_bytes`, `iothub_budget_used_bytes`, `iothub_budget_limit_bytes`
 //! (refreshed by `tick`), `iothub_queued_messages` and `iothub_inflight_messages`
 //! (refreshed by [`Engine::update_session_gauges`], which walks every session). A message
-//! without subscribers is not a drop.
+//! without subscribers is not a drop. Hub events: `iothub_events_published_total{hub,kind}`
+//! and `iothub_events_dropped_total{hub,kind}` (rate limited), registered on a kind's first
+//! event, and `iothub_events_unattributed_total{kind}` for events no hub could be named for
+//! ([`count_unattributed`]); `kind` is [`EventKind::label`].
 //!
 //! For the metrics API, every MQTT packet in either direction is one message of its hub
 //! and of its device: [`Traffic`] counts them per session without a lock and
