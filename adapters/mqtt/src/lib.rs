@@ -6,6 +6,8 @@
 //! streams. [`tls_trust::TlsTrust`] is the server certificate and the client trust (hub CAs,
 //! pinned device certificates) every TLS-based listener shares, changed at run time;
 //! [`tls::identify`] turns a verified client certificate into the device it names.
+//! [`events`] turns what clients send that the hub refuses (and what their certificates turn
+//! out to be) into hub events, raised on the client's hub through the engine.
 //!
 //! This crate is the only one that knows the MQTT wire format (through `iothub-mqtt-codec`)
 //! and transports; it never reaches into the engine's internals, only its link API (connect ->
