@@ -862,6 +862,8 @@ impl Hub {
         }
         let weight = message.weight() as u64;
         let expires_at = expiry_of(message, now);
+        // Copied before the lock: a payload of megabytes is not copied under it.
+        let owned = Arc::new(crate::retained::owned_copy(message));
         let mut store = self.retained.write();
         let old = store.get(topic).map_or(0, |r| r.weight);
         if weight > old {
@@ -882,7 +884,7 @@ impl Hub {
         let replaced = store.set(
             topic,
             Retained {
-                message: message.clone(),
+                message: owned,
                 weight,
                 expires_at,
                 timer,

@@ -8,9 +8,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use iothub_model::{Message, TopicFilter};
+use bytes::Bytes;
+use iothub_model::{Message, MessageProperties, TopicFilter};
 
 use crate::trie::split_level;
+
+/// A copy of `message` that owns its bytes. Payloads arrive as slices of a connection's
+/// read buffer, and a slice keeps that whole buffer allocated: a retained message lives on
+/// (for days), so a small one could hold kilobytes, or megabytes after a large packet, far
+/// beyond the weight the budget counts. One copy when it is stored makes the store's
+/// memory its weight plus a fixed overhead per message (the flood test measures it).
+pub(crate) fn owned_copy(message: &Message) -> Message {
+    let p = &message.properties;
+    Message {
+        payload: Bytes::copy_from_slice(&message.payload),
+        properties: MessageProperties {
+            correlation_data: p.correlation_data.as_deref().map(Bytes::copy_from_slice),
+            ..p.clone()
+        },
+        ..message.clone()
+    }
+}
 
 /// One retained message with what its accounting and expiry need.
 #[derive(Debug, Clone)]

@@ -194,3 +194,27 @@ fn budget_is_exact_after_every_event() {
         assert_eq!(fx.stats().budget_used_bytes, expected, "{name}");
     }
 }
+
+/// A retained message owns its bytes: it never keeps the buffer its payload was read into
+/// (a connection's read buffer, possibly megabytes), which the budget would not see.
+#[test]
+fn retained_messages_do_not_pin_the_publishers_buffer() {
+    let fx = Fx::new();
+    let p = fx.client("p");
+    let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+    let mut m = msg("r", "", Q1, true);
+    m.payload = buffer.slice(100..110);
+    m.properties.correlation_data = Some(buffer.slice(200..204));
+    p.publish(m, Some(1)).unwrap();
+    assert_eq!(fx.stats().budget_used_bytes, w("r", "0123456789") + 4);
+    let s = fx.client("s");
+    subscribe(&s, "r", Q1);
+    let out = drain(&s);
+    let stored = &publishes(&out)[0].message;
+    let inside = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
+    assert_eq!(&stored.payload[..], &buffer[100..110]);
+    assert!(!inside(&stored.payload), "the payload is a copy");
+    assert!(!inside(
+        stored.properties.correlation_data.as_ref().unwrap()
+    ));
+}
