@@ -349,7 +349,8 @@ where
                 .resolve_client(self.settings.anonymous_hub, &credentials)
                 .map_err(|e| {
                     refusal = e.label();
-                    event = ev::connect_event(&e, with_certificate, will_topic);
+                    // The will is checked at `connect_as`: an identity refusal is not about it.
+                    event = ev::connect_event(&e, with_certificate, None);
                     convert::connect_refusal(&e)
                 })?;
             subject = Some((hub, device_of(identity)));
