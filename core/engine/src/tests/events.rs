@@ -295,7 +295,7 @@ fn live_changes_raise_events_about_connected_devices() {
     };
     type Change = fn(&Fx, DeviceId);
     // (case, change, expected message)
-    let cases: [(&str, Change, &str); 4] = [
+    let cases: [(&str, Change, &str); 5] = [
         (
             "disabled",
             |fx, id| {
@@ -312,6 +312,17 @@ fn live_changes_raise_events_about_connected_devices() {
             |fx, id| {
                 let spec = DeviceSpec {
                     allow_insecure: false,
+                    ..device_spec(id, fx.hub, MessageFilters::default())
+                };
+                fx.engine.upsert_device(spec).unwrap();
+            },
+            "device security has changed, requires authentication",
+        ),
+        (
+            "certificate registered (renewed, replaced)",
+            |fx, id| {
+                let spec = DeviceSpec {
+                    certificate_fingerprint: Some(CertificateFingerprint::from_bytes([7; 32])),
                     ..device_spec(id, fx.hub, MessageFilters::default())
                 };
                 fx.engine.upsert_device(spec).unwrap();
