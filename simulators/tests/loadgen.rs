@@ -17,23 +17,36 @@ use std::time::Duration;
 use iothub_mqtt_codec::{ProtocolVersion, QoS};
 use iothub_simulators::loadgen::{self, Live, LoadConfig, Scenario};
 
-/// An `iothub serve` child process, killed on drop.
+/// An `iothub serve` child process, killed on drop, with its own working directory (its data
+/// directory lives there).
 struct Hub {
     child: Child,
     mqtt: SocketAddr,
+    _dir: tempfile::TempDir,
 }
+
+/// Only what the generator needs: one MQTT listener and the API, both on free ports, so tests
+/// running at once never collide on the embedded config's fixed TLS/WebSocket/QUIC ports.
+const CONFIG: &str = "\
+listeners:
+  mqtt:
+    - bind: 127.0.0.1:0
+      anonymous_hub: default
+api:
+  bind: 127.0.0.1:0
+hubs:
+  - name: default
+    allow_anonymous: true
+";
 
 impl Hub {
     fn start() -> Self {
         let bin = iothub_bin();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("iothub.yaml"), CONFIG).unwrap();
         let mut child = Command::new(&bin)
-            .args([
-                "serve",
-                "--mqtt-addr",
-                "127.0.0.1:0",
-                "--api-addr",
-                "127.0.0.1:0",
-            ])
+            .current_dir(dir.path())
+            .args(["serve", "--config", "iothub.yaml"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -55,7 +68,11 @@ impl Hub {
             let _ = tx.send(Err(log));
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(mqtt)) => Hub { child, mqtt },
+            Ok(Ok(mqtt)) => Hub {
+                child,
+                mqtt,
+                _dir: dir,
+            },
             Ok(Err(log)) => panic!("iothub exited before listening:\n{log}"),
             Err(e) => panic!("iothub did not report its MQTT listener: {e}"),
         }
