@@ -1,0 +1,670 @@
+//! The log itself: segment files in a directory, the append buffer, group commit, recovery at open
+//! and compaction.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::Seq;
+use crate::record::{self, HEADER_LEN, MAX_PAYLOAD};
+
+/// Everything that can go wrong with a log.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// A file system call failed; `path` names the file or directory it was about.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another `Wal` (in this or another process) has the directory open.
+    #[error("write-ahead log {} is already open elsewhere", .0.display())]
+    Locked(PathBuf),
+    /// The payload is larger than the format allows.
+    #[error("record payload of {len} bytes is over the {MAX_PAYLOAD}-byte limit")]
+    RecordTooLarge { len: usize },
+    /// An earlier fsync failed. The kernel may already have dropped the unwritten pages, so the
+    /// only safe way on is to reopen the log, which re-reads what really is on disk.
+    #[error("an earlier fsync failed; reopen the write-ahead log")]
+    Poisoned,
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
+    move |source| WalError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// When committed records reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every [`Wal::commit`] fsyncs before it returns. Loss window: none for committed records.
+    Always,
+    /// [`Wal::commit`] hands the records to the kernel and fsyncs only if the last fsync is at least
+    /// this long ago; [`Wal::flush_due`] fsyncs once the interval has passed. Loss window: records
+    /// committed in the last interval (plus however late the caller is with `flush_due`) on a power
+    /// or kernel failure; none on a process crash, since the kernel already holds them.
+    Grouped(Duration),
+}
+
+/// How the log is written. Segment size may change between opens; the format does not depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// A segment is closed and a new one started once the next record would take it past this size.
+    /// A record larger than this still goes into a segment of its own.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 16 << 20,
+            fsync: FsyncPolicy::Grouped(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// What opening the log found and repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Valid records now in the log.
+    pub records_replayed: u64,
+    /// Bytes cut from the end of the last segment: a write that a crash left half done.
+    pub torn_tail_bytes_dropped: u64,
+    /// Damaged regions skipped (see the crate docs: one per region, which may hide several records).
+    /// They are left in place and skipped again by every replay until compaction rewrites the log.
+    pub corrupt_records_skipped: u64,
+    /// Whether a compaction interrupted by a crash was rolled forward (true) or discarded.
+    pub compaction_finished: bool,
+}
+
+/// What [`Wal::replay`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub records: u64,
+    pub corrupt_records_skipped: u64,
+}
+
+/// What [`Wal::compact`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactStats {
+    pub kept: u64,
+    pub dropped: u64,
+    pub segments_removed: u64,
+}
+
+const LOCK_FILE: &str = "LOCK";
+const SEGMENT_EXT: &str = "log";
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    // Zero-padded so that a directory listing sorts in log order for a human too.
+    dir.join(format!("{first:020}.{SEGMENT_EXT}"))
+}
+
+fn compaction_tmp(dir: &Path, upto: u64) -> PathBuf {
+    dir.join(format!("compact-{upto:020}.tmp"))
+}
+
+fn compaction_done(dir: &Path, upto: u64) -> PathBuf {
+    dir.join(format!("compact-{upto:020}.done"))
+}
+
+/// The files of a log directory, by kind.
+#[derive(Default)]
+struct Listing {
+    segments: Vec<u64>,
+    compaction_tmp: Vec<PathBuf>,
+    compaction_done: Vec<(u64, PathBuf)>,
+}
+
+fn list(dir: &Path) -> Result<Listing, WalError> {
+    let mut out = Listing::default();
+    for entry in fs::read_dir(dir).map_err(io("list", dir))? {
+        let entry = entry.map_err(io("list", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = name
+            .strip_suffix(".log")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.segments.push(seq);
+        } else if name.starts_with("compact-") && name.ends_with(".tmp") {
+            out.compaction_tmp.push(entry.path());
+        } else if let Some(upto) = name
+            .strip_prefix("compact-")
+            .and_then(|s| s.strip_suffix(".done"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.compaction_done.push((upto, entry.path()));
+        }
+    }
+    out.segments.sort_unstable();
+    out.compaction_done.sort_unstable();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, WalError> {
+    fs::read(path).map_err(io("read", path))
+}
+
+/// A segmented append-only log of `(seq, kind, payload)` records in one directory.
+///
+/// Single writer: the methods take `&mut self` and a lock file keeps a second `Wal` (even in another
+/// process) off the directory. Dropping a `Wal` does not write its buffered appends, exactly as a
+/// crash would not; [`Wal::close`] commits and fsyncs them.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    options: Options,
+    /// Held for the lock; never read.
+    _lock: File,
+    segments: Vec<u64>,
+    active: File,
+    active_first: u64,
+    /// Bytes of the active segment already handed to the kernel.
+    active_len: u64,
+    /// Encoded records appended but not yet committed.
+    buffer: Vec<u8>,
+    next_seq: u64,
+    /// Bytes written since the last fsync.
+    dirty: bool,
+    last_sync: Instant,
+    poisoned: bool,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, repairing what a crash left behind: a torn tail is cut
+    /// off with a warning, damaged records are counted, an interrupted compaction is finished or
+    /// discarded. It refuses only when the directory cannot be used (I/O error or already open).
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Wal, Recovery), WalError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(WalError::Locked(dir)),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(WalError::Io {
+                    op: "lock",
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
+
+        let mut recovery = Recovery::default();
+        let mut listing = list(&dir)?;
+        for tmp in &listing.compaction_tmp {
+            warn!(message = "discarding an unfinished compaction", path = %tmp.display());
+            fs::remove_file(tmp).map_err(io("remove", tmp))?;
+        }
+        if let Some(&(upto, ref done)) = listing.compaction_done.last() {
+            warn!(message = "finishing a compaction interrupted by a crash", path = %done.display());
+            finish_compaction(&dir, &listing.segments, upto, done)?;
+            recovery.compaction_finished = true;
+            listing = list(&dir)?;
+        }
+
+        let mut last_seq = 0;
+        let count = listing.segments.len();
+        for (i, &first) in listing.segments.iter().enumerate() {
+            let path = segment_path(&dir, first);
+            let data = read(&path)?;
+            let scan = record::scan(&data, first.max(last_seq + 1), |_, _, _| {});
+            recovery.records_replayed += scan.records;
+            recovery.corrupt_records_skipped += scan.corrupt_regions;
+            last_seq = last_seq.max(scan.last_seq);
+            if scan.bad_tail == 0 {
+                continue;
+            }
+            if i + 1 == count {
+                warn!(
+                    message = "truncating a torn tail",
+                    path = %path.display(),
+                    bytes = scan.bad_tail,
+                    kept_records = scan.records
+                );
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io("open", &path))?;
+                file.set_len(scan.valid_end as u64)
+                    .map_err(io("truncate", &path))?;
+                file.sync_all().map_err(io("fsync", &path))?;
+                recovery.torn_tail_bytes_dropped += scan.bad_tail as u64;
+            } else {
+                // A closed segment was fsynced before the next one was created, so a bad end here
+                // is damage, not a torn write.
+                warn!(
+                    message = "skipping a damaged end of a closed segment",
+                    path = %path.display(),
+                    bytes = scan.bad_tail
+                );
+                recovery.corrupt_records_skipped += 1;
+            }
+        }
+
+        let mut segments = listing.segments;
+        let (active_first, next_seq) = match segments.last() {
+            Some(&first) => (first, first.max(last_seq + 1)),
+            None => {
+                let path = segment_path(&dir, 1);
+                File::create(&path).map_err(io("create", &path))?;
+                sync_dir(&dir)?;
+                segments.push(1);
+                (1, 1)
+            }
+        };
+        let active_path = segment_path(&dir, active_first);
+        let active = OpenOptions::new()
+            .append(true)
+            .open(&active_path)
+            .map_err(io("open", &active_path))?;
+        let active_len = active.metadata().map_err(io("stat", &active_path))?.len();
+        debug!(
+            message = "write-ahead log open",
+            dir = %dir.display(),
+            records = recovery.records_replayed,
+            next_seq
+        );
+        let wal = Wal {
+            dir,
+            options,
+            _lock: lock,
+            segments,
+            active,
+            active_first,
+            active_len,
+            buffer: Vec::new(),
+            next_seq,
+            dirty: false,
+            last_sync: Instant::now(),
+            poisoned: false,
+        };
+        Ok((wal, recovery))
+    }
+
+    /// The sequence number the next append will get.
+    pub fn next_seq(&self) -> Seq {
+        Seq::new(self.next_seq)
+    }
+
+    /// Buffers one record and returns its sequence number. Nothing is durable (or even visible to
+    /// [`Wal::replay`]) until [`Wal::commit`]; many appends per commit is what makes commits cheap.
+    pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Seq, WalError> {
+        self.check_poisoned()?;
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&l| l as usize <= MAX_PAYLOAD)
+            .ok_or(WalError::RecordTooLarge { len: payload.len() })?;
+        let size = (self.active_len + self.buffer.len() as u64)
+            .saturating_add((HEADER_LEN + payload.len()) as u64);
+        let not_empty = self.active_len > 0 || !self.buffer.is_empty();
+        if not_empty && size > self.options.segment_bytes {
+            self.rotate()?;
+        }
+        let seq = Seq::new(self.next_seq);
+        record::encode(&mut self.buffer, seq, kind, payload, len);
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Writes the buffered appends to the active segment and fsyncs as the policy says: always
+    /// under [`FsyncPolicy::Always`], once the interval has passed under [`FsyncPolicy::Grouped`].
+    pub fn commit(&mut self) -> Result<(), WalError> {
+        self.write_buffer()?;
+        match self.options.fsync {
+            FsyncPolicy::Always => self.fsync(),
+            FsyncPolicy::Grouped(interval) => {
+                if self.last_sync.elapsed() >= interval {
+                    self.fsync()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Under [`FsyncPolicy::Grouped`], fsyncs committed records once the interval has passed since
+    /// the last fsync; call it from a timer (see [`Wal::sync_deadline`]). Returns whether it fsynced.
+    pub fn flush_due(&mut self) -> Result<bool, WalError> {
+        self.check_poisoned()?;
+        let due = match self.options.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Grouped(interval) => self.last_sync.elapsed() >= interval,
+        };
+        if self.dirty && due {
+            self.fsync()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// When [`Wal::flush_due`] next has work to do, if committed records are waiting for an fsync.
+    pub fn sync_deadline(&self) -> Option<Instant> {
+        match self.options.fsync {
+            FsyncPolicy::Grouped(interval) if self.dirty => Some(self.last_sync + interval),
+            _ => None,
+        }
+    }
+
+    /// Commits the buffered appends and fsyncs now, whatever the policy (shutdown, or a caller that
+    /// must not acknowledge before the disk has the record).
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.write_buffer()?;
+        self.fsync()
+    }
+
+    /// Commits, fsyncs and releases the directory.
+    pub fn close(mut self) -> Result<(), WalError> {
+        self.sync()
+    }
+
+    /// Calls `visit` for every committed record, in sequence order. Damaged records are skipped and
+    /// counted; appends not yet committed are not visited.
+    pub fn replay(
+        &mut self,
+        mut visit: impl FnMut(Seq, u8, &[u8]),
+    ) -> Result<ReplayStats, WalError> {
+        self.check_poisoned()?;
+        let mut stats = ReplayStats::default();
+        let mut last_seq = 0;
+        for &first in &self.segments {
+            let data = read(&segment_path(&self.dir, first))?;
+            let scan = record::scan(&data, first.max(last_seq + 1), &mut visit);
+            stats.records += scan.records;
+            stats.corrupt_records_skipped += scan.corrupt_regions + u64::from(scan.bad_tail > 0);
+            last_seq = last_seq.max(scan.last_seq);
+        }
+        Ok(stats)
+    }
+
+    /// Rewrites the log keeping only the records `live` returns true for (with their sequence
+    /// numbers), so the log stays proportional to the live state rather than to its history.
+    ///
+    /// Steps, each safe to crash after: (1) fsync and start a fresh active segment; (2) write the
+    /// live records to `compact-<upto>.tmp` and fsync it (a crash here: open deletes the temporary
+    /// file, the old segments are untouched); (3) rename it to `compact-<upto>.done` and fsync the
+    /// directory, the commit point; (4) delete the segments before `<upto>` and rename the `.done`
+    /// file to a segment named after its first record (a crash in (4): open repeats it).
+    pub fn compact(
+        &mut self,
+        live: impl FnMut(Seq, u8, &[u8]) -> bool,
+    ) -> Result<CompactStats, WalError> {
+        let Some((upto, stats)) = self.write_compaction(live)? else {
+            return Ok(CompactStats::default());
+        };
+        let tmp = compaction_tmp(&self.dir, upto);
+        let done = compaction_done(&self.dir, upto);
+        fs::rename(&tmp, &done).map_err(io("rename", &tmp))?;
+        sync_dir(&self.dir)?;
+        finish_compaction(&self.dir, &self.segments, upto, &done)?;
+        self.segments = list(&self.dir)?.segments;
+        Ok(stats)
+    }
+
+    /// Steps (1) and (2) of [`Wal::compact`]: returns `upto` and the counts, or `None` when there
+    /// is nothing before the active segment to compact.
+    fn write_compaction(
+        &mut self,
+        mut live: impl FnMut(Seq, u8, &[u8]) -> bool,
+    ) -> Result<Option<(u64, CompactStats)>, WalError> {
+        self.sync()?;
+        if self.active_len > 0 || self.active_first != self.next_seq {
+            self.rotate()?;
+        }
+        let upto = self.active_first;
+        let old: Vec<u64> = self
+            .segments
+            .iter()
+            .copied()
+            .filter(|&s| s < upto)
+            .collect();
+        if old.is_empty() {
+            return Ok(None);
+        }
+        let tmp = compaction_tmp(&self.dir, upto);
+        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let mut out = BufWriter::new(file);
+        let mut stats = CompactStats {
+            segments_removed: old.len() as u64,
+            ..CompactStats::default()
+        };
+        let mut encoded = Vec::new();
+        let mut last_seq = 0;
+        for &first in &old {
+            let data = read(&segment_path(&self.dir, first))?;
+            let mut write_err = None;
+            let scan = record::scan(&data, first.max(last_seq + 1), |seq, kind, payload| {
+                if write_err.is_some() {
+                    return;
+                }
+                if !live(seq, kind, payload) {
+                    stats.dropped += 1;
+                    return;
+                }
+                stats.kept += 1;
+                encoded.clear();
+                // The payload came out of a valid record, so its length fits a u32.
+                let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+                record::encode(&mut encoded, seq, kind, payload, len);
+                if let Err(e) = out.write_all(&encoded) {
+                    write_err = Some(e);
+                }
+            });
+            if let Some(e) = write_err {
+                return Err(io("write", &tmp)(e));
+            }
+            last_seq = last_seq.max(scan.last_seq);
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| io("write", &tmp)(e.into_error()))?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        Ok(Some((upto, stats)))
+    }
+
+    fn check_poisoned(&self) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn write_buffer(&mut self) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let path = segment_path(&self.dir, self.active_first);
+        if let Err(e) = self.active.write_all(&self.buffer) {
+            // Cut a partial write back off so that a retry appends after whole records only.
+            if self.active.set_len(self.active_len).is_err() {
+                self.poisoned = true;
+            }
+            return Err(io("write", &path)(e));
+        }
+        self.active_len += self.buffer.len() as u64;
+        self.buffer.clear();
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn fsync(&mut self) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        if !self.dirty {
+            return Ok(());
+        }
+        if let Err(e) = self.active.sync_data() {
+            self.poisoned = true;
+            return Err(io("fsync", &segment_path(&self.dir, self.active_first))(e));
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Closes the active segment (written and fsynced, so only the last segment can ever have a
+    /// torn tail) and starts a new one named after the next sequence number.
+    fn rotate(&mut self) -> Result<(), WalError> {
+        self.write_buffer()?;
+        self.fsync()?;
+        let first = self.next_seq;
+        let path = segment_path(&self.dir, first);
+        // Append mode on an existing file keeps what is there; only an empty active segment can
+        // already have this name, so its length is the right starting point either way.
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        let len = file.metadata().map_err(io("stat", &path))?.len();
+        sync_dir(&self.dir)?;
+        self.active = file;
+        self.active_first = first;
+        self.active_len = len;
+        if self.segments.last() != Some(&first) {
+            self.segments.push(first);
+        }
+        Ok(())
+    }
+}
+
+/// Step (4) of a compaction: delete the segments it replaced, then give its file a segment name.
+/// Idempotent, so open can repeat it after a crash part way through.
+fn finish_compaction(dir: &Path, segments: &[u64], upto: u64, done: &Path) -> Result<(), WalError> {
+    for &first in segments.iter().filter(|&&s| s < upto) {
+        let path = segment_path(dir, first);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &path)(e)),
+        }
+    }
+    sync_dir(dir)?;
+    let data = read(done)?;
+    let mut first_live = None;
+    record::scan(&data, 1, |seq, _, _| {
+        first_live.get_or_insert(seq.get());
+    });
+    match first_live {
+        Some(first) => {
+            let path = segment_path(dir, first);
+            fs::rename(done, &path).map_err(io("rename", done))?;
+        }
+        None => fs::remove_file(done).map_err(io("remove", done))?,
+    }
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options {
+            segment_bytes: 256,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+
+    fn contents(wal: &mut Wal) -> Vec<(u64, u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        wal.replay(|s, k, p| out.push((s.get(), k, p.to_vec())))
+            .unwrap();
+        out
+    }
+
+    /// Where a crash leaves a compaction, and what the log must hold after reopening.
+    #[derive(Debug, Clone, Copy)]
+    enum CrashAt {
+        /// After the temporary file is written: the compaction is discarded.
+        TmpWritten,
+        /// After the rename to `.done`: the compaction is finished at open.
+        DoneRenamed,
+        /// After some old segments are deleted: open deletes the rest and renames.
+        HalfDeleted,
+    }
+
+    #[test]
+    fn crash_during_compaction_recovers() {
+        for crash in [
+            CrashAt::TmpWritten,
+            CrashAt::DoneRenamed,
+            CrashAt::HalfDeleted,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut wal, _) = Wal::open(dir.path(), opts()).unwrap();
+            let mut all = Vec::new();
+            for i in 0..40u8 {
+                let payload = vec![i; 20];
+                let seq = wal.append(i % 3, &payload).unwrap();
+                all.push((seq.get(), i % 3, payload));
+            }
+            wal.commit().unwrap();
+            let (upto, _) = wal
+                .write_compaction(|_, kind, _| kind == 0)
+                .unwrap()
+                .unwrap();
+            let tmp = compaction_tmp(dir.path(), upto);
+            let done = compaction_done(dir.path(), upto);
+            match crash {
+                CrashAt::TmpWritten => {}
+                CrashAt::DoneRenamed => fs::rename(&tmp, &done).unwrap(),
+                CrashAt::HalfDeleted => {
+                    fs::rename(&tmp, &done).unwrap();
+                    let old: Vec<u64> =
+                        wal.segments.iter().copied().filter(|&s| s < upto).collect();
+                    assert!(old.len() > 2, "the test needs several segments");
+                    for first in &old[..old.len() / 2] {
+                        fs::remove_file(segment_path(dir.path(), *first)).unwrap();
+                    }
+                }
+            }
+            drop(wal);
+            let (mut wal, recovery) = Wal::open(dir.path(), opts()).unwrap();
+            let expected: Vec<_> = match crash {
+                CrashAt::TmpWritten => all.clone(),
+                CrashAt::DoneRenamed | CrashAt::HalfDeleted => {
+                    all.iter().filter(|r| r.1 == 0).cloned().collect()
+                }
+            };
+            assert_eq!(contents(&mut wal), expected, "{crash:?}");
+            assert_eq!(
+                recovery.records_replayed,
+                expected.len() as u64,
+                "{crash:?}"
+            );
+            assert_eq!(
+                recovery.compaction_finished,
+                !matches!(crash, CrashAt::TmpWritten),
+                "{crash:?}"
+            );
+            let leftovers = list(dir.path()).unwrap();
+            assert!(leftovers.compaction_tmp.is_empty(), "{crash:?}");
+            assert!(leftovers.compaction_done.is_empty(), "{crash:?}");
+            // The log goes on after recovery, numbering after everything ever appended.
+            let seq = wal.append(9, b"after").unwrap();
+            assert_eq!(seq.get(), 41, "{crash:?}");
+        }
+    }
+}
