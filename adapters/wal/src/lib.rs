@@ -41,9 +41,10 @@
 //!   otherwise [`Wal::flush_due`] (called from the caller's timer, see [`Wal::sync_deadline`]) does.
 //!   A process crash (SIGKILL) loses nothing committed, since the kernel has it; a power or kernel
 //!   failure loses at most the records committed in the last `d` plus the caller's timer lateness.
-//! - Under both: appends not yet committed are lost by a crash, and by dropping the [`Wal`]
-//!   ([`Wal::close`] commits and fsyncs). After a failed fsync the log refuses further work
-//!   ([`WalError::Poisoned`]): the kernel may have dropped the pages, so only a reopen tells the truth.
+//! - Under both: appends not yet committed are lost by a crash and by dropping the [`Wal`]
+//!   ([`Wal::close`] commits and fsyncs). A failed write or fsync poisons the log
+//!   ([`WalError::Poisoned`]): the kernel may have dropped the pages, so only a reopen, which
+//!   re-reads the disk and cuts any half-written record, tells the truth.
 //!
 //! # Compaction
 //!

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::Seq;
-use crate::record::{self, HEADER_LEN, MAX_PAYLOAD};
+use crate::record::{self, MAX_PAYLOAD};
 
 /// Everything that can go wrong with a log.
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +28,9 @@ pub enum WalError {
     /// The payload is larger than the format allows.
     #[error("record payload of {len} bytes is over the {MAX_PAYLOAD}-byte limit")]
     RecordTooLarge { len: usize },
-    /// An earlier fsync failed. The kernel may already have dropped the unwritten pages, so the
+    /// An earlier write or fsync failed. The kernel may already have dropped the unwritten pages, so the
     /// only safe way on is to reopen the log, which re-reads what really is on disk.
-    #[error("an earlier fsync failed; reopen the write-ahead log")]
+    #[error("an earlier write or fsync failed; reopen the write-ahead log")]
     Poisoned,
 }
 
@@ -164,8 +164,8 @@ fn read(path: &Path) -> Result<Vec<u8>, WalError> {
 /// A segmented append-only log of `(seq, kind, payload)` records in one directory.
 ///
 /// Single writer: the methods take `&mut self` and a lock file keeps a second `Wal` (even in another
-/// process) off the directory. Dropping a `Wal` does not write its buffered appends, exactly as a
-/// crash would not; [`Wal::close`] commits and fsyncs them.
+/// process) off the directory. Dropping a `Wal` does not commit its buffered appends, as a crash
+/// would not; [`Wal::close`] commits and fsyncs them.
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
@@ -179,6 +179,9 @@ pub struct Wal {
     active_len: u64,
     /// Encoded records appended but not yet committed.
     buffer: Vec<u8>,
+    /// End offset in `buffer` and sequence number of each buffered record: where a commit may
+    /// start a new segment.
+    buffered: Vec<(usize, u64)>,
     next_seq: u64,
     /// Bytes written since the last fsync.
     dirty: bool,
@@ -296,6 +299,7 @@ impl Wal {
             active_first,
             active_len,
             buffer: Vec::new(),
+            buffered: Vec::new(),
             next_seq,
             dirty: false,
             last_sync: Instant::now(),
@@ -309,22 +313,18 @@ impl Wal {
         Seq::new(self.next_seq)
     }
 
-    /// Buffers one record and returns its sequence number. Nothing is durable (or even visible to
-    /// [`Wal::replay`]) until [`Wal::commit`]; many appends per commit is what makes commits cheap.
+    /// Buffers one record in memory (no I/O) and returns its sequence number. Nothing is durable,
+    /// or visible to [`Wal::replay`], until [`Wal::commit`]; many appends per commit is what makes
+    /// commits cheap.
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Seq, WalError> {
         self.check_poisoned()?;
         let len = u32::try_from(payload.len())
             .ok()
             .filter(|&l| l as usize <= MAX_PAYLOAD)
             .ok_or(WalError::RecordTooLarge { len: payload.len() })?;
-        let size = (self.active_len + self.buffer.len() as u64)
-            .saturating_add((HEADER_LEN + payload.len()) as u64);
-        let not_empty = self.active_len > 0 || !self.buffer.is_empty();
-        if not_empty && size > self.options.segment_bytes {
-            self.rotate()?;
-        }
         let seq = Seq::new(self.next_seq);
         record::encode(&mut self.buffer, seq, kind, payload, len);
+        self.buffered.push((self.buffer.len(), seq.get()));
         self.next_seq += 1;
         Ok(seq)
     }
@@ -490,21 +490,53 @@ impl Wal {
         Ok(())
     }
 
+    /// Hands the buffered records to the kernel, closing segments that fill up on the way. A write
+    /// error poisons the log: the segment may end in half a record, which only open repairs.
     fn write_buffer(&mut self) -> Result<(), WalError> {
         self.check_poisoned()?;
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let path = segment_path(&self.dir, self.active_first);
-        if let Err(e) = self.active.write_all(&self.buffer) {
-            // Cut a partial write back off so that a retry appends after whole records only.
-            if self.active.set_len(self.active_len).is_err() {
-                self.poisoned = true;
-            }
-            return Err(io("write", &path)(e));
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let mut buffered = std::mem::take(&mut self.buffered);
+        let result = self.write_records(&buffer, &buffered);
+        if result.is_err() {
+            self.poisoned = true;
         }
-        self.active_len += self.buffer.len() as u64;
-        self.buffer.clear();
+        // Keep the allocations for the next batch.
+        buffer.clear();
+        buffered.clear();
+        self.buffer = buffer;
+        self.buffered = buffered;
+        result
+    }
+
+    fn write_records(&mut self, buffer: &[u8], buffered: &[(usize, u64)]) -> Result<(), WalError> {
+        let mut chunk_start = 0;
+        let mut record_start = 0;
+        let mut segment_len = self.active_len;
+        for &(end, seq) in buffered {
+            let record_len = (end - record_start) as u64;
+            if segment_len > 0 && segment_len + record_len > self.options.segment_bytes {
+                self.write_chunk(&buffer[chunk_start..record_start])?;
+                self.rotate_to(seq)?;
+                segment_len = 0;
+                chunk_start = record_start;
+            }
+            segment_len += record_len;
+            record_start = end;
+        }
+        self.write_chunk(&buffer[chunk_start..])
+    }
+
+    fn write_chunk(&mut self, bytes: &[u8]) -> Result<(), WalError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.active
+            .write_all(bytes)
+            .map_err(io("write", &segment_path(&self.dir, self.active_first)))?;
+        self.active_len += bytes.len() as u64;
         self.dirty = true;
         Ok(())
     }
@@ -527,8 +559,12 @@ impl Wal {
     /// torn tail) and starts a new one named after the next sequence number.
     fn rotate(&mut self) -> Result<(), WalError> {
         self.write_buffer()?;
+        self.rotate_to(self.next_seq)
+    }
+
+    /// Fsyncs the active segment and makes `first.log` the active one.
+    fn rotate_to(&mut self, first: u64) -> Result<(), WalError> {
         self.fsync()?;
-        let first = self.next_seq;
         let path = segment_path(&self.dir, first);
         // Append mode on an existing file keeps what is there; only an empty active segment can
         // already have this name, so its length is the right starting point either way.
