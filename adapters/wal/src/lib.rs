@@ -53,7 +53,15 @@
 //! `compact-<upto>.done` is the commit point: open discards a leftover `.tmp` (old segments
 //! intact) and finishes a leftover `.done` (deletes the segments it replaced, renames it to a
 //! segment). A crash at any step therefore leaves either the old log or the compacted one.
+//! The compacted file is not split to [`Options::segment_bytes`]: its size is that of the live state.
 //! Compaction runs on the caller's thread and holds `&mut self`; a background variant is future work.
+//!
+//! # Costs to know
+//!
+//! Open and replay read one whole segment into memory at a time, and open validates every record
+//! (so a start reads the log once to open and once to replay). The forward scan past damage tries
+//! every byte position of the damaged region, but rejects almost all of them on the length and
+//! sequence number fields before computing any CRC.
 
 mod record;
 mod wal;

@@ -221,9 +221,11 @@ impl Wal {
             warn!(message = "discarding an unfinished compaction", path = %tmp.display());
             fs::remove_file(tmp).map_err(io("remove", tmp))?;
         }
-        if let Some(&(upto, ref done)) = listing.compaction_done.last() {
+        // At most one can exist (open finishes each before a new compaction can start); looping in
+        // `upto` order is still right if there were more, as a later one covers the earlier ones.
+        for (upto, done) in std::mem::take(&mut listing.compaction_done) {
             warn!(message = "finishing a compaction interrupted by a crash", path = %done.display());
-            finish_compaction(&dir, &listing.segments, upto, done)?;
+            finish_compaction(&dir, &listing.segments, upto, &done)?;
             recovery.compaction_finished = true;
             listing = list(&dir)?;
         }
