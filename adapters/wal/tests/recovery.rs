@@ -406,3 +406,96 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fsync_policy_decides_when_committed_records_wait_for_a_sync() {
+    // Which state leaves committed records waiting for an fsync (`sync_deadline` is Some), per policy.
+    struct Case {
+        name: &'static str,
+        fsync: FsyncPolicy,
+        after_commit: bool,
+        after_flush_due: bool,
+    }
+    let cases = [
+        Case {
+            name: "always: commit fsyncs",
+            fsync: FsyncPolicy::Always,
+            after_commit: false,
+            after_flush_due: false,
+        },
+        Case {
+            // The first commit after open is within the interval, so it does not fsync, and
+            // `flush_due` is not due for an hour either.
+            name: "grouped(1h): commit and flush_due wait",
+            fsync: FsyncPolicy::Grouped(Duration::from_secs(3600)),
+            after_commit: true,
+            after_flush_due: true,
+        },
+        Case {
+            name: "grouped(0): every commit is due",
+            fsync: FsyncPolicy::Grouped(Duration::ZERO),
+            after_commit: false,
+            after_flush_due: false,
+        },
+    ];
+    for case in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            segment_bytes: 1 << 20,
+            fsync: case.fsync,
+        };
+        let (mut wal, _) = Wal::open(dir.path(), options).unwrap();
+        assert_eq!(wal.sync_deadline(), None, "{}: fresh", case.name);
+        wal.append(1, b"x").unwrap();
+        wal.commit().unwrap();
+        assert_eq!(
+            wal.sync_deadline().is_some(),
+            case.after_commit,
+            "{}",
+            case.name
+        );
+        wal.flush_due().unwrap();
+        assert_eq!(
+            wal.sync_deadline().is_some(),
+            case.after_flush_due,
+            "{}",
+            case.name
+        );
+        wal.sync().unwrap();
+        assert_eq!(wal.sync_deadline(), None, "{}: after sync", case.name);
+        // Committed but not yet fsynced records are already visible to replay and to a reopen
+        // after a process crash: the kernel has them.
+        wal.append(2, b"y").unwrap();
+        wal.commit().unwrap();
+        drop(wal);
+        let (mut wal, _) = Wal::open(dir.path(), options).unwrap();
+        assert_eq!(contents(&mut wal).len(), 2, "{}", case.name);
+    }
+}
+
+#[test]
+fn oversized_record_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), opts(1 << 20)).unwrap();
+    let big = vec![0u8; iothub_wal::MAX_PAYLOAD + 1];
+    let refused = wal.append(1, &big);
+    assert!(
+        matches!(refused, Err(iothub_wal::WalError::RecordTooLarge { len }) if len == big.len()),
+        "{refused:?}"
+    );
+    assert_eq!(wal.append(1, b"fine").unwrap().get(), 1);
+}
+
+#[test]
+fn unrelated_files_in_the_directory_are_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+    fs::write(dir.path().join("x.log"), b"not a segment name").unwrap();
+    let (mut wal, recovery) = Wal::open(dir.path(), opts(1 << 20)).unwrap();
+    assert_eq!(recovery, Recovery::default());
+    let written = fill(&mut wal, &PAYLOADS);
+    wal.compact(|_, _, _| true).unwrap();
+    assert_eq!(contents(&mut wal), written);
+    assert!(dir.path().join("notes.txt").exists());
+    assert!(dir.path().join("x.log").exists());
+}
