@@ -194,6 +194,16 @@ impl Wal {
     /// off with a warning, damaged records are counted, an interrupted compaction is finished or
     /// discarded. It refuses only when the directory cannot be used (I/O error or already open).
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Wal, Recovery), WalError> {
+        Self::open_with(dir, options, |_, _, _| {})
+    }
+
+    /// [`Wal::open`] that also replays: `visit` sees every record [`Wal::replay`] would, in the
+    /// same single read of the log that validates it, which halves the disk reads of a start.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        options: Options,
+        mut visit: impl FnMut(Seq, u8, &[u8]),
+    ) -> Result<(Wal, Recovery), WalError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -235,7 +245,7 @@ impl Wal {
         for (i, &first) in listing.segments.iter().enumerate() {
             let path = segment_path(&dir, first);
             let data = read(&path)?;
-            let scan = record::scan(&data, first.max(last_seq + 1), |_, _, _| {});
+            let scan = record::scan(&data, first.max(last_seq + 1), &mut visit);
             recovery.records_replayed += scan.records;
             recovery.corrupt_records_skipped += scan.corrupt_regions;
             last_seq = last_seq.max(scan.last_seq);

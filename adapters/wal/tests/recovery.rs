@@ -91,6 +91,25 @@ fn round_trip_and_reopen() {
 }
 
 #[test]
+fn open_with_visits_what_replay_visits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), opts(64)).unwrap();
+    fill(&mut wal, &PAYLOADS);
+    wal.compact(|seq, _, _| seq.get() != 2).unwrap();
+    fill(&mut wal, &PAYLOADS[..2]);
+    let expected = contents(&mut wal);
+    wal.close().unwrap();
+    let mut seen = Vec::new();
+    let (mut wal, recovery) = Wal::open_with(dir.path(), opts(64), |s, k, p| {
+        seen.push((s.get(), k, p.to_vec()));
+    })
+    .unwrap();
+    assert_eq!(seen, expected);
+    assert_eq!(recovery.records_replayed as usize, expected.len());
+    assert_eq!(contents(&mut wal), expected);
+}
+
+#[test]
 fn second_open_of_a_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_wal, _) = Wal::open(dir.path(), opts(1024)).unwrap();
