@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod api;
+pub mod certs;
 pub mod clients;
 pub mod frames;
 pub mod raw;
