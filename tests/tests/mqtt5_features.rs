@@ -458,3 +458,44 @@ fn puback_for_a_topic_without_subscribers_is_a_success() {
     let code = ack.body.get(2).copied().unwrap_or(0);
     assert!(matches!(code, 0x00 | 0x10), "PUBACK reason {code:#x}");
 }
+
+/// v5: [MQTT-3.14.2-3] [MQTT-3.14.2-4] — the server's DISCONNECT carries its reason string only
+/// when the packet fits the client's Maximum Packet Size; the reason code always goes out.
+/// (A client with the default maximum gets the reason string: the control row.)
+#[test]
+fn server_disconnect_reason_string_respects_the_client_maximum_packet_size() {
+    let hub = Hub::start();
+    // (client Maximum Packet Size, reason string expected)
+    for (max, with_reason) in [(None, true), (Some(16u32), false)] {
+        let mut connect = Connect::v5(&unique("mpd"), true);
+        if let Some(max) = max {
+            connect = connect.prop(prop::MAXIMUM_PACKET_SIZE, PropValue::U32(max));
+        }
+        let (mut c, _) = RawClient::connected(hub.mqtt_addr(), &connect);
+        // A second CONNECT is a protocol error the hub answers with DISCONNECT 0x82 and a
+        // reason string saying why.
+        c.send_ok(&connect.encode());
+        let before = c.expect_closed(WAIT);
+        let d = before
+            .iter()
+            .find(|p| p.kind() == kind::DISCONNECT)
+            .unwrap_or_else(|| panic!("no DISCONNECT before the close: {before:?}"));
+        assert_eq!(frames::disconnect_reason(&d.body), 0x82);
+        let props = d
+            .body
+            .get(1..)
+            .and_then(frames::parse_props)
+            .map(|(list, _)| list)
+            .unwrap_or_default();
+        let has_reason = frames::find_prop(&props, prop::REASON_STRING).is_some();
+        assert_eq!(has_reason, with_reason, "max {max:?}: {:?}", d.body);
+        if let Some(max) = max {
+            // fixed header (1 byte + 1 byte of remaining length here) + body
+            assert!(
+                d.body.len() + 2 <= max as usize,
+                "{} bytes",
+                d.body.len() + 2
+            );
+        }
+    }
+}

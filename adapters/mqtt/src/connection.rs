@@ -1199,7 +1199,7 @@ where
             Close::Client(kind) => kind,
             Close::Server(code, why) => {
                 if v5 {
-                    self.send_disconnect(code, Some(why));
+                    self.send_disconnect(code, Some(why), est.client_max_packet);
                 }
                 info!(message = "closing connection", peer = %self.peer, client_id = %est.client_id, reason = why);
                 DisconnectKind::Abnormal
@@ -1213,14 +1213,14 @@ where
             } => {
                 est.raise(kind, msg, packet);
                 if v5 {
-                    self.send_disconnect(code, Some(why));
+                    self.send_disconnect(code, Some(why), est.client_max_packet);
                 }
                 info!(message = "closing connection", peer = %self.peer, client_id = %est.client_id, reason = why);
                 DisconnectKind::Abnormal
             }
             Close::Kicked(code) => {
                 if v5 {
-                    self.send_disconnect(code, None);
+                    self.send_disconnect(code, None, est.client_max_packet);
                 }
                 debug!(message = "connection ended by the server", peer = %self.peer, client_id = %est.client_id, code = code.0);
                 DisconnectKind::Abnormal
@@ -1234,15 +1234,28 @@ where
 
     /// A server DISCONNECT (MQTT 5 only). Acknowledgements never carry reason strings, so
     /// Request Problem Information = 0 needs no special case [MQTT-3.1.2-29]: DISCONNECT may.
-    fn send_disconnect(&mut self, code: ReasonCode, why: Option<&str>) {
-        let d = codec::Disconnect {
+    /// The reason string is left out when the packet would exceed the client's Maximum Packet
+    /// Size [MQTT-3.14.2-3]; the reason code alone always fits (the smallest allowed maximum).
+    fn send_disconnect(&mut self, code: ReasonCode, why: Option<&str>, client_max: Option<u32>) {
+        let mut packet = Packet::Disconnect(codec::Disconnect {
             reason_code: code,
             properties: codec::DisconnectProperties {
                 reason_string: why.map(str::to_string),
                 ..Default::default()
             },
+        });
+        let too_large = |p: &Packet| {
+            client_max.is_some_and(|max| {
+                codec::encoded_len(p, ProtocolVersion::V5).map_or(true, |len| len > max as usize)
+            })
         };
-        self.send(&Packet::Disconnect(d), ProtocolVersion::V5);
+        if too_large(&packet) {
+            packet = Packet::Disconnect(codec::Disconnect {
+                reason_code: code,
+                properties: codec::DisconnectProperties::default(),
+            });
+        }
+        self.send(&packet, ProtocolVersion::V5);
     }
 }
 
