@@ -349,3 +349,46 @@ fn multiple_connections_only_when_the_device_allows_them() {
         c.ping();
     }
 }
+
+/// SCALEWAY-API.md: a device's `last_activity_at` is the epoch until it is first seen; once it
+/// exchanged packets the API answers a time at or after its connection (written within a few
+/// seconds, then at most once a minute per device), and a device that stayed away keeps the
+/// epoch.
+#[test]
+fn last_activity_at_follows_the_device() {
+    let db = RegistryDb::new(Backend::Sqlite);
+    let Some((hub, api)) = start_registry_hub(&db, false) else {
+        return;
+    };
+    let (_, ids) = hub_with_devices(&api, &["active", "idle"]);
+    let activity = |id: &str| {
+        api.get(&format!("devices/{id}")).expect(200)["last_activity_at"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    const EPOCH: &str = "1970-01-01T00:00:00.000000Z";
+    assert_eq!(activity(&ids[0]), EPOCH);
+    let (mut c, _) = accepted(&hub, &connect_packet(5, &ids[0]), "active device");
+    c.send_ok(&Publish::v5("t/x", b"hello").encode());
+    c.ping();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let seen = loop {
+        let at = activity(&ids[0]);
+        if at != EPOCH {
+            break at;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last_activity_at still the epoch 20 s after the device's traffic"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    // RFC 3339 timestamps of one format compare as text: the activity is recent.
+    let created = api.get(&format!("devices/{}", ids[0])).expect(200)["created_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(seen >= created, "activity {seen} before creation {created}");
+    assert_eq!(activity(&ids[1]), EPOCH, "a device that never connected");
+}
