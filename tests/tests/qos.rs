@@ -197,3 +197,37 @@ fn v5_puback_with_an_error_reason_is_not_retransmitted() {
     sub.expect_silence(QUIET);
     sub.ping();
 }
+
+/// An MQTT 5 PUBREC body: the packet id and the reason code (absent means 0x00).
+fn pubrec(body: &[u8]) -> (u16, u8) {
+    (
+        u16::from_be_bytes([body[0], body[1]]),
+        body.get(2).copied().unwrap_or(0),
+    )
+}
+
+/// v5: [MQTT-4.3.3-9] — after the hub answered a QoS 2 PUBLISH with a PUBREC reason code of
+/// 0x80 or more, the exchange is over: the same packet id in the next PUBLISH is a new message
+/// (acknowledged with success and delivered), not a duplicate of the refused one.
+#[test]
+fn a_packet_id_refused_in_pubrec_is_free_for_a_new_message() {
+    let Some(hub) = Hub::start_with(&iothub_e2e::config(&[], &[("max_payload_bytes", 16)])) else {
+        return;
+    };
+    let topic = format!("{}/refused", unique("t"));
+    let mut sub = raw(&hub, 5);
+    sub.subscribe(1, &[(&topic, 2)]);
+    let mut p = raw(&hub, 5);
+    // Over the hub's payload limit: refused in the PUBREC (0x97 quota exceeded).
+    p.send_ok(&publish(5, &topic, &[7u8; 64]).qos(2, 9).encode());
+    let rec = p.expect_kind(kind::PUBREC, "PUBREC of the refused message");
+    assert_eq!(pubrec(&rec.body), (9, 0x97));
+    // Same packet id, acceptable message: a new exchange.
+    p.send_ok(&publish(5, &topic, b"small").qos(2, 9).encode());
+    let rec = p.expect_kind(kind::PUBREC, "PUBREC of the new message");
+    assert_eq!(pubrec(&rec.body), (9, 0x00));
+    p.send_ok(&frames::ack(6, 9));
+    p.expect_kind(kind::PUBCOMP, "PUBCOMP");
+    let got = sub.next_publish(WAIT).unwrap();
+    assert_eq!(got.payload, b"small");
+}
