@@ -296,13 +296,13 @@ impl Registry {
     // Scoped lookups
 
     async fn hub_of(&self, caller: &AccountRecord, id: HubId) -> Result<HubRecord, RegistryError> {
-        match self.store.get_hub(id).await? {
-            Some(hub) if hub.account_id == caller.id => Ok(hub),
-            _ => Err(RegistryError::NotFound {
-                resource: "hub",
-                id: id.to_string(),
-            }),
-        }
+        owned(
+            self.store.get_hub(id).await?,
+            |h| h.account_id,
+            caller,
+            "hub",
+            id,
+        )
     }
 
     async fn device_of(
@@ -310,13 +310,13 @@ impl Registry {
         caller: &AccountRecord,
         id: DeviceId,
     ) -> Result<DeviceRecord, RegistryError> {
-        match self.store.get_device(id).await? {
-            Some(device) if device.account_id == caller.id => Ok(device),
-            _ => Err(RegistryError::NotFound {
-                resource: "device",
-                id: id.to_string(),
-            }),
-        }
+        owned(
+            self.store.get_device(id).await?,
+            |d| d.account_id,
+            caller,
+            "device",
+            id,
+        )
     }
 
     async fn route_of(
@@ -324,13 +324,13 @@ impl Registry {
         caller: &AccountRecord,
         id: RouteId,
     ) -> Result<RouteRecord, RegistryError> {
-        match self.store.get_route(id).await? {
-            Some(route) if route.account_id == caller.id => Ok(route),
-            _ => Err(RegistryError::NotFound {
-                resource: "route",
-                id: id.to_string(),
-            }),
-        }
+        owned(
+            self.store.get_route(id).await?,
+            |r| r.account_id,
+            caller,
+            "route",
+            id,
+        )
     }
 
     async fn network_of(
@@ -338,13 +338,13 @@ impl Registry {
         caller: &AccountRecord,
         id: NetworkId,
     ) -> Result<NetworkRecord, RegistryError> {
-        match self.store.get_network(id).await? {
-            Some(network) if network.account_id == caller.id => Ok(network),
-            _ => Err(RegistryError::NotFound {
-                resource: "network",
-                id: id.to_string(),
-            }),
-        }
+        owned(
+            self.store.get_network(id).await?,
+            |n| n.account_id,
+            caller,
+            "network",
+            id,
+        )
     }
 
     /// `If-Match` check against the version just read.
@@ -1176,6 +1176,24 @@ impl Registry {
             paging: None,
         };
         Ok(self.store.list_devices(&query).await?.items)
+    }
+}
+
+/// `record` when it belongs to the caller's account; otherwise (absent, or another account's)
+/// the same `NotFound`, so ids of other accounts cannot be told from ids that do not exist.
+fn owned<T>(
+    record: Option<T>,
+    owner: impl Fn(&T) -> AccountId,
+    caller: &AccountRecord,
+    resource: &'static str,
+    id: impl ToString,
+) -> Result<T, RegistryError> {
+    match record {
+        Some(r) if owner(&r) == caller.id => Ok(r),
+        _ => Err(RegistryError::NotFound {
+            resource,
+            id: id.to_string(),
+        }),
     }
 }
 
