@@ -16,6 +16,7 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -185,7 +186,8 @@ def openssl_cert(workdir: Path, name: str, cn: str, ca: str | None, extensions: 
     before) or self-signed, with these extensions and dates (``openssl ca`` takes any)."""
     (workdir / "index.txt").touch()
     (workdir / "issued").mkdir(exist_ok=True)
-    (workdir / "serial").write_text(f"{abs(hash(name)) % 0xFFFFFF + 0x1000:X}\n")
+    # openssl reads the serial as hex digit pairs: always an even number of digits.
+    (workdir / "serial").write_text(f"{zlib.crc32(name.encode()) | 0x1000_0000:08X}\n")
     (workdir / "ca.cnf").write_text(
         "[ca]\ndefault_ca = any\n[any]\ndatabase = index.txt\nnew_certs_dir = issued\nserial = serial\n"
         "default_md = sha256\npolicy = policy\nunique_subject = no\n[policy]\ncommonName = supplied\n"
