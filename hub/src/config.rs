@@ -62,6 +62,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub store: StoreConfig,
+    /// The write-ahead log of retained messages, persistent sessions, QoS 1/2 state and
+    /// delayed wills, in `<data_dir>/wal/`.
+    #[serde(default)]
+    pub persistence: PersistenceConfig,
     /// Quotas of the control plane (hubs per account per plan, devices, routes, networks per hub).
     #[serde(default)]
     pub quotas: iothub_control::registry::Quotas,
@@ -220,6 +224,47 @@ fn default_data_dir() -> PathBuf {
 pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`; empty = SQLite in `data_dir`.
     pub url: String,
+}
+
+/// When an acknowledged message is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    /// PUBACK/PUBREC after the records are fsynced: nothing acknowledged is lost, even on
+    /// power failure.
+    Always,
+    /// PUBACK/PUBREC after the records are written to the kernel; fsync at most
+    /// `fsync_interval_ms` later. A process crash (kill -9) loses nothing acknowledged; a power
+    /// or kernel failure loses at most the last `fsync_interval_ms`.
+    Grouped,
+}
+
+/// The durable store of the MQTT state (issue 6), in `<data_dir>/wal/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    /// `false`: everything lives in memory and is lost on restart.
+    pub enabled: bool,
+    pub fsync: FsyncMode,
+    /// With `fsync: grouped`: the longest time between a write and its fsync.
+    pub fsync_interval_ms: u32,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fsync: FsyncMode::Grouped,
+            fsync_interval_ms: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Where the write-ahead log lives.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -477,6 +522,11 @@ impl Config {
                 "api.region must be letters, digits and '-' (e.g. fr-par)".into(),
             ));
         }
+        if self.persistence.fsync_interval_ms == 0 || self.persistence.fsync_interval_ms > 10_000 {
+            return Err(plain(
+                "persistence.fsync_interval_ms must be 1 to 10000".into(),
+            ));
+        }
         if self.mqtt.connect_timeout_secs == 0 {
             return Err(plain(
                 "mqtt.connect_timeout_secs must be greater than 0".into(),
@@ -562,6 +612,13 @@ mod tests {
         assert_eq!(c.api.region, d.api.region);
         assert_eq!(c.data_dir, d.data_dir);
         assert_eq!(c.store.url, d.store.url);
+        assert_eq!(c.persistence.enabled, d.persistence.enabled);
+        assert_eq!(c.persistence.fsync, d.persistence.fsync);
+        assert_eq!(
+            c.persistence.fsync_interval_ms,
+            d.persistence.fsync_interval_ms
+        );
+        assert_eq!(c.wal_dir(), d.data_dir.join("wal"));
         assert_eq!(c.quotas, d.quotas);
         assert_eq!(c.mqtt.connect_timeout_secs, d.mqtt.connect_timeout_secs);
         assert_eq!(c.mqtt.max_packet_size, d.mqtt.max_packet_size);
@@ -676,6 +733,16 @@ mod tests {
             ("tls:\n  hostnames: ['']\n", Some("a name is empty")),
             ("tls:\n  reload_interval_secs: 0\n", Some("greater than 0")),
             ("tls:\n  certfile: s.crt\n", Some("f.yaml:2:")),
+            ("persistence:\n  fsync: always\n", None),
+            (
+                "persistence:\n  fsync: grouped\n  fsync_interval_ms: 50\n",
+                None,
+            ),
+            ("persistence:\n  fsync: sometimes\n", Some("f.yaml:2:")),
+            (
+                "persistence:\n  fsync_interval_ms: 0\n",
+                Some("fsync_interval_ms must be 1 to 10000"),
+            ),
         ];
         for (yaml, want) in cases {
             let got = Config::parse(yaml, &Source::File("f.yaml".into()));
