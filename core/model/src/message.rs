@@ -1,6 +1,6 @@
 use bytes::Bytes;
 
-use crate::{ClientId, QoS, TopicName};
+use crate::{ClientId, NetworkId, QoS, TopicName};
 
 /// Where a message entered the hub. Routes never receive hub events they caused themselves,
 /// and metrics and events name the origin, so every message carries it.
@@ -10,6 +10,8 @@ pub enum Origin {
     Client(ClientId),
     /// The hub itself: events, `$SYS`.
     Hub,
+    /// A device-unaware network of the hub (REST, SigFox, LoRaWAN ingress over HTTP).
+    Network(NetworkId),
 }
 
 /// The MQTT 5 properties that travel with an application message from publisher to
