@@ -15,6 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::directory::{Credentials, DeviceEntry, DeviceSpec, Directory};
 use crate::events::{EventCounts, EventKind, EventOutcome, HubEvent};
 use crate::hub::{DeviceChange, Hub, HubActivity, HubConfig};
+use crate::route_tap::Admit;
 use crate::session::{KickReason, Session};
 
 /// How the engine is built. Only the clock today; tests pass a `ManualClock`.
@@ -276,7 +277,7 @@ impl Engine {
         }
     }
 
-    fn hub(&self, id: HubId) -> Option<Arc<Hub>> {
+    pub(crate) fn hub(&self, id: HubId) -> Option<Arc<Hub>> {
         self.inner.hubs.read().by_id.get(&id).cloned()
     }
 
@@ -625,7 +626,7 @@ impl Engine {
         req: ConnectRequest,
     ) -> Result<Connected, ConnectError> {
         let hub = self.hub(req.hub).ok_or(ConnectError::UnknownHub)?;
-        hub.connect(identity, req)
+        hub.connect(Admit::Client(identity), req)
     }
 
     /// Publishes a message the hub itself produces, bypassing client rules (a retained one

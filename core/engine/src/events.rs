@@ -122,11 +122,26 @@ pub enum EventKind {
     /// A hub limit refused something: the byte budget (retained message, will) or the
     /// payload size.
     QuotaExceeded,
+    /// An S3 route could not write an object.
+    RouteS3Write,
+    /// A database route could not connect to its database.
+    RouteDatabaseConnect,
+    /// A database route's query could not be prepared.
+    RouteDatabasePrepare,
+    /// A database route's query failed when executed.
+    RouteDatabaseExecute,
+    /// A REST route's request failed (no connection, timeout, non-2xx status).
+    RouteHttp,
+    /// A route's component failed (trap, deadline, wrong outcomes) or refused a message.
+    RouteFailed,
+    /// A route gave up on a message after its retry budget (or the target rejected it): the
+    /// message is dropped from the route's queue.
+    RouteDeadLetter,
 }
 
 impl EventKind {
     /// Every kind, in `index` order.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 21] = [
         Self::MalformedPacket,
         Self::ProtocolError,
         Self::UnauthorizedTopic,
@@ -141,6 +156,13 @@ impl EventKind {
         Self::DeviceProvisioned,
         Self::ServiceLevel,
         Self::QuotaExceeded,
+        Self::RouteS3Write,
+        Self::RouteDatabaseConnect,
+        Self::RouteDatabasePrepare,
+        Self::RouteDatabaseExecute,
+        Self::RouteHttp,
+        Self::RouteFailed,
+        Self::RouteDeadLetter,
     ];
 
     /// The `kind` label of the event metrics.
@@ -160,6 +182,13 @@ impl EventKind {
             Self::DeviceProvisioned => "device_provisioned",
             Self::ServiceLevel => "service_level",
             Self::QuotaExceeded => "quota_exceeded",
+            Self::RouteS3Write => "route_s3_write",
+            Self::RouteDatabaseConnect => "route_database_connect",
+            Self::RouteDatabasePrepare => "route_database_prepare",
+            Self::RouteDatabaseExecute => "route_database_execute",
+            Self::RouteHttp => "route_http",
+            Self::RouteFailed => "route_failed",
+            Self::RouteDeadLetter => "route_dead_letter",
         }
     }
 
@@ -228,6 +257,12 @@ impl HubEvent {
 
     pub fn about_hub(kind: EventKind, hub: HubId, msg: impl Into<String>) -> Self {
         Self::new(kind, ObjectType::Hub, hub, msg)
+    }
+
+    /// About a route (its id, a UUID): published on `<prefix>/error/route/<route-id>`, which
+    /// the route itself never receives (see `Engine::connect_route`).
+    pub fn about_route(kind: EventKind, route: impl fmt::Display, msg: impl Into<String>) -> Self {
+        Self::new(kind, ObjectType::Route, route, msg)
     }
 
     /// About the device when it is known, else about the hub.

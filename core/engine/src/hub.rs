@@ -25,6 +25,7 @@ use crate::directory::Directory;
 use crate::engine::{ConnectError, ConnectRequest, Connected, HubStats, Identity};
 use crate::metrics::{DropReason, HubMetrics};
 use crate::retained::{Retained, RetainedStore};
+use crate::route_tap::{Admit, ROUTE_CLIENT_PREFIX};
 use crate::session::{DisconnectKind, KickReason, PublishError, Session};
 use crate::state::{
     Conn, Inflight, InflightState, Inner, Owner, Queued, SessionFilters, SessionState,
@@ -230,17 +231,35 @@ impl Hub {
     fn admit(
         &self,
         config: &HubConfig,
-        identity: Identity,
+        who: Admit,
         req: &ConnectRequest,
         registry: &Registry,
         generation: u64,
     ) -> Result<Admission, ConnectError> {
+        let identity = match who {
+            Admit::Client(identity) => identity,
+            Admit::Route => {
+                let client_id = req.client_id.clone().ok_or(ConnectError::ClientIdInvalid)?;
+                return Ok(Admission {
+                    client_id,
+                    assigned: false,
+                    owner: Owner::Route,
+                    filters: SessionFilters::default(),
+                    ephemeral: false,
+                    version: 0,
+                });
+            }
+        };
         match identity {
             Identity::Anonymous => {
                 if !config.admits_anonymous() {
                     return Err(ConnectError::NotAuthorized);
                 }
                 let (client_id, assigned) = match &req.client_id {
+                    // The routes' taps own these ids: a client never takes one over.
+                    Some(id) if id.as_str().starts_with(ROUTE_CLIENT_PREFIX) => {
+                        return Err(ConnectError::ClientIdInvalid);
+                    }
                     Some(id) => (id.clone(), false),
                     None => {
                         let id = format!("{ASSIGNED_PREFIX}{}", uuid::Uuid::new_v4());
@@ -333,7 +352,7 @@ impl Hub {
 
     pub(crate) fn connect(
         self: &Arc<Self>,
-        identity: Identity,
+        who: Admit,
         req: ConnectRequest,
     ) -> Result<Connected, ConnectError> {
         if !self.enabled.load(Ordering::Acquire) {
@@ -350,7 +369,7 @@ impl Hub {
             if !self.enabled.load(Ordering::Acquire) {
                 return Err(ConnectError::HubDisabled);
             }
-            let admission = self.admit(&config, identity, &req, &registry, generation)?;
+            let admission = self.admit(&config, who, &req, &registry, generation)?;
             if config.plan == Plan::Shared && (!req.clean_start || req.session_expiry_secs > 0) {
                 return Err(ConnectError::CleanStartRequired);
             }

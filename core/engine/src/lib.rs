@@ -222,6 +222,7 @@ mod events;
 mod hub;
 mod metrics;
 mod retained;
+mod route_tap;
 mod session;
 mod state;
 mod sys;
@@ -245,6 +246,7 @@ pub use events::{
     default_events_topic_prefix,
 };
 pub use hub::{HubActivity, Traffic};
+pub use route_tap::ROUTE_CLIENT_PREFIX;
 pub use session::{
     DisconnectKind, KickReason, Outgoing, OutgoingPublish, PublishAck, PublishError,
     RetainHandling, Session, SubscribeError, SubscribeRequest,

@@ -52,6 +52,8 @@ impl SubEntry {
 pub(crate) enum Owner {
     Anonymous,
     Device(DeviceId),
+    /// The engine tap of a route (`Engine::connect_route`): not a client of the hub.
+    Route,
 }
 
 /// The message filters of a session, as shared handles; `None` = that direction is open

@@ -136,7 +136,7 @@ impl Hub {
                         hub: self.id,
                         device: match state.owner {
                             Owner::Device(d) => Some(d),
-                            Owner::Anonymous => None,
+                            Owner::Anonymous | Owner::Route => None,
                         },
                         client_id: state.client_id.clone(),
                         filter,

@@ -16,6 +16,7 @@ mod activity;
 mod budget;
 mod devices;
 mod events;
+mod route_tap;
 mod tenancy;
 
 const Q0: QoS = QoS::AtMostOnce;
