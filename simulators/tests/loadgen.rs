@@ -197,6 +197,46 @@ async fn every_scenario_delivers_everything_at_qos_1_and_2() {
     }
 }
 
+/// A ramp of idle connections reads the hub's RSS at every step and fits a slope; the connects
+/// loop opens and resets connections. Figures are not asserted (they belong to the benchmark),
+/// only that they were measured and that no connection failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ramp_and_connects_measure_the_hub_process() {
+    let hub = Hub::start();
+    let mut config = LoadConfig::new(hub.mqtt);
+    config.version = ProtocolVersion::V311;
+    config.broker_pid = Some(hub.child.id());
+    config.connections = 300;
+    config.ramp_steps = 3;
+    config.source_addrs = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+    let ramp = loadgen::run_ramp(&config).await.unwrap();
+    assert_eq!((ramp.connections, ramp.failures), (300, 0), "{ramp}");
+    let steps: Vec<u64> = ramp.samples.iter().map(|s| s.connections).collect();
+    assert_eq!(steps, [0, 100, 200, 300], "{ramp}");
+    assert!(
+        ramp.samples.iter().all(|s| s.broker_rss_bytes > 0),
+        "{ramp}"
+    );
+    assert!(ramp.rss_per_connection_bytes.is_some(), "{ramp}");
+    assert!(ramp.open_files_cap.is_some(), "{ramp}");
+    let broker = ramp.broker.unwrap();
+    assert_eq!(broker.pid, hub.child.id());
+    assert!(broker.rss_peak_bytes > 0);
+
+    config.connect_concurrency = 4;
+    config.warmup = Duration::from_millis(100);
+    config.duration = Duration::from_millis(700);
+    let connects = loadgen::run_connects(&config).await.unwrap();
+    assert!(connects.connections > 0, "{connects}");
+    assert_eq!(connects.failures, 0, "{connects}");
+    assert!(connects.connects_per_sec > 0.0, "{connects}");
+    assert_eq!(
+        connects.connect_latency_us.count, connects.connections,
+        "{connects}"
+    );
+    assert!(connects.broker.is_some(), "{connects}");
+}
+
 #[test]
 fn binary_prints_a_json_summary() {
     let hub = Hub::start();

@@ -59,11 +59,27 @@ struct Args {
     /// MQTT protocol version.
     #[arg(long, value_enum, default_value = "5")]
     mqtt_version: Version,
-    /// Traffic shape.
+    /// Traffic shape, or a connection scenario: ramp (idle connections in steps, the broker's
+    /// RSS per connection) or connects (connect, CONNACK, close with a RST, per second).
     #[arg(long, default_value = "fan-in",
-        value_parser = PossibleValuesParser::new(Scenario::ALL.map(Scenario::name))
-            .try_map(|s| s.parse::<Scenario>()))]
-    scenario: Scenario,
+        value_parser = PossibleValuesParser::new(
+            Scenario::ALL.map(Scenario::name).into_iter().chain(["ramp", "connects"]))
+            .try_map(|s| Mode::parse(&s)))]
+    scenario: Mode,
+    /// ramp: idle connections to open (capped by the generator's and the broker's open-files
+    /// limits).
+    #[arg(long, default_value_t = 1_000)]
+    connections: u64,
+    /// ramp: steps, each followed by a reading of the broker's RSS.
+    #[arg(long, default_value_t = 10)]
+    ramp_steps: usize,
+    /// Connections opened at once while connecting; connects: the number of connectors.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// The broker's process id: its CPU time and RSS go in the report (needed for the ramp's
+    /// memory per connection).
+    #[arg(long)]
+    broker_pid: Option<u32>,
     /// QoS 1/2 messages in flight per publisher (the broker's Receive Maximum may lower it).
     #[arg(long, default_value_t = 64)]
     inflight: u16,
@@ -80,6 +96,24 @@ struct Args {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     quiet: bool,
+}
+
+/// What `--scenario` names.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Traffic(Scenario),
+    Ramp,
+    Connects,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Self, loadgen::UnknownScenario> {
+        match s {
+            "ramp" => Ok(Self::Ramp),
+            "connects" => Ok(Self::Connects),
+            other => other.parse().map(Self::Traffic),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -124,7 +158,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Version::V311 => ProtocolVersion::V311,
         Version::V5 => ProtocolVersion::V5,
     };
-    config.scenario = args.scenario;
+    if let Mode::Traffic(scenario) = args.scenario {
+        config.scenario = scenario;
+    }
+    config.connections = args.connections;
+    config.ramp_steps = args.ramp_steps;
+    config.connect_concurrency = args.connect_concurrency;
+    config.broker_pid = args.broker_pid;
     config.publishers = args.publishers;
     config.subscribers = args.subscribers;
     config.qos = QoS::try_from(args.qos).context("--qos")?;
@@ -140,6 +180,24 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Err(e) = config.validate() {
         eprintln!("iothub-loadgen: {e}");
         return Ok(ExitCode::from(2));
+    }
+
+    let conns = match args.scenario {
+        Mode::Traffic(_) => None,
+        Mode::Ramp => Some(loadgen::run_ramp(&config).await?),
+        Mode::Connects => Some(loadgen::run_connects(&config).await?),
+    };
+    if let Some(report) = conns {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).context("cannot serialise the report")?
+            );
+        } else {
+            print!("{report}");
+        }
+        // A ramp ends at the first refused connection by design; connects count failures.
+        return Ok(ExitCode::SUCCESS);
     }
 
     let live = Arc::new(Live::default());

@@ -11,6 +11,8 @@
 //! latency covers messages *sent* inside the window, whenever they arrived before the drain
 //! deadline; loss and duplicates cover the whole run, warm-up included.
 
+pub mod broker;
+pub mod conns;
 mod report;
 mod roles;
 mod scenario;
@@ -29,6 +31,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use broker::BrokerUse;
+pub use conns::{ConnReport, RssSample};
 pub use report::{CpuUse, Latency, Report};
 pub use scenario::{Plan, PlanError, Scenario, UnknownScenario};
 
@@ -88,8 +92,15 @@ pub struct LoadConfig {
     /// Local addresses clients connect from, round robin (empty: the system chooses).
     pub source_addrs: Vec<IpAddr>,
     pub connect_timeout: Duration,
-    /// Connections opened at once while setting up.
+    /// Connections opened at once while setting up; in the connects scenario, the number of
+    /// concurrent connectors.
     pub connect_concurrency: usize,
+    /// Ramp: idle connections to open (capped by the open-files limits).
+    pub connections: u64,
+    /// Ramp: steps, each followed by a reading of the broker's RSS.
+    pub ramp_steps: usize,
+    /// The broker's process id, to report its CPU time and RSS (and, in a ramp, the slope).
+    pub broker_pid: Option<u32>,
 }
 
 impl LoadConfig {
@@ -115,6 +126,9 @@ impl LoadConfig {
             source_addrs: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             connect_concurrency: 64,
+            connections: 1_000,
+            ramp_steps: 10,
+            broker_pid: None,
         }
     }
 
@@ -222,6 +236,7 @@ pub async fn run(config: &LoadConfig, live: Arc<Live>) -> Result<Report, LoadErr
     let connect_secs = connect_start.elapsed().as_secs_f64();
     check_qos(config.qos, &publishers)?;
 
+    let broker_before = config.broker_pid.and_then(|pid| broker::sample(pid).ok());
     let start = Instant::now();
     let end = start + config.warmup + config.duration;
     let timeline = Timeline {
@@ -282,17 +297,18 @@ pub async fn run(config: &LoadConfig, live: Arc<Live>) -> Result<Report, LoadErr
         let (index, outcome) = joined?;
         received[index] = Some(outcome);
     }
-    let wall = wall_start.elapsed();
-    let cpu = cpu_before.and_then(|before| {
-        let used = proc_stat::own_cpu_times().ok()?.since(&before);
-        Some(CpuUse {
-            user_secs: used.user.as_secs_f64(),
-            system_secs: used.system.as_secs_f64(),
-            wall_secs: wall.as_secs_f64(),
-            cores: used.total().as_secs_f64() / wall.as_secs_f64().max(f64::EPSILON),
-            machine_cores: std::thread::available_parallelism().map_or(1, usize::from),
-        })
+    let broker = config.broker_pid.and_then(|pid| {
+        let after = broker::sample(pid).ok()?;
+        let before = broker_before?;
+        Some(BrokerUse::between(
+            pid,
+            &before,
+            &after,
+            start.elapsed().as_secs_f64(),
+        ))
     });
+    let wall = wall_start.elapsed();
+    let cpu = cpu_before.and_then(|before| cpu_use(&before, wall.as_secs_f64()));
 
     let mut latency = Histogram::<u64>::new(3).map_err(|e| LoadError::Histogram(e.to_string()))?;
     let mut report = Report {
@@ -323,6 +339,7 @@ pub async fn run(config: &LoadConfig, live: Arc<Live>) -> Result<Report, LoadErr
         clients_connected: config.publishers + config.subscribers,
         connect_secs,
         generator_cpu: cpu,
+        broker,
         errors: Vec::new(),
     };
     for (index, p) in published.iter().enumerate() {
@@ -355,6 +372,30 @@ pub async fn run(config: &LoadConfig, live: Arc<Live>) -> Result<Report, LoadErr
     report.delivered_per_sec = in_window as f64 / config.duration.as_secs_f64();
     report.latency_us = Latency::from_histogram(&latency);
     Ok(report)
+}
+
+/// Runs a ramp of idle connections ([`conns::ramp`]).
+pub async fn run_ramp(config: &LoadConfig) -> Result<ConnReport, LoadError> {
+    config.validate()?;
+    conns::ramp(config, &run_id()).await
+}
+
+/// Runs the connect / close loop ([`conns::connect_loop`]).
+pub async fn run_connects(config: &LoadConfig) -> Result<ConnReport, LoadError> {
+    config.validate()?;
+    conns::connect_loop(config, &run_id()).await
+}
+
+/// This process's CPU use since `before`, over `wall_secs`.
+fn cpu_use(before: &proc_stat::CpuTimes, wall_secs: f64) -> Option<CpuUse> {
+    let used = proc_stat::own_cpu_times().ok()?.since(before);
+    Some(CpuUse {
+        user_secs: used.user.as_secs_f64(),
+        system_secs: used.system.as_secs_f64(),
+        wall_secs,
+        cores: used.total().as_secs_f64() / wall_secs.max(f64::EPSILON),
+        machine_cores: std::thread::available_parallelism().map_or(1, usize::from),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::fmt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::Scenario;
+use super::{BrokerUse, Scenario};
 
 /// Everything a run measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,6 +57,9 @@ pub struct Report {
     pub connect_secs: f64,
     /// The generator's own CPU use over the whole run; `None` where `/proc` is unavailable.
     pub generator_cpu: Option<CpuUse>,
+    /// The broker's CPU and memory from the start of publishing to the end of the drain, when
+    /// its process id was given.
+    pub broker: Option<BrokerUse>,
 
     /// One line per client that failed during the run (connection lost, refused…).
     pub errors: Vec<String>,
@@ -161,6 +164,9 @@ impl fmt::Display for Report {
                 c.machine_cores
             )?,
             None => writeln!(f, "  generator   CPU time unavailable (no /proc)")?,
+        }
+        if let Some(b) = &self.broker {
+            writeln!(f, "  broker      {b}")?;
         }
         for e in &self.errors {
             writeln!(f, "  error: {e}")?;
