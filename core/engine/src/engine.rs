@@ -15,6 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::directory::{Credentials, DeviceEntry, DeviceSpec, Directory};
 use crate::events::{EventCounts, EventKind, EventOutcome, HubEvent};
 use crate::hub::{DeviceChange, Hub, HubActivity, HubConfig};
+use crate::journal::{Journal, RestoreStats, RestoredHub};
 use crate::route_tap::Admit;
 use crate::session::{KickReason, Session};
 
@@ -22,12 +23,16 @@ use crate::session::{KickReason, Session};
 #[derive(Clone)]
 pub struct EngineConfig {
     pub clock: Arc<dyn Clock>,
+    /// Where durable changes go (see `crate::journal`); `None`: the engine keeps
+    /// everything in memory only.
+    pub journal: Option<Arc<dyn Journal>>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             clock: Arc::new(SystemClock),
+            journal: None,
         }
     }
 }
@@ -245,6 +250,9 @@ pub struct Engine {
 
 struct EngineInner {
     clock: Arc<dyn Clock>,
+    journal: Option<Arc<dyn Journal>>,
+    /// Journal message and entry ids, shared by every hub.
+    ids: Arc<AtomicU64>,
     /// Serialises administration (hubs and devices), so live changes reach sessions in the
     /// order they were made. Never taken on a client's path; first in the lock order.
     admin: Mutex<()>,
@@ -269,6 +277,8 @@ impl Engine {
         Engine {
             inner: Arc::new(EngineInner {
                 clock: config.clock,
+                journal: config.journal,
+                ids: Arc::new(AtomicU64::new(1)),
                 admin: Mutex::new(()),
                 hubs: RwLock::new(Hubs::default()),
                 devices: Arc::new(Directory::default()),
@@ -307,6 +317,8 @@ impl Engine {
             spec.enabled,
             self.inner.clock.clone(),
             self.inner.devices.clone(),
+            self.inner.journal.clone(),
+            self.inner.ids.clone(),
         ));
         hub.update_gauges();
         hubs.by_id.insert(id, hub);
@@ -655,6 +667,33 @@ impl Engine {
             hub.tick(now);
             hub.tick_sys(now);
         }
+    }
+
+    /// Puts back what a store read at startup (see `crate::journal`), before any client
+    /// connects: every hub's retained messages and persistent sessions (offline, with
+    /// subscriptions, queues, inflight exchanges, inbound QoS 2 ids, pending wills), and
+    /// makes the journal ids handed out from now on start at `next_id`. State of a hub
+    /// the engine does not serve is dropped, and recorded as gone so the store forgets it.
+    pub fn restore(&self, hubs: Vec<(HubId, RestoredHub)>, next_id: u64) -> RestoreStats {
+        let _admin = self.inner.admin.lock();
+        self.inner.ids.fetch_max(next_id.max(1), Ordering::Relaxed);
+        let mut stats = RestoreStats::default();
+        for (id, state) in hubs {
+            match self.hub(id) {
+                Some(hub) => {
+                    hub.reserve_ids(next_id);
+                    hub.restore(state, &mut stats);
+                }
+                None => {
+                    stats.hubs_dropped += 1;
+                    stats.sessions_dropped += state.sessions.len();
+                    if let Some(journal) = &self.inner.journal {
+                        journal.record(crate::journal::JournalOp::HubCleared { hub: id });
+                    }
+                }
+            }
+        }
+        stats
     }
 
     /// Server shutdown: every live session gets `Outgoing::Disconnect(ServerShuttingDown)`.

@@ -23,6 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::engine::{ConnectError, ConnectRequest, Connected, HubStats, Identity};
+use crate::journal::{JournalOp, MessageId};
 use crate::metrics::{DropReason, HubMetrics};
 use crate::retained::{Retained, RetainedStore};
 use crate::route_tap::{Admit, ROUTE_CLIENT_PREFIX};
@@ -35,11 +36,13 @@ use crate::trie::{SharedGroup, SubTrie, too_deep};
 
 mod activity;
 mod config;
+mod durable;
 mod live;
 mod registry;
 
 pub use activity::{HubActivity, Traffic};
 pub(crate) use config::HubConfig;
+pub(crate) use durable::take_ticket;
 pub(crate) use live::DeviceChange;
 use registry::Registry;
 
@@ -127,6 +130,10 @@ pub(crate) struct Hub {
     pub(crate) events: crate::events::HubEvents,
     /// `$SYS` figures (`crate::sys`).
     pub(crate) sys: crate::sys::SysTopics,
+    /// Where durable changes are reported (`crate::journal`); `None`: nothing is.
+    journal: Option<Arc<dyn crate::journal::Journal>>,
+    /// Engine-wide source of journal message and entry ids.
+    ids: Arc<AtomicU64>,
 }
 
 impl Hub {
@@ -136,8 +143,12 @@ impl Hub {
         enabled: bool,
         clock: Arc<dyn Clock>,
         directory: Arc<Directory>,
+        journal: Option<Arc<dyn crate::journal::Journal>>,
+        ids: Arc<AtomicU64>,
     ) -> Self {
         let hub = Self {
+            journal,
+            ids,
             metrics: HubMetrics::new(id),
             id,
             budget_bytes: AtomicU64::new(0),
@@ -449,6 +460,8 @@ impl Hub {
                     inner.filters = admission.filters.clone();
                     inner.admitted = admission.version;
                     inner.schedule_resend();
+                    let persistent = self.persistent(old.owner, expiry, inner.ephemeral);
+                    self.journal_session_up(&old, &mut inner, persistent);
                     old.connected.store(true, Ordering::Release);
                     drop(inner);
                     Some(old)
@@ -473,6 +486,11 @@ impl Hub {
                         inner.will = will;
                         inner.filters = admission.filters.clone();
                         inner.admitted = admission.version;
+                        let persistent =
+                            self.persistent(admission.owner, expiry, admission.ephemeral);
+                        if persistent {
+                            self.journal_session_up(&state, &mut inner, true);
+                        }
                     }
                     registry.insert(state.clone());
                     state
@@ -569,6 +587,17 @@ impl Hub {
                             },
                         ));
                     }
+                    if inner.journaled && expiry > 0 {
+                        let hub = self.id;
+                        // Due at session end when that comes first: the restore's expiry
+                        // timer publishes it then.
+                        self.record(|| JournalOp::WillPending {
+                            hub,
+                            client: state.client_id.clone(),
+                            will: w.will.clone(),
+                            due: self.wall_of(due, now),
+                        });
+                    }
                     inner.will = Some(w);
                 }
             }
@@ -576,6 +605,15 @@ impl Hub {
                 drop(inner);
                 Some(self.end_session_locked(&mut registry, state, None))
             } else {
+                if inner.journaled {
+                    let hub = self.id;
+                    self.record(|| JournalOp::SessionDown {
+                        hub,
+                        client: state.client_id.clone(),
+                        at: self.wall_of(now, now),
+                        expiry_secs: expiry,
+                    });
+                }
                 if expiry != u32::MAX {
                     let at = now + Duration::from_secs(expiry.into());
                     inner.expires_at = Some(at);
@@ -616,6 +654,14 @@ impl Hub {
             return Ended::default();
         }
         inner.ended = true;
+        if inner.journaled {
+            inner.journaled = false;
+            let hub = self.id;
+            self.record(|| JournalOp::SessionEnd {
+                hub,
+                client: state.client_id.clone(),
+            });
+        }
         if let Some(conn) = inner.conn.take() {
             if let Some(reason) = kick {
                 conn.kick(reason);
@@ -741,7 +787,7 @@ impl Hub {
             });
             match target {
                 Some((session, opts)) => {
-                    self.enqueue(&session, Self::retarget(q, &opts), now, true)
+                    self.enqueue(&session, Self::retarget(q, &opts), now, true);
                 }
                 None => self.release(q.weight),
             }
@@ -830,12 +876,21 @@ impl Hub {
                     ..
                 }) = inner.inflight.remove(&id)
                 {
+                    if inner.journaled {
+                        let hub = self.id;
+                        self.record(|| JournalOp::Acked {
+                            hub,
+                            client: state.client_id.clone(),
+                            packet_id: id,
+                        });
+                    }
                     moved.push(q);
                 }
             }
             let mut kept = std::collections::VecDeque::with_capacity(inner.queue.len());
             for q in inner.queue.drain(..) {
                 if moving(&q) {
+                    self.journal_unqueue(&state.client_id, &q);
                     moved.push(q);
                 } else {
                     kept.push_back(q);
@@ -869,8 +924,15 @@ impl Hub {
     ) -> Result<(), PublishError> {
         let topic = message.topic.as_str();
         if message.payload.is_empty() {
-            let removed = self.retained.write().remove(topic);
+            let mut store = self.retained.write();
+            let removed = store.remove(topic);
             if let Some(old) = removed {
+                let hub = self.id;
+                self.record(|| JournalOp::RetainClear {
+                    hub,
+                    topic: message.topic.clone(),
+                });
+                drop(store);
                 self.release(old.weight);
                 self.cancel([old.timer]);
             }
@@ -900,6 +962,21 @@ impl Hub {
                 },
             )
         });
+        let id = self.journaling().then(|| {
+            let id = MessageId(self.next_journal_id());
+            let hub = self.id;
+            self.record(|| JournalOp::Message {
+                id,
+                hub,
+                message: owned.clone(),
+            });
+            self.record(|| JournalOp::RetainSet {
+                hub,
+                message: id,
+                expires_at: expires_at.map(|at| self.wall_of(at, now)),
+            });
+            id
+        });
         let replaced = store.set(
             topic,
             Retained {
@@ -907,6 +984,7 @@ impl Hub {
                 weight,
                 expires_at,
                 timer,
+                id,
             },
         );
         if let Some(old) = replaced {
@@ -967,6 +1045,8 @@ impl Hub {
         }
         let expires_at = expiry_of(message, now);
         let weight = message.weight() as u64;
+        // Written to the journal once, by the first persistent subscriber's entry.
+        let mut message_id = None;
         let mut rest = targets.drain(..).peekable();
         while let Some(first) = rest.next() {
             let mut qos = first.opts.qos;
@@ -989,8 +1069,12 @@ impl Hub {
                 expires_at,
                 weight,
                 shared: first.shared,
+                message_id,
+                entry: None,
             };
-            self.enqueue(&first.session, entry, now, false);
+            if let Some(id) = self.enqueue(&first.session, entry, now, false) {
+                message_id = Some(id);
+            }
         }
         drop(rest);
         TARGETS.with(|cell| cell.set(targets));
@@ -999,14 +1083,16 @@ impl Hub {
 
     /// Queues `entry` for `session`, applying the queue policy and the hub budget.
     /// `reserved` = the entry's weight is already held in the budget (a message moving
-    /// between sessions); it is released if the entry is not queued.
+    /// between sessions); it is released if the entry is not queued. A QoS 1/2 entry of a
+    /// journaled session is journaled; returns the message's journal id when it has one
+    /// (so other subscribers' entries reference the same record).
     pub(crate) fn enqueue(
         &self,
         session: &SessionState,
-        entry: Queued,
+        mut entry: Queued,
         now: Instant,
         reserved: bool,
-    ) {
+    ) -> Option<MessageId> {
         let weight = entry.weight;
         let dropped = {
             let mut inner = session.inner.lock();
@@ -1026,9 +1112,14 @@ impl Hub {
                 Some(DropReason::QueueFull)
             } else if !reserved && !self.try_reserve(weight) {
                 self.metrics.dropped(DropReason::HubBudget, 1);
-                return;
+                return entry.message_id;
             } else {
                 let expires_at = entry.expires_at;
+                entry.entry = None;
+                if inner.journaled {
+                    self.journal_entry(&session.client_id, &mut entry, now);
+                }
+                let message_id = entry.message_id;
                 inner.queue.push_back(entry);
                 inner.bytes += weight;
                 match &inner.conn {
@@ -1039,7 +1130,7 @@ impl Hub {
                         }
                     }
                 }
-                return;
+                return message_id;
             }
         };
         if reserved {
@@ -1048,6 +1139,7 @@ impl Hub {
         if let Some(reason) = dropped {
             self.metrics.dropped(reason, 1);
         }
+        entry.message_id
     }
 
     fn publish_will(&self, stored: StoredWill, from: &Arc<SessionState>, now: Instant) {
@@ -1107,6 +1199,13 @@ impl Hub {
             if inner.will_timer == Some(key) {
                 inner.will_timer = None;
             }
+            if inner.journaled && inner.will.is_some() {
+                let hub = self.id;
+                self.record(|| JournalOp::WillCleared {
+                    hub,
+                    client: state.client_id.clone(),
+                });
+            }
             inner.will.take()
         };
         if let Some(w) = will {
@@ -1152,6 +1251,7 @@ impl Hub {
             if !keep {
                 freed += q.weight;
                 count += 1;
+                self.journal_unqueue(&state.client_id, q);
             }
             keep
         });
@@ -1169,6 +1269,11 @@ impl Hub {
             .get(topic.as_str())
             .is_some_and(|r| r.expires_at.is_some_and(|at| at <= now));
         if expired && let Some(old) = store.remove(topic.as_str()) {
+            let hub = self.id;
+            self.record(|| JournalOp::RetainClear {
+                hub,
+                topic: topic.clone(),
+            });
             self.release(old.weight);
         }
     }
@@ -1201,6 +1306,8 @@ impl Hub {
         }
         let freed = self.retained.write().clear();
         self.release(freed);
+        let hub = self.id;
+        self.record(|| JournalOp::HubCleared { hub });
         self.timers.lock().clear();
         self.update_gauges();
     }

@@ -220,6 +220,7 @@ mod directory;
 mod engine;
 mod events;
 mod hub;
+mod journal;
 mod metrics;
 mod retained;
 mod route_tap;
@@ -246,6 +247,11 @@ pub use events::{
     default_events_topic_prefix,
 };
 pub use hub::{HubActivity, Traffic};
+pub use journal::{
+    EntryId, Journal, JournalOp, MessageId, RestoreStats, RestoredEntry, RestoredHub,
+    RestoredInflight, RestoredRetained, RestoredSession, SessionOwner, SubscriptionOptions,
+    WallMs,
+};
 pub use route_tap::ROUTE_CLIENT_PREFIX;
 pub use session::{
     DisconnectKind, KickReason, Outgoing, OutgoingPublish, PublishAck, PublishError,

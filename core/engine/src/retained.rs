@@ -40,6 +40,8 @@ pub(crate) struct Retained {
     pub(crate) expires_at: Option<Instant>,
     /// The hub timer that deletes it at expiry, cancelled when it is replaced or deleted.
     pub(crate) timer: Option<crate::state::TimerKey>,
+    /// Its id in the journal, when one is attached.
+    pub(crate) id: Option<crate::journal::MessageId>,
 }
 
 #[derive(Default)]
@@ -209,6 +211,7 @@ mod tests {
             message: Arc::new(message),
             expires_at: None,
             timer: None,
+            id: None,
         }
     }
 

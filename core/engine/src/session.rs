@@ -1,6 +1,7 @@
 //! [`Session`]: the handle one connection task holds, and the types of its operations.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use iothub_model::{ClientId, HubId, Message, QoS, SubscriptionFilter};
@@ -8,7 +9,8 @@ use parking_lot::MutexGuard;
 
 use crate::engine::HubCaps;
 use crate::events::{EventOutcome, HubEvent};
-use crate::hub::{Hub, HubConfig, Traffic};
+use crate::hub::{Hub, HubConfig, Traffic, take_ticket};
+use crate::journal::JournalOp;
 use crate::metrics::DropReason;
 use crate::state::{
     Conn, Inflight, InflightState, Inner, Queued, SessionState, SubEntry, SubOptions,
@@ -174,6 +176,9 @@ pub struct Session {
     generation: u64,
     client_id: ClientId,
     done: bool,
+    /// The journal ticket the connection must see durable before it sends what it has
+    /// written since (see [`Session::durable_ticket`]).
+    ticket: AtomicU64,
 }
 
 impl Session {
@@ -193,6 +198,30 @@ impl Session {
             generation,
             client_id,
             done: false,
+            ticket: AtomicU64::new(0),
+        }
+    }
+
+    /// The journal ticket that must be durable before the connection sends anything it
+    /// produced since the last call that recorded durable state: the PUBACK/PUBREC of a
+    /// PUBLISH (retained message, queue entries of persistent subscribers, inbound QoS 2
+    /// id), the PUBCOMP of a PUBREL, and an outbound QoS 2 PUBLISH whose packet id was just
+    /// assigned. 0 when nothing was ever recorded. Compare with [`Session::durability`].
+    pub fn durable_ticket(&self) -> u64 {
+        self.ticket.load(Ordering::Acquire)
+    }
+
+    /// "Durable up to ticket N" of the hub's journal; `None` without a journal (nothing to
+    /// wait for).
+    pub fn durability(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.hub.durability()
+    }
+
+    /// Keeps the highest ticket recorded on this thread since `take_ticket` was last called.
+    fn note_ticket(&self) {
+        let t = take_ticket();
+        if t > 0 {
+            self.ticket.fetch_max(t, Ordering::AcqRel);
         }
     }
 
@@ -240,7 +269,9 @@ impl Session {
         message: Message,
         packet_id: Option<u16>,
     ) -> Result<PublishAck, PublishError> {
+        take_ticket();
         let result = self.publish_checked(message, packet_id);
+        self.note_ticket();
         if let Err(e) = result {
             self.hub.metrics.publish_refused(e);
         }
@@ -303,6 +334,14 @@ impl Session {
             && let Some(mut inner) = self.live()
         {
             inner.inbound_qos2.insert(id);
+            if inner.journaled {
+                let hub = self.hub.id;
+                self.hub.record(|| JournalOp::InboundQos2 {
+                    hub,
+                    client: self.client_id.clone(),
+                    packet_id: id,
+                });
+            }
         }
         Ok(PublishAck::Delivered { matched })
     }
@@ -310,8 +349,21 @@ impl Session {
     /// PUBREL from the client: forgets the QoS 2 packet id. `false` = unknown id (PUBCOMP
     /// 0x92).
     pub fn release(&self, packet_id: u16) -> bool {
-        self.live()
-            .is_some_and(|mut inner| inner.inbound_qos2.remove(&packet_id))
+        take_ticket();
+        let known = self.live().is_some_and(|mut inner| {
+            let known = inner.inbound_qos2.remove(&packet_id);
+            if known && inner.journaled {
+                let hub = self.hub.id;
+                self.hub.record(|| JournalOp::Released {
+                    hub,
+                    client: self.client_id.clone(),
+                    packet_id,
+                });
+            }
+            known
+        });
+        self.note_ticket();
+        known
     }
 
     /// Adds or replaces subscriptions, one result per request, in order.
@@ -379,6 +431,15 @@ impl Session {
             };
             let old = subs.insert(filter, self.client_id.clone(), entry);
             inner.subscriptions.insert(filter.clone(), opts);
+            if inner.journaled {
+                let hub = self.hub.id;
+                self.hub.record(|| JournalOp::Subscribe {
+                    hub,
+                    client: self.client_id.clone(),
+                    filter: filter.clone(),
+                    options: opts.into(),
+                });
+            }
             (old.is_some(), guard)
         };
         let send_retained = !filter.is_shared()
@@ -405,6 +466,8 @@ impl Session {
                     expires_at: r.expires_at,
                     weight: r.weight,
                     shared: None,
+                    message_id: r.id,
+                    entry: None,
                 };
                 self.hub.enqueue(&self.state, entry, now, false);
             });
@@ -425,6 +488,8 @@ impl Session {
                     expires_at: None,
                     weight: m.weight() as u64,
                     shared: None,
+                    message_id: None,
+                    entry: None,
                 };
                 self.hub.enqueue(&self.state, entry, now, false);
             });
@@ -441,7 +506,14 @@ impl Session {
         filters
             .iter()
             .map(|f| {
-                inner.subscriptions.remove(f);
+                if inner.subscriptions.remove(f).is_some() && inner.journaled {
+                    let hub = self.hub.id;
+                    self.hub.record(|| JournalOp::Unsubscribe {
+                        hub,
+                        client: self.client_id.clone(),
+                        filter: f.clone(),
+                    });
+                }
                 subs.remove(f, &self.client_id).is_some()
             })
             .collect()
@@ -456,6 +528,14 @@ impl Session {
         let Some(done) = inner.inflight.remove(&packet_id) else {
             return false;
         };
+        if inner.journaled {
+            let hub = self.hub.id;
+            self.hub.record(|| JournalOp::Acked {
+                hub,
+                client: self.client_id.clone(),
+                packet_id,
+            });
+        }
         if let InflightState::Sent(q) = done.state {
             inner.bytes -= q.weight;
             self.hub.release(q.weight);
@@ -481,6 +561,14 @@ impl Session {
             InflightState::Sent(_) => return false,
         };
         flight.state = InflightState::AwaitingComp;
+        if inner.journaled {
+            let hub = self.hub.id;
+            self.hub.record(|| JournalOp::Received {
+                hub,
+                client: self.client_id.clone(),
+                packet_id,
+            });
+        }
         inner.bytes -= weight;
         self.hub.release(weight);
         true
@@ -506,6 +594,8 @@ impl Session {
         };
         let now = self.hub.now();
         let (mut pushed, mut delivered, mut expired, mut freed) = (0, 0, 0, 0);
+        take_ticket();
+        let mut qos2_sent = false;
         while pushed < max {
             if let Some(id) = inner.resend.pop_front() {
                 match inner.inflight.get(&id).map(|f| &f.state) {
@@ -528,6 +618,7 @@ impl Session {
                 if let Some(q) = inner.queue.pop_front() {
                     expired += 1;
                     freed += q.weight;
+                    self.hub.journal_unqueue(&self.client_id, &q);
                 }
                 continue;
             }
@@ -544,6 +635,16 @@ impl Session {
                     break;
                 };
                 let id = inner.allocate_packet_id();
+                if let Some(entry) = q.entry {
+                    let hub = self.hub.id;
+                    self.hub.record(|| JournalOp::Sent {
+                        hub,
+                        client: self.client_id.clone(),
+                        entry,
+                        packet_id: id,
+                    });
+                    qos2_sent |= q.qos == QoS::ExactlyOnce;
+                }
                 out.push(Outgoing::Publish(outgoing(&q, Some(id), false, now)));
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
@@ -564,6 +665,12 @@ impl Session {
                 q.qos == QoS::AtMostOnce || inner.inflight.len() < usize::from(inner.window)
             });
         drop(inner);
+        // Only an outbound QoS 2 PUBLISH waits for its packet id to be durable: resent
+        // under another id after a crash, it would be delivered twice.
+        let ticket = take_ticket();
+        if qos2_sent {
+            self.ticket.fetch_max(ticket, Ordering::AcqRel);
+        }
         self.hub.release(freed);
         if expired > 0 {
             self.hub.metrics.dropped(DropReason::Expired, expired);

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::engine::Will;
+use crate::journal::{EntryId, MessageId};
 use crate::session::KickReason;
 
 /// The options of one subscription, as granted.
@@ -124,6 +125,12 @@ pub(crate) struct Queued {
     pub(crate) expires_at: Option<Instant>,
     pub(crate) weight: u64,
     pub(crate) shared: Option<SharedOrigin>,
+    /// The message's id in the journal, once it was written there (shared by every entry of
+    /// the same message).
+    pub(crate) message_id: Option<MessageId>,
+    /// This entry's id in the journal, when it is journaled (QoS 1/2 of a persistent
+    /// session).
+    pub(crate) entry: Option<EntryId>,
 }
 
 impl Queued {
@@ -264,6 +271,9 @@ pub(crate) struct Inner {
     pub(crate) expiry_timer: Option<TimerKey>,
     /// Purge of expiring messages queued while offline (the earliest expiry).
     pub(crate) purge_timer: Option<TimerKey>,
+    /// Whether the session is written to the journal (persistent, with a journal): every
+    /// change of it is then recorded.
+    pub(crate) journaled: bool,
 }
 
 /// Identifies one scheduled timer of a hub: its deadline and a unique sequence number.
@@ -298,6 +308,7 @@ impl SessionState {
                 will_timer: None,
                 expiry_timer: None,
                 purge_timer: None,
+                journaled: false,
             }),
         }
     }

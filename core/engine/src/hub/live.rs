@@ -132,6 +132,14 @@ impl Hub {
                 Err(()) => {
                     subs.remove(&filter, &state.client_id);
                     inner.subscriptions.remove(&filter);
+                    if inner.journaled {
+                        let hub = self.id;
+                        self.record(|| crate::journal::JournalOp::Unsubscribe {
+                            hub,
+                            client: state.client_id.clone(),
+                            filter: filter.clone(),
+                        });
+                    }
                     revoked.push(RevokedSubscription {
                         hub: self.id,
                         device: match state.owner {
@@ -150,6 +158,7 @@ impl Hub {
                 let keep = rule.allows_topic(q.message.topic.as_str());
                 if !keep {
                     freed += q.weight;
+                    self.journal_unqueue(&state.client_id, q);
                 }
                 keep
             });
@@ -163,6 +172,13 @@ impl Hub {
         if will_refused {
             if let Some(w) = inner.will.take() {
                 self.release(w.weight);
+                if inner.journaled {
+                    let hub = self.id;
+                    self.record(|| crate::journal::JournalOp::WillCleared {
+                        hub,
+                        client: state.client_id.clone(),
+                    });
+                }
             }
             self.cancel([inner.will_timer.take()]);
         }

@@ -38,6 +38,7 @@ impl Fx {
         let clock = ManualClock::new();
         let engine = Engine::new(EngineConfig {
             clock: Arc::new(clock.clone()),
+            journal: None,
         });
         let hub = HubId::new_random();
         engine
@@ -1585,6 +1586,7 @@ fn connect_refusals() {
         let clock = ManualClock::new();
         let engine = Engine::new(EngineConfig {
             clock: Arc::new(clock),
+            journal: None,
         });
         let hub = HubId::new_random();
         engine
