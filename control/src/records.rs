@@ -365,6 +365,28 @@ pub struct NetworkRecord {
     pub created_at: Timestamp,
 }
 
+/// A LoRaWAN device of a LoRaWAN network: what the hub checks its raw PHYPayloads with.
+/// EUIs, DevAddr and keys are lowercase hex (validated by the registry); keys are never
+/// shown by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LorawanDeviceRecord {
+    pub network_id: NetworkId,
+    /// 16 hex digits, MSB first.
+    pub dev_eui: String,
+    pub hub_id: HubId,
+    pub account_id: AccountId,
+    pub join_eui: Option<String>,
+    /// OTAA root key (32 hex digits): join-requests are checked with it.
+    pub app_key: Option<String>,
+    /// ABP session: DevAddr (8 hex digits) with both session keys, or none of the three.
+    pub dev_addr: Option<String>,
+    pub nwk_s_key: Option<String>,
+    pub app_s_key: Option<String>,
+    /// The lowest 32-bit uplink frame counter still accepted.
+    pub f_cnt_up: u32,
+    pub created_at: Timestamp,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,11 +4,25 @@
 //! the change and applies it on its own task.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 
-use iothub_model::{DeviceId, HubId};
+use iothub_model::{DeviceId, HubId, NetworkId};
 
-use crate::records::{DeviceRecord, HubRecord};
+use crate::records::{DeviceRecord, HubRecord, LorawanDeviceRecord, NetworkRecord};
+
+/// Why the broker refuses a route's configuration: shown as a 400 naming `field` (e.g.
+/// `rest_config.uri`, or `wasm_config.component` for a component that is not of the route
+/// world).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRefusal {
+    pub field: String,
+    pub reason: String,
+}
+
+/// What [`Runtime::check_route`] returns.
+pub type RouteCheck<'a> = Pin<Box<dyn Future<Output = Result<(), RouteRefusal>> + Send + 'a>>;
 
 /// Live figures of a hub that only the broker knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,6 +57,30 @@ pub trait Runtime: Send + Sync + 'static {
     fn hub_ca_upserted(&self, _hub: HubId, _ca_cert_pem: &str, _custom: bool) {}
     /// The hub was deleted: its CA opens no more sessions.
     fn hub_ca_removed(&self, _hub: HubId) {}
+    /// Before a route is stored (create, update): whether the broker can run it, e.g. the
+    /// built-in component's `init` accepts the config, an uploaded component is of the
+    /// route world. The default accepts everything.
+    fn check_route<'a>(&'a self, _route: &'a crate::records::RouteRecord) -> RouteCheck<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    /// A route was created or changed: it (re)starts delivering with its new config; its
+    /// durable queue is kept. The binary loads the stored ones at start with
+    /// `Registry::all_routes`.
+    fn route_upserted(&self, _route: &crate::records::RouteRecord) {}
+    /// A route was deleted: it stops and its queue is deleted. Routes of a deleted hub go
+    /// with `hub_removed`.
+    fn route_removed(&self, _route: iothub_model::RouteId) {}
+    /// A network was created (networks have no update): its endpoints accept its secret.
+    /// The binary loads the stored ones at start with `Registry::all_networks`.
+    fn network_upserted(&self, _network: &NetworkRecord) {}
+    /// A network was deleted (with its LoRaWAN devices): its endpoints refuse everything.
+    /// Networks of a deleted hub go with `hub_removed`.
+    fn network_removed(&self, _network: NetworkId) {}
+    /// A LoRaWAN device was registered in a network (`Registry::all_lorawan_devices` at
+    /// start).
+    fn lorawan_device_upserted(&self, _device: &LorawanDeviceRecord) {}
+    /// A LoRaWAN device was deleted (`dev_eui`: lowercase hex).
+    fn lorawan_device_removed(&self, _network: NetworkId, _dev_eui: &str) {}
 }
 
 /// A runtime that does nothing: for tools and tests that only need the records.

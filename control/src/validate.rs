@@ -98,6 +98,19 @@ pub fn description(field: &str, value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// `digits` hex digits (either case), answered lowercase: LoRaWAN EUIs (16), DevAddr (8)
+/// and AES-128 keys (32).
+pub fn hex_id(field: &str, value: &str, digits: usize) -> Result<String, Invalid> {
+    if value.len() != digits || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Invalid::new(
+            field,
+            format!("must be {digits} hexadecimal digits"),
+            format!("give {} bytes in hex, most significant first", digits / 2),
+        ));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
 /// A topic prefix (events, networks): a topic name, so no wildcards.
 pub fn topic_prefix(field: &str, value: &str) -> Result<(), Invalid> {
     TopicName::new(value).map(|_| ()).map_err(|e| {

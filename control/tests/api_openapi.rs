@@ -144,6 +144,7 @@ fn the_checker_refuses_what_the_document_does_not_allow() {
         "type": "rest",
         "hub_id": "6a2f8c1e-0000-4000-8000-000000000001",
         "topic_prefix": "in",
+        "endpoint": "/networks/6a2f8c1e-0000-4000-8000-000000000000",
         "created_at": "2024-05-01T12:00:00.123456Z"
     });
     let with = |key: &str, value: Value| {

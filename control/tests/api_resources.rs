@@ -19,6 +19,7 @@ api_tests!(
     device_list_filters,
     routes,
     networks,
+    lorawan_devices,
 );
 
 /// The `name` of every item of a list answer.
@@ -645,6 +646,145 @@ async fn networks(api: &Api) {
         .expect(204);
     alice
         .get(&format!("networks/{id}"))
+        .send()
+        .await
+        .expect_error(404, "not_found", None);
+}
+
+/// LoRaWAN devices of a LoRaWAN network: registered with their keys (never shown again),
+/// listed, fetched by DevEUI in either case, deleted; refused on other networks, with bad hex,
+/// half an ABP session, no key at all, or a DevEUI or DevAddr already used in the network.
+async fn lorawan_devices(api: &Api) {
+    let alice = api.client(&api.new_account("alice").await);
+    let hub = id_of(
+        &alice
+            .post("hubs")
+            .json(json!({"name": "h"}))
+            .send()
+            .await
+            .expect(200),
+    );
+    let network = |kind: &'static str| {
+        let alice = &alice;
+        let hub = hub.clone();
+        async move {
+            let created = alice
+                .post("networks")
+                .json(json!({"hub_id": hub, "name": kind, "type": kind, "topic_prefix": kind}))
+                .send()
+                .await
+                .expect(200);
+            assert_eq!(
+                created["network"]["endpoint"],
+                format!("/networks/{}", id_of(&created))
+            );
+            id_of(&created)
+        }
+    };
+    let lora = network("lorawan").await;
+    let rest = network("rest").await;
+    let devices = format!("networks/{lora}/lorawan-devices");
+
+    let abp = json!({
+        "dev_eui": "A1B2C3D4E5F60718", "dev_addr": "260B1F2A",
+        "nwk_s_key": "2b7e151628aed2a6abf7158809cf4f3c",
+        "app_s_key": "000102030405060708090a0b0c0d0e0f", "f_cnt_up": 40
+    });
+    let created = alice
+        .post(&devices)
+        .json(abp.clone())
+        .send()
+        .await
+        .expect(200);
+    assert_eq!(created["dev_eui"], "a1b2c3d4e5f60718");
+    assert_eq!(created["dev_addr"], "260b1f2a");
+    assert_eq!(created["f_cnt_up"], 40);
+    assert_eq!(created["has_session_keys"], true);
+    assert_eq!(created["has_app_key"], false);
+    assert!(created.get("nwk_s_key").is_none(), "keys are never shown");
+    let otaa = json!({
+        "dev_eui": "0203040502030405", "join_eui": "70B3D57ED0001234",
+        "app_key": "01010101010101010101010101010101"
+    });
+    alice.post(&devices).json(otaa).send().await.expect(200);
+
+    let list = alice.get(&devices).send().await.expect(200);
+    assert_eq!(list["total_count"], 2);
+    assert_eq!(list["lorawan_devices"][0]["dev_eui"], "0203040502030405");
+    let got = alice
+        .get(&format!("{devices}/A1B2C3D4E5F60718"))
+        .send()
+        .await
+        .expect(200);
+    assert_eq!(got, created);
+
+    let mut same_addr = abp.clone();
+    same_addr["dev_eui"] = json!("1111111111111111");
+    let refused: &[(&str, Value, u16, &str, Option<&str>)] = &[
+        (&devices, abp.clone(), 409, "conflict", None),
+        (&devices, same_addr, 409, "conflict", None),
+        (
+            &devices,
+            json!({"dev_eui": "a1b2", "app_key": "01010101010101010101010101010101"}),
+            400,
+            "invalid_arguments",
+            Some("dev_eui"),
+        ),
+        (
+            &devices,
+            json!({"dev_eui": "2222222222222222", "app_key": "zz010101010101010101010101010101"}),
+            400,
+            "invalid_arguments",
+            Some("app_key"),
+        ),
+        (
+            &devices,
+            json!({"dev_eui": "2222222222222222", "dev_addr": "01020304"}),
+            400,
+            "invalid_arguments",
+            Some("dev_addr"),
+        ),
+        (
+            &devices,
+            json!({"dev_eui": "2222222222222222"}),
+            400,
+            "invalid_arguments",
+            Some("app_key"),
+        ),
+    ];
+    for (path, body, status, kind, argument) in refused {
+        alice
+            .post(path)
+            .json(body.clone())
+            .send()
+            .await
+            .expect_error(*status, kind, *argument);
+    }
+    alice
+        .post(&format!("networks/{rest}/lorawan-devices"))
+        .json(json!({"dev_eui": "2222222222222222", "app_key": "01010101010101010101010101010101"}))
+        .send()
+        .await
+        .expect_error(400, "invalid_arguments", Some("network_id"));
+
+    alice
+        .delete(&format!("{devices}/a1b2c3d4e5f60718"))
+        .send()
+        .await
+        .expect(204);
+    alice
+        .get(&format!("{devices}/a1b2c3d4e5f60718"))
+        .send()
+        .await
+        .expect_error(404, "not_found", None);
+    // Deleting the network deletes its devices.
+    alice
+        .delete(&format!("networks/{lora}"))
+        .send()
+        .await
+        .expect(204);
+    alice
+        .get(&devices)
         .send()
         .await
         .expect_error(404, "not_found", None);

@@ -57,6 +57,23 @@ impl PathParam for NetworkId {
     const NAME: &'static str = "network_id";
 }
 
+/// A LoRaWAN DevEUI in a path: 16 hex digits, held lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevEuiParam(pub String);
+
+impl FromStr for DevEuiParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::validate::hex_id("dev_eui", s, 16)
+            .map(Self)
+            .map_err(|i| i.reason)
+    }
+}
+
+impl PathParam for DevEuiParam {
+    const NAME: &'static str = "dev_eui";
+}
+
 /// The id of the addressed resource; a malformed one is a 400 naming the parameter.
 #[derive(Debug, Clone, Copy)]
 pub struct PathId<T>(pub T);

@@ -311,6 +311,30 @@ pub const ROUTES: &[Endpoint] = &[
         ApiKey,
         |m| on(m, networks::delete),
     ),
+    ep(
+        Get,
+        "/iot/v1/regions/{region}/networks/{network_id}/lorawan-devices",
+        ApiKey,
+        |m| on(m, networks::list_lorawan_devices),
+    ),
+    ep(
+        Post,
+        "/iot/v1/regions/{region}/networks/{network_id}/lorawan-devices",
+        ApiKey,
+        |m| on(m, networks::create_lorawan_device),
+    ),
+    ep(
+        Get,
+        "/iot/v1/regions/{region}/networks/{network_id}/lorawan-devices/{dev_eui}",
+        ApiKey,
+        |m| on(m, networks::get_lorawan_device),
+    ),
+    ep(
+        Delete,
+        "/iot/v1/regions/{region}/networks/{network_id}/lorawan-devices/{dev_eui}",
+        ApiKey,
+        |m| on(m, networks::delete_lorawan_device),
+    ),
     // the TLS listeners' CA
     ep(Get, "/iot/v1/regions/{region}/server-ca", Public, |m| on(m, server_ca)),
 ];

@@ -1,5 +1,6 @@
 //! `/networks`: create (answers the secret once), list, get, delete. Networks have no
-//! update in the reference, hence no version and no ETag.
+//! update in the reference, hence no version and no ETag. The LoRaWAN devices of a LoRaWAN
+//! network: register (keys are never shown again), list, get, delete.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,11 +11,13 @@ use serde::Deserialize;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{Caller, JsonBody, PathId, QueryParams};
-use super::views::{CreatedNetwork, NetworkList, NetworkView};
+use super::extract::{Caller, DevEuiParam, JsonBody, PathId, QueryParams};
+use super::views::{
+    CreatedNetwork, LorawanDeviceList, LorawanDeviceView, NetworkList, NetworkView,
+};
 use crate::ids::NetworkId;
 use crate::records::NetworkType;
-use crate::registry::NetworkCreate;
+use crate::registry::{LorawanDeviceCreate, NetworkCreate};
 use crate::store::NetworkFilter;
 
 #[derive(Debug, Deserialize)]
@@ -85,5 +88,87 @@ pub async fn delete(
     PathId(id): PathId<NetworkId>,
 ) -> Result<Response, ApiError> {
     state.registry.delete_network(&caller, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLorawanDeviceBody {
+    dev_eui: String,
+    #[serde(default)]
+    join_eui: Option<String>,
+    #[serde(default)]
+    app_key: Option<String>,
+    #[serde(default)]
+    dev_addr: Option<String>,
+    #[serde(default)]
+    nwk_s_key: Option<String>,
+    #[serde(default)]
+    app_s_key: Option<String>,
+    #[serde(default)]
+    f_cnt_up: Option<u32>,
+}
+
+pub async fn create_lorawan_device(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    PathId(network): PathId<NetworkId>,
+    JsonBody(body): JsonBody<CreateLorawanDeviceBody>,
+) -> Result<Response, ApiError> {
+    let req = LorawanDeviceCreate {
+        dev_eui: body.dev_eui,
+        join_eui: body.join_eui,
+        app_key: body.app_key,
+        dev_addr: body.dev_addr,
+        nwk_s_key: body.nwk_s_key,
+        app_s_key: body.app_s_key,
+        f_cnt_up: body.f_cnt_up,
+    };
+    let device = state
+        .registry
+        .create_lorawan_device(&caller, network, req)
+        .await?;
+    Ok(Json(LorawanDeviceView::from(device)).into_response())
+}
+
+pub async fn list_lorawan_devices(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    PathId(network): PathId<NetworkId>,
+) -> Result<Response, ApiError> {
+    let devices = state
+        .registry
+        .list_lorawan_devices(&caller, network)
+        .await?;
+    Ok(Json(LorawanDeviceList {
+        total_count: devices.len() as u64,
+        lorawan_devices: devices.into_iter().map(LorawanDeviceView::from).collect(),
+    })
+    .into_response())
+}
+
+pub async fn get_lorawan_device(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    PathId(network): PathId<NetworkId>,
+    PathId(DevEuiParam(dev_eui)): PathId<DevEuiParam>,
+) -> Result<Response, ApiError> {
+    let device = state
+        .registry
+        .get_lorawan_device(&caller, network, &dev_eui)
+        .await?;
+    Ok(Json(LorawanDeviceView::from(device)).into_response())
+}
+
+pub async fn delete_lorawan_device(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    PathId(network): PathId<NetworkId>,
+    PathId(DevEuiParam(dev_eui)): PathId<DevEuiParam>,
+) -> Result<Response, ApiError> {
+    state
+        .registry
+        .delete_lorawan_device(&caller, network, &dev_eui)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -9,8 +9,9 @@ use serde::Serialize;
 use crate::ids::{AccountId, NetworkId, RouteId};
 use crate::pki::DeviceCredentials;
 use crate::records::{
-    AccountRecord, DbConfig, DbEngine, DeviceStatus, HubStatus, MessageFilters, NetworkRecord,
-    NetworkType, RestConfig, RouteConfig, RouteRecord, RouteType, S3Config,
+    AccountRecord, DbConfig, DbEngine, DeviceStatus, HubStatus, LorawanDeviceRecord,
+    MessageFilters, NetworkRecord, NetworkType, RestConfig, RouteConfig, RouteRecord, RouteType,
+    S3Config,
 };
 use crate::registry::{DeviceInfo, HubInfo};
 use crate::time::Timestamp;
@@ -270,6 +271,9 @@ pub struct NetworkView {
     pub network_type: NetworkType,
     pub hub_id: HubId,
     pub topic_prefix: String,
+    /// Where the network posts, relative to the API's base URL (`/networks/{id}`; LoRaWAN
+    /// networks add `/chirpstack`, `/tts` or `/phy`).
+    pub endpoint: String,
     pub created_at: Timestamp,
 }
 
@@ -281,9 +285,46 @@ impl From<NetworkRecord> for NetworkView {
             network_type: n.network_type,
             hub_id: n.hub_id,
             topic_prefix: n.topic_prefix,
+            endpoint: format!("/networks/{}", n.id),
             created_at: n.created_at,
         }
     }
+}
+
+/// A LoRaWAN device as the API shows it: never its keys.
+#[derive(Debug, Serialize)]
+pub struct LorawanDeviceView {
+    pub network_id: NetworkId,
+    pub dev_eui: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_eui: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_addr: Option<String>,
+    pub f_cnt_up: u32,
+    pub has_app_key: bool,
+    pub has_session_keys: bool,
+    pub created_at: Timestamp,
+}
+
+impl From<LorawanDeviceRecord> for LorawanDeviceView {
+    fn from(d: LorawanDeviceRecord) -> Self {
+        Self {
+            network_id: d.network_id,
+            dev_eui: d.dev_eui,
+            join_eui: d.join_eui,
+            has_session_keys: d.nwk_s_key.is_some(),
+            dev_addr: d.dev_addr,
+            f_cnt_up: d.f_cnt_up,
+            has_app_key: d.app_key.is_some(),
+            created_at: d.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct LorawanDeviceList {
+    pub lorawan_devices: Vec<LorawanDeviceView>,
+    pub total_count: u64,
 }
 
 #[derive(Debug, Serialize)]

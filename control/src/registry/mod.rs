@@ -35,7 +35,7 @@ pub use error::RegistryError;
 use error::invalid;
 pub use requests::{
     DeviceCreate, DeviceInfo, DeviceUpdate, HubCreate, HubInfo, HubUpdate, ListParams,
-    MessageFiltersUpdate, NetworkCreate, RouteCreate, RouteUpdate,
+    LorawanDeviceCreate, MessageFiltersUpdate, NetworkCreate, RouteCreate, RouteUpdate,
 };
 
 use crate::ids::{AccountId, ApiKeyId, NetworkId, RouteId};
@@ -43,7 +43,8 @@ use crate::metrics::{MetricRings, MetricsResponse, Period, RangeError, SeriesRan
 use crate::pki::{self, DeviceCredentials};
 use crate::records::{
     AccountRecord, ApiKeyRecord, DeviceRecord, DeviceStatus, HubCaRecord, HubRecord, HubStatus,
-    MessageFilters, NetworkRecord, RouteConfig, RouteRecord, plan_as_str,
+    LorawanDeviceRecord, MessageFilters, NetworkRecord, NetworkType, RouteConfig, RouteRecord,
+    plan_as_str,
 };
 use crate::runtime::Runtime;
 use crate::secret::{generate_secret, hash_secret};
@@ -52,7 +53,7 @@ use crate::store::{
     StoreError,
 };
 use crate::time::Timestamp;
-use crate::validate;
+use crate::validate::{self, Invalid};
 
 /// Attempts of an update without `If-Match` that keeps losing races before `Conflict`.
 const UPDATE_ATTEMPTS: usize = 8;
@@ -974,9 +975,11 @@ impl Registry {
             updated_at: now,
             version: 1,
         };
+        self.check_route(&route).await?;
         self.store
             .insert_route(&route, self.config.quotas.routes_per_hub)
             .await?;
+        self.runtime.route_upserted(&route);
         Ok(route)
     }
 
@@ -1044,8 +1047,14 @@ impl Registry {
                 updated_at: Timestamp::now(),
                 ..route.clone()
             };
+            if req.config.is_some() || req.topic.is_some() {
+                self.check_route(&next).await?;
+            }
             match self.store.update_route(&next, route.version).await {
-                Ok(stored) => Ok(Attempt::Done(stored)),
+                Ok(stored) => {
+                    self.runtime.route_upserted(&stored);
+                    Ok(Attempt::Done(stored))
+                }
                 Err(StoreError::VersionConflict { .. }) => Ok(Attempt::Raced),
                 Err(e) => Err(e.into()),
             }
@@ -1061,7 +1070,10 @@ impl Registry {
         let route = self.route_of(caller, id).await?;
         Self::check_version("route", &id, if_version, route.version)?;
         match self.store.delete_route(id, if_version).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.runtime.route_removed(id);
+                Ok(())
+            }
             Err(StoreError::VersionConflict { expected, .. }) => {
                 Err(RegistryError::PreconditionFailed {
                     resource: "route",
@@ -1072,6 +1084,27 @@ impl Registry {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The broker's verdict on a route before it is stored (a 400 naming the field).
+    async fn check_route(&self, route: &RouteRecord) -> Result<(), RegistryError> {
+        self.runtime.check_route(route).await.map_err(|r| {
+            invalid(
+                &r.field,
+                r.reason,
+                "fix the route's configuration (the route component refused it)",
+            )
+        })
+    }
+
+    /// Every route of every account, for the binary to start at boot.
+    pub async fn all_routes(&self) -> Result<Vec<RouteRecord>, RegistryError> {
+        let query = ListQuery {
+            filter: RouteFilter::default(),
+            order_by: OrderBy::default(),
+            paging: None,
+        };
+        Ok(self.store.list_routes(&query).await?.items)
     }
 
     // -----------------------------------------------------------------------------------
@@ -1101,6 +1134,7 @@ impl Registry {
         self.store
             .insert_network(&network, self.config.quotas.networks_per_hub)
             .await?;
+        self.runtime.network_upserted(&network);
         Ok((network, secret))
     }
 
@@ -1131,7 +1165,144 @@ impl Registry {
         id: NetworkId,
     ) -> Result<(), RegistryError> {
         self.network_of(caller, id).await?;
-        Ok(self.store.delete_network(id).await?)
+        self.store.delete_network(id).await?;
+        self.runtime.network_removed(id);
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------
+    // LoRaWAN devices of LoRaWAN networks
+
+    /// Registers a LoRaWAN device in one of the caller's LoRaWAN networks.
+    pub async fn create_lorawan_device(
+        &self,
+        caller: &AccountRecord,
+        network: NetworkId,
+        req: LorawanDeviceCreate,
+    ) -> Result<LorawanDeviceRecord, RegistryError> {
+        let network = self.network_of(caller, network).await?;
+        if network.network_type != NetworkType::Lorawan {
+            return Err(Invalid::new(
+                "network_id",
+                format!(
+                    "network {} is a {} network",
+                    network.id,
+                    network.network_type.as_str()
+                ),
+                "register LoRaWAN devices in a network of type lorawan",
+            )
+            .into());
+        }
+        let hex = |field: &str, v: Option<String>, digits| {
+            v.map(|v| validate::hex_id(field, &v, digits)).transpose()
+        };
+        let dev_eui = validate::hex_id("dev_eui", &req.dev_eui, 16)?;
+        let join_eui = hex("join_eui", req.join_eui, 16)?;
+        let app_key = hex("app_key", req.app_key, 32)?;
+        let dev_addr = hex("dev_addr", req.dev_addr, 8)?;
+        let nwk_s_key = hex("nwk_s_key", req.nwk_s_key, 32)?;
+        let app_s_key = hex("app_s_key", req.app_s_key, 32)?;
+        let session = [dev_addr.is_some(), nwk_s_key.is_some(), app_s_key.is_some()];
+        if session.iter().any(|s| *s) && !session.iter().all(|s| *s) {
+            return Err(Invalid::new(
+                "dev_addr",
+                "an ABP session needs dev_addr, nwk_s_key and app_s_key together",
+                "give all three, or none (OTAA join checks with app_key only)",
+            )
+            .into());
+        }
+        if app_key.is_none() && dev_addr.is_none() {
+            return Err(Invalid::new(
+                "app_key",
+                "a LoRaWAN device needs an app_key, ABP session keys, or both",
+                "give app_key (join-requests) or dev_addr, nwk_s_key and app_s_key (data frames)",
+            )
+            .into());
+        }
+        let device = LorawanDeviceRecord {
+            network_id: network.id,
+            dev_eui,
+            hub_id: network.hub_id,
+            account_id: network.account_id,
+            join_eui,
+            app_key,
+            dev_addr,
+            nwk_s_key,
+            app_s_key,
+            f_cnt_up: req.f_cnt_up.unwrap_or(0),
+            created_at: Timestamp::now(),
+        };
+        self.store.insert_lorawan_device(&device).await?;
+        self.runtime.lorawan_device_upserted(&device);
+        Ok(device)
+    }
+
+    pub async fn get_lorawan_device(
+        &self,
+        caller: &AccountRecord,
+        network: NetworkId,
+        dev_eui: &str,
+    ) -> Result<LorawanDeviceRecord, RegistryError> {
+        self.network_of(caller, network).await?;
+        let dev_eui = dev_eui.to_ascii_lowercase();
+        self.store
+            .get_lorawan_device(network, &dev_eui)
+            .await?
+            .ok_or(RegistryError::NotFound {
+                resource: "lorawan device",
+                id: dev_eui,
+            })
+    }
+
+    pub async fn list_lorawan_devices(
+        &self,
+        caller: &AccountRecord,
+        network: NetworkId,
+    ) -> Result<Vec<LorawanDeviceRecord>, RegistryError> {
+        self.network_of(caller, network).await?;
+        Ok(self.store.list_lorawan_devices(Some(network)).await?)
+    }
+
+    pub async fn delete_lorawan_device(
+        &self,
+        caller: &AccountRecord,
+        network: NetworkId,
+        dev_eui: &str,
+    ) -> Result<(), RegistryError> {
+        self.network_of(caller, network).await?;
+        let dev_eui = dev_eui.to_ascii_lowercase();
+        self.store.delete_lorawan_device(network, &dev_eui).await?;
+        self.runtime.lorawan_device_removed(network, &dev_eui);
+        Ok(())
+    }
+
+    /// Stores a device's new uplink frame counter (the broker calls it after each accepted
+    /// raw frame); the store never lowers it.
+    pub async fn save_lorawan_f_cnt_up(
+        &self,
+        network: NetworkId,
+        dev_eui: &str,
+        f_cnt_up: u32,
+    ) -> Result<(), RegistryError> {
+        Ok(self
+            .store
+            .set_lorawan_f_cnt_up(network, dev_eui, f_cnt_up)
+            .await?)
+    }
+
+    /// Every network of every account, for the binary to load at start.
+    pub async fn all_networks(&self) -> Result<Vec<NetworkRecord>, RegistryError> {
+        let query = ListQuery {
+            filter: NetworkFilter::default(),
+            order_by: OrderBy::default(),
+            paging: None,
+        };
+        Ok(self.store.list_networks(&query).await?.items)
+    }
+
+    /// Every LoRaWAN device of every network, for the binary to load at start.
+    pub async fn all_lorawan_devices(&self) -> Result<Vec<LorawanDeviceRecord>, RegistryError> {
+        Ok(self.store.list_lorawan_devices(None).await?)
     }
 
     // -----------------------------------------------------------------------------------

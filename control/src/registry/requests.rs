@@ -142,6 +142,19 @@ pub struct RouteUpdate {
     pub config: Option<RouteConfig>,
 }
 
+/// A LoRaWAN device to register in a LoRaWAN network: an AppKey (join-requests), ABP
+/// session keys (data frames), or both. Hex in either case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LorawanDeviceCreate {
+    pub dev_eui: String,
+    pub join_eui: Option<String>,
+    pub app_key: Option<String>,
+    pub dev_addr: Option<String>,
+    pub nwk_s_key: Option<String>,
+    pub app_s_key: Option<String>,
+    pub f_cnt_up: Option<u32>,
+}
+
 /// A new network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkCreate {

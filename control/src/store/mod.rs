@@ -23,7 +23,7 @@ use crate::ids::{AccountId, NetworkId, RouteId};
 use crate::metrics::MetricRingRecord;
 use crate::records::{
     AccountRecord, ApiKeyRecord, DeviceCertificateRecord, DeviceRecord, DeviceStatus, HubCaRecord,
-    HubRecord, NetworkRecord, RouteRecord,
+    HubRecord, LorawanDeviceRecord, NetworkRecord, RouteRecord,
 };
 use crate::time::Timestamp;
 
@@ -383,6 +383,32 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         query: &'a ListQuery<NetworkFilter>,
     ) -> StoreFuture<'a, Page<NetworkRecord>>;
+
+    /// Registers a LoRaWAN device in its network (a DevEUI or DevAddr already used there is
+    /// a `Duplicate`).
+    fn insert_lorawan_device<'a>(&'a self, device: &'a LorawanDeviceRecord) -> StoreFuture<'a, ()>;
+    fn get_lorawan_device<'a>(
+        &'a self,
+        network: NetworkId,
+        dev_eui: &'a str,
+    ) -> StoreFuture<'a, Option<LorawanDeviceRecord>>;
+    /// The devices of one network, or of every network (for the start), by DevEUI.
+    fn list_lorawan_devices(
+        &self,
+        network: Option<NetworkId>,
+    ) -> StoreFuture<'_, Vec<LorawanDeviceRecord>>;
+    fn delete_lorawan_device<'a>(
+        &'a self,
+        network: NetworkId,
+        dev_eui: &'a str,
+    ) -> StoreFuture<'a, ()>;
+    /// Raises a device's uplink frame counter (never lowers it).
+    fn set_lorawan_f_cnt_up<'a>(
+        &'a self,
+        network: NetworkId,
+        dev_eui: &'a str,
+        f_cnt_up: u32,
+    ) -> StoreFuture<'a, ()>;
 
     /// Writes the metric rings (each row replaces the stored one of its object and
     /// resolution), in one transaction.

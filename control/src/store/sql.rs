@@ -24,7 +24,7 @@ use crate::ids::{AccountId, NetworkId, RouteId};
 use crate::metrics::{MetricBucket, MetricObject, MetricRingRecord, Resolution};
 use crate::records::{
     AccountRecord, ApiKeyRecord, DeviceCertificateRecord, DeviceRecord, HubCaRecord, HubRecord,
-    NetworkRecord, RouteRecord, parse_plan, plan_as_str,
+    LorawanDeviceRecord, NetworkRecord, RouteRecord, parse_plan, plan_as_str,
 };
 use crate::time::Timestamp;
 
@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "metrics",
         include_str!("../../migrations/0003_metrics.sql"),
+    ),
+    (
+        4,
+        "lorawan",
+        include_str!("../../migrations/0004_lorawan.sql"),
     ),
 ];
 
@@ -451,6 +456,32 @@ fn network_from(row: &AnyRow) -> Result<NetworkRecord, StoreError> {
         network_type: parsed(row, NETWORK_TABLE, "network_type")?,
         topic_prefix: text(row, "topic_prefix")?,
         secret_hash: text(row, "secret_hash")?,
+        created_at: stamp(row, "created_at")?,
+    })
+}
+
+const LORAWAN_COLUMNS: &str = "network_id, dev_eui, hub_id, account_id, join_eui, app_key, \
+     dev_addr, nwk_s_key, app_s_key, f_cnt_up, created_at";
+
+fn lorawan_from(row: &AnyRow) -> Result<LorawanDeviceRecord, StoreError> {
+    const TABLE: &str = "lorawan_devices";
+    let f_cnt_up = int(row, "f_cnt_up")?;
+    Ok(LorawanDeviceRecord {
+        network_id: parsed(row, TABLE, "network_id")?,
+        dev_eui: text(row, "dev_eui")?,
+        hub_id: parsed(row, TABLE, "hub_id")?,
+        account_id: parsed(row, TABLE, "account_id")?,
+        join_eui: row.try_get::<Option<String>, _>("join_eui")?,
+        app_key: row.try_get::<Option<String>, _>("app_key")?,
+        dev_addr: row.try_get::<Option<String>, _>("dev_addr")?,
+        nwk_s_key: row.try_get::<Option<String>, _>("nwk_s_key")?,
+        app_s_key: row.try_get::<Option<String>, _>("app_s_key")?,
+        f_cnt_up: u32::try_from(f_cnt_up).map_err(|e| StoreError::Corrupt {
+            table: TABLE,
+            column: "f_cnt_up",
+            value: f_cnt_up.to_string(),
+            reason: e.to_string(),
+        })?,
         created_at: stamp(row, "created_at")?,
     })
 }
@@ -1066,6 +1097,7 @@ impl Store for SqlStore {
                 "DELETE FROM metric_rings WHERE object_type = 'hub' AND object_id = $1",
                 "DELETE FROM hub_cas WHERE hub_id = $1",
                 "DELETE FROM routes WHERE hub_id = $1",
+                "DELETE FROM lorawan_devices WHERE hub_id = $1",
                 "DELETE FROM networks WHERE hub_id = $1",
                 "DELETE FROM hubs WHERE id = $1",
             ] {
@@ -1688,10 +1720,16 @@ impl Store for SqlStore {
 
     fn delete_network(&self, id: NetworkId) -> StoreFuture<'_, ()> {
         Box::pin(async move {
+            let mut tx = self.begin_write().await?;
+            sqlx::query("DELETE FROM lorawan_devices WHERE network_id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
             let done = sqlx::query("DELETE FROM networks WHERE id = $1")
                 .bind(id.to_string())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound {
                     resource: "network",
@@ -1725,6 +1763,143 @@ impl Store for SqlStore {
                 query.paging,
             )
             .await
+        })
+    }
+
+    fn insert_lorawan_device<'a>(&'a self, device: &'a LorawanDeviceRecord) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin_write().await?;
+            lock_row(
+                &mut tx,
+                NETWORK_TABLE,
+                "network",
+                device.network_id.to_string(),
+            )
+            .await?;
+            let exists = count(
+                &mut tx,
+                "SELECT COUNT(*) AS n FROM lorawan_devices WHERE network_id = $1 AND dev_eui = $2",
+                &[
+                    Arg::Text(device.network_id.to_string()),
+                    Arg::Text(device.dev_eui.clone()),
+                ],
+            )
+            .await?;
+            if exists > 0 {
+                return Err(StoreError::Duplicate {
+                    resource: "lorawan device",
+                    field: "dev_eui",
+                });
+            }
+            sqlx::query(
+                "INSERT INTO lorawan_devices (network_id, dev_eui, hub_id, account_id, join_eui, \
+                 app_key, dev_addr, nwk_s_key, app_s_key, f_cnt_up, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(device.network_id.to_string())
+            .bind(device.dev_eui.clone())
+            .bind(device.hub_id.to_string())
+            .bind(device.account_id.to_string())
+            .bind(device.join_eui.clone())
+            .bind(device.app_key.clone())
+            .bind(device.dev_addr.clone())
+            .bind(device.nwk_s_key.clone())
+            .bind(device.app_s_key.clone())
+            .bind(i64::from(device.f_cnt_up))
+            .bind(device.created_at.as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unique_as_duplicate(e, "lorawan device", "dev_addr"))?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn get_lorawan_device<'a>(
+        &'a self,
+        network: NetworkId,
+        dev_eui: &'a str,
+    ) -> StoreFuture<'a, Option<LorawanDeviceRecord>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {LORAWAN_COLUMNS} FROM lorawan_devices WHERE network_id = $1 AND dev_eui = $2"
+            );
+            let row = sqlx::query(&sql)
+                .bind(network.to_string())
+                .bind(dev_eui.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(lorawan_from).transpose()
+        })
+    }
+
+    fn list_lorawan_devices(
+        &self,
+        network: Option<NetworkId>,
+    ) -> StoreFuture<'_, Vec<LorawanDeviceRecord>> {
+        Box::pin(async move {
+            let rows = match network {
+                Some(n) => {
+                    let sql = format!(
+                        "SELECT {LORAWAN_COLUMNS} FROM lorawan_devices WHERE network_id = $1 \
+                         ORDER BY dev_eui"
+                    );
+                    sqlx::query(&sql)
+                        .bind(n.to_string())
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+                None => {
+                    let sql = format!(
+                        "SELECT {LORAWAN_COLUMNS} FROM lorawan_devices ORDER BY network_id, dev_eui"
+                    );
+                    sqlx::query(&sql).fetch_all(&self.pool).await?
+                }
+            };
+            rows.iter().map(lorawan_from).collect()
+        })
+    }
+
+    fn delete_lorawan_device<'a>(
+        &'a self,
+        network: NetworkId,
+        dev_eui: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let done =
+                sqlx::query("DELETE FROM lorawan_devices WHERE network_id = $1 AND dev_eui = $2")
+                    .bind(network.to_string())
+                    .bind(dev_eui.to_owned())
+                    .execute(&self.pool)
+                    .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound {
+                    resource: "lorawan device",
+                    id: dev_eui.to_owned(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn set_lorawan_f_cnt_up<'a>(
+        &'a self,
+        network: NetworkId,
+        dev_eui: &'a str,
+        f_cnt_up: u32,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            // Never backwards: two saves racing keep the higher counter.
+            sqlx::query(
+                "UPDATE lorawan_devices SET f_cnt_up = $1 \
+                 WHERE network_id = $2 AND dev_eui = $3 AND f_cnt_up < $1",
+            )
+            .bind(i64::from(f_cnt_up))
+            .bind(network.to_string())
+            .bind(dev_eui.to_owned())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
         })
     }
 
