@@ -45,6 +45,7 @@ use iothub_model::{ClientId, DeviceId, HubId, Message, Origin, SubscriptionFilte
 use iothub_mqtt_codec::{self as codec, Packet, ProtocolVersion, ReasonCode};
 use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -598,6 +599,11 @@ where
         if let Some(close) = self.drain_outgoing(est) {
             return close;
         }
+        // Durability: what the write buffer acknowledges (PUBACK, PUBREC, PUBCOMP) or sends
+        // under a fresh QoS 2 packet id leaves only once the journal has it
+        // (`Session::durable_ticket`); reading goes on meanwhile.
+        let mut durable = est.session.durability();
+        wait_durable(&mut durable, est.session.durable_ticket()).await;
         if self.flush().await.is_err() {
             return Close::Network;
         }
@@ -607,6 +613,8 @@ where
         let deadline = tokio::time::sleep(keep_alive.unwrap_or(far));
         tokio::pin!(deadline);
         loop {
+            let need = est.session.durable_ticket();
+            let held = is_held(&durable, need);
             tokio::select! {
                 biased;
                 read = self.stream.read_buf(&mut self.rbuf) => {
@@ -640,6 +648,7 @@ where
                         return close;
                     }
                 }
+                () = wait_durable(&mut durable, need), if held => {}
                 () = &mut deadline => {
                     if let Some(ka) = keep_alive {
                         let due = last_read + ka;
@@ -652,6 +661,9 @@ where
                         deadline.as_mut().reset(Instant::now() + far);
                     }
                 }
+            }
+            if is_held(&durable, est.session.durable_ticket()) {
+                continue;
             }
             if self.flush().await.is_err() {
                 return Close::Network;
@@ -1195,6 +1207,8 @@ where
     /// session (will, expiry) and closes the stream.
     async fn finish(&mut self, est: Established, close: Close) {
         let v5 = est.version == ProtocolVersion::V5;
+        let mut durable = est.session.durability();
+        let need = est.session.durable_ticket();
         let kind = match close {
             Close::Client(kind) => kind,
             Close::Server(code, why) => {
@@ -1228,6 +1242,9 @@ where
             Close::Network => DisconnectKind::Abnormal,
         };
         est.session.disconnect(kind);
+        if !self.wbuf.is_empty() {
+            wait_durable(&mut durable, need).await;
+        }
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
     }
@@ -1269,6 +1286,20 @@ fn device_of(identity: Identity) -> Option<DeviceId> {
     match identity {
         Identity::Device { id, .. } => Some(id),
         Identity::Anonymous => None,
+    }
+}
+
+/// Whether bytes written after recording journal ticket `need` must wait (the journal has
+/// not made it durable yet).
+fn is_held(durable: &Option<watch::Receiver<u64>>, need: u64) -> bool {
+    durable.as_ref().is_some_and(|rx| *rx.borrow() < need)
+}
+
+/// Resolves once the journal is durable up to `need` (at once without a journal, or if the
+/// store is gone).
+async fn wait_durable(durable: &mut Option<watch::Receiver<u64>>, need: u64) {
+    if let Some(rx) = durable {
+        let _ = rx.wait_for(|d| *d >= need).await;
     }
 }
 

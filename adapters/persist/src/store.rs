@@ -1,0 +1,330 @@
+//! [`Store`]: the engine's [`Journal`] over the write-ahead log, with one writer thread.
+//!
+//! `record` (called under engine locks) only pushes the operation onto a pending list
+//! under a short mutex and takes a ticket. The writer thread takes the whole list at once,
+//! encodes and appends every operation, commits them with one write (and, under
+//! `FsyncPolicy::Always`, one fsync), folds them into its [`DurableState`], then publishes
+//! "durable up to ticket N" on a `tokio::sync::watch`: group commit, so durability costs one
+//! commit per batch, not per message, and the more load the bigger the batches. Under
+//! `FsyncPolicy::Grouped` it also fsyncs at the WAL's deadline. When the log holds many
+//! more records than the state needs it compacts, on the same thread, keeping the records
+//! [`DurableState::live_seqs`] names.
+//!
+//! A failed write poisons the WAL: the writer logs it, stops, and never advances the
+//! durable ticket again, so nothing more is acknowledged as durable (connections hold their
+//! PUBACKs) rather than lying.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use iothub_engine::{Journal, JournalOp, RestoredHub};
+use iothub_model::HubId;
+use iothub_wal::{FsyncPolicy, Options, Wal, WalError};
+use metrics::counter;
+use parking_lot::{Condvar, Mutex};
+use tracing::{error, info, warn};
+
+use crate::codec::{self, DecodeError};
+use crate::state::{DurableState, StateCounts};
+
+/// How the store writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub fsync: FsyncPolicy,
+    /// Compaction runs when the log holds more than this many records and more than twice
+    /// the live ones.
+    pub compact_min_records: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncPolicy::Grouped(Duration::from_millis(10)),
+            compact_min_records: 100_000,
+        }
+    }
+}
+
+/// Why the store cannot open or close cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("cannot start the store's writer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the store's writer thread panicked")]
+    WriterPanicked,
+    #[error("the store stopped after a write error; acknowledged state is intact up to it")]
+    Failed,
+}
+
+/// What opening the store found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    pub records: u64,
+    pub torn_tail_bytes: u64,
+    /// Damaged regions the WAL skipped, plus records whose payload did not decode.
+    pub corrupt_records: u64,
+    pub undecodable_records: u64,
+    pub state: StateCounts,
+    pub elapsed: Duration,
+    /// The first journal id the engine may hand out (`Engine::restore`'s `next_id`).
+    pub next_id: u64,
+}
+
+struct Pending {
+    next_ticket: u64,
+    ops: Vec<JournalOp>,
+    closing: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    durable: tokio::sync::watch::Sender<u64>,
+}
+
+/// A store just opened: the store, the state to give `Engine::restore`, and what the open
+/// found.
+pub struct Opened {
+    pub store: Store,
+    pub restored: Vec<(HubId, RestoredHub)>,
+    pub report: OpenReport,
+}
+
+/// The durable store. Implements [`Journal`]; [`Store::close`] flushes, fsyncs and stops it.
+pub struct Store {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, replays it and starts the writer.
+    /// Returns the state to hand to `Engine::restore`. A torn tail is cut and a damaged or
+    /// undecodable record skipped, each counted and logged; only an unusable directory is
+    /// an error.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Opened, StoreError> {
+        let started = Instant::now();
+        let mut state = DurableState::default();
+        let mut undecodable = 0u64;
+        let mut first_error: Option<(u64, DecodeError)> = None;
+        let (wal, recovery) = Wal::open_with(
+            dir,
+            Options {
+                fsync: options.fsync,
+                ..Options::default()
+            },
+            |seq, kind, payload| match codec::decode(kind, payload) {
+                Ok(op) => state.apply(seq.get(), &op),
+                Err(e) => {
+                    undecodable += 1;
+                    first_error.get_or_insert((seq.get(), e));
+                }
+            },
+        )?;
+        state.finish_replay();
+        if let Some((seq, e)) = &first_error {
+            warn!(message = "store records that do not decode were skipped", count = undecodable, first_seq = seq, error = %e);
+        }
+        let report = OpenReport {
+            records: recovery.records_replayed,
+            torn_tail_bytes: recovery.torn_tail_bytes_dropped,
+            corrupt_records: recovery.corrupt_records_skipped + undecodable,
+            undecodable_records: undecodable,
+            state: state.counts(),
+            elapsed: started.elapsed(),
+            next_id: state.next_id(),
+        };
+        counter!("iothub_store_corrupt_records_total").increment(report.corrupt_records);
+        counter!("iothub_store_torn_tail_bytes_total").increment(report.torn_tail_bytes);
+        info!(
+            message = "store opened",
+            dir = %dir.display(),
+            records = report.records,
+            torn_tail_bytes = report.torn_tail_bytes,
+            corrupt_records = report.corrupt_records,
+            sessions = report.state.sessions,
+            retained = report.state.retained,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+        );
+        let restored = state.restored();
+        let (durable, _) = tokio::sync::watch::channel(0);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                next_ticket: 1,
+                ops: Vec::new(),
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            durable,
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            wal: Some(wal),
+            state,
+            log_records: recovery.records_replayed,
+            options,
+            buf: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("iothub-store".into())
+            .spawn(move || writer.run())
+            .map_err(StoreError::Thread)?;
+        Ok(Opened {
+            store: Store {
+                shared,
+                writer: Mutex::new(Some(handle)),
+            },
+            restored,
+            report,
+        })
+    }
+
+    /// Writes everything recorded so far, fsyncs and stops the writer. Later `record`s are
+    /// not written. Idempotent.
+    pub fn close(&self) -> Result<(), StoreError> {
+        {
+            let mut p = self.shared.pending.lock();
+            p.closing = true;
+        }
+        self.shared.wake.notify_one();
+        let handle = self.writer.lock().take();
+        match handle {
+            Some(h) => h.join().map_err(|_| StoreError::WriterPanicked)?,
+            None => Ok(()),
+        }
+    }
+
+    /// The highest ticket durable so far.
+    pub fn durable_ticket(&self) -> u64 {
+        *self.shared.durable.borrow()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            error!(message = "the store did not close cleanly", error = %e);
+        }
+    }
+}
+
+impl Journal for Store {
+    fn record(&self, op: JournalOp) -> u64 {
+        let (ticket, first) = {
+            let mut p = self.shared.pending.lock();
+            let ticket = p.next_ticket;
+            p.next_ticket += 1;
+            p.ops.push(op);
+            (ticket, p.ops.len() == 1)
+        };
+        if first {
+            self.shared.wake.notify_one();
+        }
+        ticket
+    }
+
+    fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.durable.subscribe()
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    wal: Option<Wal>,
+    state: DurableState,
+    /// Records in the log (replayed + appended - compacted away).
+    log_records: u64,
+    options: StoreOptions,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self) -> Result<(), StoreError> {
+        let result = self.work();
+        if let Err(e) = &result {
+            error!(message = "the store stopped: nothing more is acknowledged as durable", error = %e);
+        }
+        result
+    }
+
+    fn work(&mut self) -> Result<(), StoreError> {
+        let mut batch = Vec::new();
+        loop {
+            let (last_ticket, closing) = {
+                let mut p = self.shared.pending.lock();
+                while p.ops.is_empty() && !p.closing {
+                    let deadline = self.wal.as_ref().and_then(Wal::sync_deadline);
+                    match deadline {
+                        Some(at) => {
+                            if self.shared.wake.wait_until(&mut p, at).timed_out() {
+                                break;
+                            }
+                        }
+                        None => self.shared.wake.wait(&mut p),
+                    }
+                }
+                std::mem::swap(&mut batch, &mut p.ops);
+                (p.next_ticket - 1, p.closing)
+            };
+            let Some(wal) = self.wal.as_mut() else {
+                return Err(StoreError::Failed);
+            };
+            if batch.is_empty() {
+                wal.flush_due()?;
+            } else {
+                for op in batch.drain(..) {
+                    self.buf.clear();
+                    let kind = codec::encode(&op, &mut self.buf);
+                    let seq = wal.append(kind, &self.buf)?;
+                    self.state.apply(seq.get(), &op);
+                    self.log_records += 1;
+                    counter!("iothub_store_records_written_total").increment(1);
+                }
+                wal.commit()?;
+                counter!("iothub_store_commits_total").increment(1);
+                self.shared.durable.send_replace(last_ticket);
+                self.maybe_compact()?;
+            }
+            if closing {
+                let pending_left = !self.shared.pending.lock().ops.is_empty();
+                if pending_left {
+                    continue;
+                }
+                if let Some(wal) = self.wal.take() {
+                    wal.close()?;
+                }
+                info!(message = "store closed");
+                return Ok(());
+            }
+        }
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), StoreError> {
+        let min = self.options.compact_min_records;
+        if self.log_records <= min {
+            return Ok(());
+        }
+        let live = self.state.live_seqs();
+        if self.log_records <= 2 * live.len() as u64 {
+            return Ok(());
+        }
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let stats = wal.compact(|seq, _, _| live.contains(&seq.get()))?;
+        self.log_records = self.log_records.saturating_sub(stats.dropped);
+        counter!("iothub_store_compactions_total").increment(1);
+        info!(
+            message = "store compacted",
+            kept = stats.kept,
+            dropped = stats.dropped,
+            segments_removed = stats.segments_removed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+        );
+        Ok(())
+    }
+}
