@@ -71,6 +71,17 @@ pub async fn open(config: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<
     for ca in &cas {
         runtime.hub_ca_upserted(ca.hub_id, &ca.cert_pem, ca.is_custom);
     }
+    let networks = registry.all_networks().await.context("loading networks")?;
+    for network in &networks {
+        runtime.network_upserted(network);
+    }
+    let lorawan = registry
+        .all_lorawan_devices()
+        .await
+        .context("loading LoRaWAN devices")?;
+    for device in &lorawan {
+        runtime.lorawan_device_upserted(device);
+    }
     registry
         .finish_interrupted_transitions()
         .await

@@ -2,22 +2,30 @@
 //! trust: every stored change of a hub, a device or a certificate is applied to the running
 //! broker at once (live connections included), and new TLS handshakes trust the hubs' CAs
 //! and the devices' pinned certificates as they are now. [`RegistryProvisioner`] creates
-//! devices on first connection for hubs that auto-provision them.
+//! devices on first connection for hubs that auto-provision them. Networks, the state of
+//! their hubs and LoRaWAN devices go to the network ingress ([`Networks`]), whose frame
+//! counters are saved through [`RegistryFrameCounters`].
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use iothub_adapter_mqtt::tls::{ProvisionError, ProvisionFuture, Provisioner};
 use iothub_adapter_mqtt::tls_trust::TlsTrust;
-use iothub_control::records::{DeviceRecord, HubRecord};
+use iothub_control::records::{
+    DeviceRecord, HubRecord, LorawanDeviceRecord, NetworkRecord, NetworkType,
+};
 use iothub_control::runtime::HubCounts;
 use iothub_control::{Registry, Runtime};
 use iothub_engine::{
     CertificateFingerprint, DeviceSpec, Engine, EngineError, HubSpec, RevokedSubscription,
     default_events_topic_prefix,
 };
-use iothub_model::{DeviceId, HubId, TopicName};
+use iothub_model::{DeviceId, HubId, NetworkId, TopicName};
+use iothub_networks::{
+    AbpSession, Eui64, FrameCounterStore, HubState, LorawanDevice, NetworkKind, NetworkSpec,
+    Networks, StoreFuture,
+};
 use tracing::{info, warn};
 
 pub struct EngineRuntime {
@@ -28,15 +36,27 @@ pub struct EngineRuntime {
     /// enabled), so a certificate of a hub that does not is refused without asking the
     /// database.
     auto_provisioning: RwLock<HashSet<HubId>>,
+    /// The network ingress (REST, SigFox, LoRaWAN endpoints).
+    networks: Networks,
 }
 
 impl EngineRuntime {
-    pub fn new(engine: Engine, trust: Option<Arc<TlsTrust>>) -> Self {
+    pub fn new(
+        engine: Engine,
+        trust: Option<Arc<TlsTrust>>,
+        counters: Arc<RegistryFrameCounters>,
+    ) -> Self {
         Self {
+            networks: Networks::new(engine.clone(), counters),
             engine,
             trust,
             auto_provisioning: RwLock::new(HashSet::new()),
         }
+    }
+
+    /// The network ingress, whose router the API port serves.
+    pub fn networks(&self) -> &Networks {
+        &self.networks
     }
 
     fn auto_provisions(&self, hub: HubId) -> bool {
@@ -105,8 +125,99 @@ fn certificate_fingerprint(device: &DeviceRecord) -> Option<CertificateFingerpri
     }
 }
 
+/// The LoRaWAN frame counters, saved in the registry. The registry is opened after the
+/// runtime it drives, so it is set once it exists; it is held weakly (the registry holds
+/// the runtime).
+#[derive(Default)]
+pub struct RegistryFrameCounters {
+    registry: OnceLock<Weak<Registry>>,
+}
+
+impl RegistryFrameCounters {
+    pub fn set_registry(&self, registry: &Arc<Registry>) {
+        let _ = self.registry.set(Arc::downgrade(registry));
+    }
+}
+
+impl FrameCounterStore for RegistryFrameCounters {
+    fn save_f_cnt_up(&self, network: NetworkId, dev_eui: Eui64, next: u32) -> StoreFuture<'_> {
+        Box::pin(async move {
+            let registry = self
+                .registry
+                .get()
+                .and_then(Weak::upgrade)
+                .ok_or("the registry is not open")?;
+            registry
+                .save_lorawan_f_cnt_up(network, &dev_eui.to_string(), next)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn network_spec(network: &NetworkRecord) -> Option<NetworkSpec> {
+    let topic_prefix = match TopicName::new(&network.topic_prefix) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(message = "ignoring a network whose topic prefix is not a topic", network = %network.id, %e);
+            return None;
+        }
+    };
+    Some(NetworkSpec {
+        id: network.id,
+        hub: network.hub_id,
+        name: network.name.clone(),
+        kind: match network.network_type {
+            NetworkType::Rest => NetworkKind::Rest,
+            NetworkType::Sigfox => NetworkKind::Sigfox,
+            NetworkType::Lorawan => NetworkKind::Lorawan,
+        },
+        topic_prefix,
+        secret_hash: network.secret_hash.clone(),
+    })
+}
+
+/// The registry validated every field as hex of the right length; a stored value that is
+/// not (edited by hand) is logged and the device left out.
+fn lorawan_device(d: &LorawanDeviceRecord) -> Result<LorawanDevice, String> {
+    fn opt<T: std::str::FromStr>(field: &str, v: &Option<String>) -> Result<Option<T>, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        v.as_deref()
+            .map(|v| v.parse().map_err(|e| format!("{field}: {e}")))
+            .transpose()
+    }
+    let session = match (
+        opt("dev_addr", &d.dev_addr)?,
+        opt("nwk_s_key", &d.nwk_s_key)?,
+        opt("app_s_key", &d.app_s_key)?,
+    ) {
+        (Some(dev_addr), Some(nwk_s_key), Some(app_s_key)) => Some(AbpSession {
+            dev_addr,
+            nwk_s_key,
+            app_s_key,
+        }),
+        _ => None,
+    };
+    Ok(LorawanDevice {
+        network: d.network_id,
+        dev_eui: d.dev_eui.parse().map_err(|e| format!("dev_eui: {e}"))?,
+        join_eui: opt("join_eui", &d.join_eui)?,
+        app_key: opt("app_key", &d.app_key)?,
+        session,
+        f_cnt_up: d.f_cnt_up,
+    })
+}
+
 impl Runtime for EngineRuntime {
     fn hub_upserted(&self, hub: &HubRecord) {
+        self.networks.hub_upserted(HubState {
+            id: hub.id,
+            enabled: hub.enabled,
+            max_payload_bytes: hub.limits.max_payload_bytes,
+            events_prefix: events_topic_prefix(hub),
+        });
         self.set_auto_provisioning(
             hub.id,
             hub.has_custom_ca && hub.enable_device_auto_provisioning && hub.enabled,
@@ -124,6 +235,7 @@ impl Runtime for EngineRuntime {
     }
 
     fn hub_removed(&self, hub: HubId) {
+        self.networks.hub_removed(hub);
         self.set_auto_provisioning(hub, false);
         if let Err(e) = self.engine.remove_hub(hub) {
             warn!(message = "cannot remove a hub from the engine", %hub, %e);
@@ -177,6 +289,33 @@ impl Runtime for EngineRuntime {
     fn hub_ca_removed(&self, hub: HubId) {
         if let Some(trust) = &self.trust {
             trust.remove_hub_ca(hub);
+        }
+    }
+
+    fn network_upserted(&self, network: &NetworkRecord) {
+        if let Some(spec) = network_spec(network) {
+            self.networks.network_upserted(spec);
+            self.networks.spawn_downlink_tap(network.id);
+        }
+    }
+
+    fn network_removed(&self, network: NetworkId) {
+        self.networks.network_removed(network);
+    }
+
+    fn lorawan_device_upserted(&self, device: &LorawanDeviceRecord) {
+        match lorawan_device(device) {
+            Ok(d) => self.networks.lorawan_device_upserted(d),
+            Err(e) => {
+                warn!(message = "ignoring a LoRaWAN device with a malformed field", network = %device.network_id, dev_eui = %device.dev_eui, %e)
+            }
+        }
+    }
+
+    fn lorawan_device_removed(&self, network: NetworkId, dev_eui: &str) {
+        match dev_eui.parse() {
+            Ok(eui) => self.networks.lorawan_device_removed(network, eui),
+            Err(e) => warn!(message = "cannot remove a LoRaWAN device", %network, %dev_eui, %e),
         }
     }
 

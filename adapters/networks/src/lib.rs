@@ -23,6 +23,7 @@ mod error;
 mod lorawan;
 mod rest;
 mod sigfox;
+mod tap;
 
 use std::collections::HashMap;
 use std::future::Future;

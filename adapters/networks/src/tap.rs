@@ -1,0 +1,100 @@
+//! The downlink tap of a SigFox or LoRaWAN network: an internal session of its hub (the
+//! engine's route tap, client id `$route/network/<network-id>`) subscribed at QoS 0 to
+//! `<prefix>/+/down`; each message is offered to the network's downlinks. The task follows
+//! the hub: while the hub is disabled or unknown it retries every second, and it ends when
+//! the network is removed.
+
+use std::time::Duration;
+
+use iothub_engine::{Outgoing, RetainHandling, SubscribeRequest};
+use iothub_model::{NetworkId, QoS, SubscriptionFilter};
+use tracing::{debug, warn};
+
+use crate::Networks;
+
+const RETRY: Duration = Duration::from_secs(1);
+
+impl Networks {
+    /// Starts the downlink tap of `network` (a no-op for REST networks and unknown ones).
+    pub fn spawn_downlink_tap(&self, network: NetworkId) {
+        let Some(spec) = self.inner.directory.read().networks.get(&network).cloned() else {
+            return;
+        };
+        if spec.kind == crate::NetworkKind::Rest {
+            return;
+        }
+        let networks = self.clone();
+        tokio::spawn(async move {
+            let filter = format!("{}/+/down", spec.topic_prefix.as_str());
+            let filter = match SubscriptionFilter::parse(&filter) {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(message = "no downlinks for this network: its filter is invalid", network = %spec.id, %e);
+                    return;
+                }
+            };
+            let tap_name = format!("network/{}", spec.id);
+            while networks.is_current(&spec) {
+                let connected = match networks.inner.engine.connect_route(spec.hub, &tap_name, 64) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        debug!(message = "downlink tap waits for its hub", network = %spec.id, %e);
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                };
+                let session = connected.session;
+                let granted = session.subscribe(&[SubscribeRequest {
+                    filter: filter.clone(),
+                    qos: QoS::AtMostOnce,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: RetainHandling::DoNotSend,
+                    subscription_id: None,
+                }]);
+                if granted.iter().any(Result::is_err) {
+                    warn!(message = "the downlink tap's subscription was refused", network = %spec.id, ?granted);
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                let mut out = Vec::new();
+                'session: while networks.is_current(&spec) {
+                    tokio::select! {
+                        () = session.ready() => {}
+                        () = tokio::time::sleep(RETRY) => continue,
+                    }
+                    out.clear();
+                    session.poll_outgoing(&mut out, 64);
+                    for item in out.drain(..) {
+                        match item {
+                            Outgoing::Publish(p) => {
+                                if let Some(id) = p.packet_id {
+                                    session.acknowledge(id);
+                                }
+                                // A malformed downlink raised its hub event already.
+                                let _ = networks.offer_downlink(
+                                    spec.id,
+                                    &p.message.topic,
+                                    &p.message.payload,
+                                );
+                            }
+                            Outgoing::PubRel(_) => {}
+                            Outgoing::Disconnect(_) => break 'session,
+                        }
+                    }
+                }
+                drop(session);
+            }
+        });
+    }
+
+    /// Whether `spec` is still the network the directory holds.
+    fn is_current(&self, spec: &crate::NetworkSpec) -> bool {
+        self.inner
+            .directory
+            .read()
+            .networks
+            .get(&spec.id)
+            .is_some_and(|n| **n == *spec)
+    }
+}
