@@ -82,7 +82,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let prometheus = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the Prometheus metrics recorder")?;
-    let engine = Engine::new(EngineConfig::default());
+    // The durable store before the engine: the engine reports every durable change to it.
+    let opened = open_store(&config).await?;
+    let store = opened.as_ref().map(|o| o.store.clone());
+    let engine = Engine::new(EngineConfig {
+        journal: store.clone().map(|s| s as Arc<dyn iothub_engine::Journal>),
+        ..EngineConfig::default()
+    });
     let mut hub_ids: HashMap<String, HubId> = HashMap::new();
     for hub in &config.hubs {
         let id = config_hub_id(&hub.name.value);
@@ -127,6 +133,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     ));
     let registry = crate::control_plane::open(&config, runtime.clone()).await?;
     counters.set_registry(&registry);
+    // Every hub and device is known: the durable state goes back before any listener opens.
+    if let Some(opened) = opened {
+        let started = std::time::Instant::now();
+        let stats = engine.restore(opened.restored, opened.next_id);
+        info!(
+            message = "durable state restored",
+            retained = stats.retained,
+            sessions = stats.sessions,
+            queued = stats.queued,
+            inflight = stats.inflight,
+            sessions_dropped = stats.sessions_dropped,
+            hubs_dropped = stats.hubs_dropped,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+        );
+    }
     // The metrics API's saved series, before any connection adds to them.
     let collector = Collector::start(engine.clone(), registry.clone()).await;
     let tls_context = trust.as_ref().map(|trust| TlsContext {
@@ -300,6 +321,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     ticker.abort();
     collecting.abort();
+    // The connections are gone and their last changes recorded: write, fsync, close.
+    if let Some(store) = store {
+        match tokio::task::spawn_blocking(move || store.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(anyhow::anyhow!(e).context("the store did not close cleanly")),
+            Err(e) => return Err(anyhow::anyhow!(e).context("the store did not close cleanly")),
+        }
+    }
     // The connections are closed: their last counts are in, and saved for the restart.
     collector.finish().await;
     match api.await {
@@ -309,6 +338,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     info!("stopped");
     Ok(())
+}
+
+/// The store opened, with what the engine must restore.
+struct OpenedStore {
+    store: Arc<iothub_persist::Store>,
+    restored: Vec<(HubId, iothub_engine::RestoredHub)>,
+    next_id: u64,
+}
+
+/// Opens the write-ahead log in `<data_dir>/wal` (`persistence.enabled`), replaying it.
+async fn open_store(config: &Config) -> anyhow::Result<Option<OpenedStore>> {
+    let p = &config.persistence;
+    if !p.enabled {
+        info!("persistence disabled: retained messages and sessions live in memory only");
+        return Ok(None);
+    }
+    let options = iothub_persist::StoreOptions {
+        fsync: match p.fsync {
+            crate::config::FsyncMode::Always => iothub_persist::FsyncPolicy::Always,
+            crate::config::FsyncMode::Grouped => iothub_persist::FsyncPolicy::Grouped(
+                Duration::from_millis(u64::from(p.fsync_interval_ms)),
+            ),
+        },
+        ..iothub_persist::StoreOptions::default()
+    };
+    let dir = config.wal_dir();
+    let opened = tokio::task::spawn_blocking(move || iothub_persist::Store::open(&dir, options))
+        .await
+        .context("the store's open task failed")?
+        .with_context(|| format!("cannot open the store in {}", config.wal_dir().display()))?;
+    Ok(Some(OpenedStore {
+        store: Arc::new(opened.store),
+        restored: opened.restored,
+        next_id: opened.report.next_id,
+    }))
 }
 
 async fn bind_tcp(
