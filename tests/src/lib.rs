@@ -5,7 +5,8 @@
 //! [`raw`] speak MQTT byte by byte for bad-input tests; [`clients`] wraps rumqttc (v4 and v5);
 //! [`tools`] runs `mosquitto_pub`/`mosquitto_sub` and reads `/metrics`; [`api`] speaks to the
 //! management API over plain HTTP, runs the `iothub` CLI and provides the registry's databases
-//! (SQLite in the hub's data directory, or a fresh PostgreSQL database). The tests themselves
+//! (SQLite in the hub's data directory, or a fresh PostgreSQL database); [`sim`] runs the
+//! `iothub-sim` simulators as separate processes. The tests themselves
 //! are in `tests/*.rs`, one file per theme.
 //!
 //! This crate must never depend on an iothub crate (codec, engine, model): a shared bug would
@@ -22,6 +23,7 @@ pub mod certs;
 pub mod clients;
 pub mod frames;
 pub mod raw;
+pub mod sim;
 pub mod tools;
 
 use std::io::{BufRead, BufReader};
