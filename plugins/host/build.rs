@@ -1,21 +1,16 @@
-//! Builds the built-in route components of plugins/routes and embeds them (see
-//! src/builtin.rs).
+//! Builds the built-in route components (the plugins/routes workspace) for wasm32-wasip2 and
+//! leaves them in OUT_DIR for src/builtin.rs to embed.
 //!
-//! The guests are C (this machine's Rust toolchain has no wasm32 standard library and none
-//! can be downloaded): C bindings of wit/route.wit from wit-bindgen-c, compiled by clang for
-//! wasm32-wasi against Debian's wasi-libc (packages clang-14 lld-14 wasi-libc
-//! libclang-rt-14-dev-wasm32, installed by scripts/test), then given the world's metadata and
-//! made a component by wit-component. Nothing is downloaded and no binary is committed.
-//!
-//! `IOTHUB_WASM_CC` overrides the compiler (default `clang-14`, then `clang`);
-//! `IOTHUB_WASI_SYSROOT` the sysroot (default `/usr`, Debian's layout).
+//! A nested `cargo build --release --locked --target wasm32-wasip2` with its own target
+//! directory (`$CARGO_TARGET_DIR/wasm-routes`, or under OUT_DIR): sharing the outer one
+//! would deadlock on its lock. The outer build's environment (flags, wrappers such as
+//! clippy-driver, target) is not passed on. Nothing is downloaded but crates, and no
+//! `.wasm` is committed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 const GUESTS: [&str; 3] = ["rest", "s3", "database"];
-
-type Error = Box<dyn std::error::Error>;
 
 fn main() {
     if let Err(e) = run() {
@@ -24,99 +19,69 @@ fn main() {
     }
 }
 
-fn run() -> Result<(), Error> {
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let wit = manifest.join("../../wit");
     let routes = manifest.join("../routes");
-    println!("cargo::rerun-if-changed={}", wit.display());
-    println!("cargo::rerun-if-changed={}", routes.display());
-    println!("cargo::rerun-if-env-changed=IOTHUB_WASM_CC");
-    println!("cargo::rerun-if-env-changed=IOTHUB_WASI_SYSROOT");
-
-    let mut resolve = wit_parser::Resolve::default();
-    let (pkg, _) = resolve.push_path(&wit)?;
-    let world = resolve.select_world(&[pkg], Some("route"))?;
-
-    // C bindings
-    let bindings = out.join("c-bindings");
-    std::fs::create_dir_all(&bindings)?;
-    let mut files = wit_bindgen_core::Files::default();
-    let opts = wit_bindgen_c::Opts {
-        no_object_file: true,
-        ..Default::default()
-    };
-    opts.build().generate(&mut resolve, world, &mut files)?;
-    for (name, bytes) in files.iter() {
-        std::fs::write(bindings.join(name), bytes)?;
+    let wit = manifest.join("../../wit");
+    for path in [
+        wit.clone(),
+        routes.join("Cargo.toml"),
+        routes.join("Cargo.lock"),
+    ] {
+        println!("cargo::rerun-if-changed={}", path.display());
     }
-
-    let cc = compiler()?;
-    let sysroot = std::env::var("IOTHUB_WASI_SYSROOT").unwrap_or_else(|_| "/usr".into());
-    let common = routes.join("common");
-    let common_sources = c_sources(&common)?;
     for guest in GUESTS {
-        let core = out.join(format!("{guest}.core.wasm"));
-        let mut cmd = Command::new(&cc);
-        cmd.args([
-            "--target=wasm32-wasi",
-            "-O2",
-            "-mexec-model=reactor",
-            "-std=c11",
-        ])
-        .args(["-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"])
-        .arg(format!("--sysroot={sysroot}"))
-        .arg("-I")
-        .arg(&bindings)
-        .arg("-I")
-        .arg(&common)
-        .args(c_sources(&routes.join(guest))?)
-        .args(&common_sources)
-        .arg(bindings.join("route.c"))
-        .arg("-o")
-        .arg(&core);
-        let status = cmd.status().map_err(|e| {
-            format!(
-                "running {cc}: {e} (install clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32)"
-            )
-        })?;
-        if !status.success() {
-            return Err(format!("{cc} failed on plugins/routes/{guest} ({status})").into());
+        println!("cargo::rerun-if-changed={}", routes.join(guest).display());
+    }
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir).join("wasm-routes"),
+        None => out.join("wasm-routes"),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        "wasm32-wasip2",
+    ])
+    .arg("--manifest-path")
+    .arg(routes.join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(&target_dir);
+    // the outer build's settings are not the guests'
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let keep = matches!(key, "CARGO_HOME" | "CARGO_MAKEFLAGS" | "CARGO_NET_OFFLINE");
+        let drop = (key.starts_with("CARGO_") && !keep)
+            || matches!(
+                key,
+                "RUSTFLAGS"
+                    | "RUSTC_WRAPPER"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "TARGET"
+                    | "RUSTDOCFLAGS"
+            );
+        if drop {
+            cmd.env_remove(key);
         }
-        let mut module = std::fs::read(&core)?;
-        wit_component::embed_component_metadata(
-            &mut module,
-            &resolve,
-            world,
-            wit_component::StringEncoding::UTF8,
-        )?;
-        let component = wit_component::ComponentEncoder::default()
-            .validate(true)
-            .module(&module)?
-            .encode()?;
-        std::fs::write(out.join(format!("{guest}.wasm")), component)?;
+    }
+    let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "`cargo build --release --locked --target wasm32-wasip2` in plugins/routes failed ({status}); \
+             is the target installed (`rustup target add wasm32-wasip2`)?"
+        )
+        .into());
+    }
+    for guest in GUESTS {
+        let built = target_dir
+            .join("wasm32-wasip2/release")
+            .join(format!("iothub_route_{guest}.wasm"));
+        std::fs::copy(&built, out.join(format!("{guest}.wasm")))
+            .map_err(|e| format!("{}: {e}", built.display()))?;
     }
     Ok(())
-}
-
-fn compiler() -> Result<String, Error> {
-    if let Ok(cc) = std::env::var("IOTHUB_WASM_CC") {
-        return Ok(cc);
-    }
-    for cc in ["clang-14", "clang"] {
-        if Command::new(cc).arg("--version").output().is_ok() {
-            return Ok(cc.to_owned());
-        }
-    }
-    Err("no clang found (install clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32, or set IOTHUB_WASM_CC)".into())
-}
-
-fn c_sources(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "c"))
-        .collect();
-    v.sort();
-    Ok(v)
 }
