@@ -2,7 +2,8 @@
 //! 127.0.0.1 port 0 and drive it with clients that share no code with it.
 //!
 //! Layout: this file starts and stops hubs ([`Hub`]) and names things uniquely; [`frames`] and
-//! [`raw`] speak MQTT byte by byte for bad-input tests; [`clients`] wraps rumqttc (v4 and v5);
+//! [`raw`] speak MQTT byte by byte for bad-input tests; [`stateful`] is a client over them that
+//! keeps its session state across connections (for kill -9 tests); [`clients`] wraps rumqttc (v4 and v5);
 //! [`tools`] runs `mosquitto_pub`/`mosquitto_sub` and reads `/metrics`; [`api`] speaks to the
 //! management API over plain HTTP, runs the `iothub` CLI and provides the registry's databases
 //! (SQLite in the hub's data directory, or a fresh PostgreSQL database); [`sim`] runs the
@@ -24,6 +25,7 @@ pub mod clients;
 pub mod frames;
 pub mod raw;
 pub mod sim;
+pub mod stateful;
 pub mod tools;
 
 use std::io::{BufRead, BufReader};
@@ -310,6 +312,13 @@ impl Hub {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the process with SIGKILL (a crash: no shutdown, no flush) and waits for it.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = child.kill();
+        child.wait().ok()
     }
 
     /// Has the hub process exited (crashed)? Always false for an external broker.
