@@ -128,10 +128,13 @@ impl Routes {
         r.cancel.cancel();
         let task = r.task.take();
         let dir = self.queue_dir(id);
+        let (engine, hub) = (self.engine.clone(), r.shared.spec.hub);
         tokio::spawn(async move {
             if let Some(t) = task {
                 let _ = t.await;
             }
+            // A clean connection ends the tap's session and drops what it still held.
+            drop(engine.connect_route(hub, &id.to_string(), 1, false));
             let removed = tokio::task::spawn_blocking(move || {
                 match std::fs::remove_dir_all(&dir) {
                     Err(error) if error.kind() != std::io::ErrorKind::NotFound => {

@@ -346,8 +346,17 @@ impl Shared {
     async fn intake_loop(self: Arc<Self>) {
         let route = self.spec.id.to_string();
         let mut out = Vec::with_capacity(512);
+        self.intake(&route, &mut out).await;
+        // Stopping (shutdown, route changed): what the engine still holds for the tap goes
+        // into the queue first, so nothing a publisher was acknowledged for stays behind.
+        if let Ok(c) = self.engine.connect_route(self.spec.hub, &route, 1024, true) {
+            self.move_to_queue(&c.session, &route, &mut out).await;
+        }
+    }
+
+    async fn intake(self: &Arc<Self>, route: &str, out: &mut Vec<Outgoing>) {
         while !self.cancel.is_cancelled() {
-            let connected = match self.engine.connect_route(self.spec.hub, &route, 1024) {
+            let connected = match self.engine.connect_route(self.spec.hub, route, 1024, true) {
                 Ok(c) => c,
                 Err(error) => {
                     tracing::debug!(message = "route tap cannot connect", route = %route, %error);
@@ -381,7 +390,7 @@ impl Shared {
                 }
             }
             *self.publisher.session.lock() = Some(session.clone());
-            let kicked = self.drain_tap(&session, &route, &mut out).await;
+            let kicked = self.drain_tap(&session, route, out).await;
             *self.publisher.session.lock() = None;
             drop(session);
             if !kicked {
@@ -394,7 +403,8 @@ impl Shared {
         }
     }
 
-    /// Moves what the tap receives into the queue; `true` when the tap was kicked.
+    /// Moves what the tap receives into the queue until cancelled; `true` when the tap was
+    /// kicked (or the queue could not write).
     async fn drain_tap(
         self: &Arc<Self>,
         session: &Session,
@@ -406,66 +416,80 @@ impl Shared {
                 () = self.cancel.cancelled() => return false,
                 () = session.ready() => {}
             }
-            loop {
-                out.clear();
-                session.poll_outgoing(out, 512);
-                if out.is_empty() {
-                    break;
-                }
-                let now = now_ms();
-                let mut messages = Vec::with_capacity(out.len());
-                let mut acks = Vec::with_capacity(out.len());
-                let mut kicked = false;
-                for o in out.drain(..) {
-                    match o {
-                        Outgoing::Publish(p) => {
-                            if let Some(id) = p.packet_id {
-                                acks.push(id);
-                            }
-                            if !is_own_event(&p.message, route) {
-                                messages.push(to_route_message(&p, now));
-                            }
+            if let Some(kicked) = self.move_to_queue(session, route, out).await {
+                return kicked;
+            }
+        }
+    }
+
+    /// Moves everything the tap holds now into the queue, acknowledging it once written.
+    /// `Some(true)`: kicked or the write failed; `Some(false)`: the queue is closed;
+    /// `None`: drained.
+    async fn move_to_queue(
+        self: &Arc<Self>,
+        session: &Session,
+        route: &str,
+        out: &mut Vec<Outgoing>,
+    ) -> Option<bool> {
+        loop {
+            out.clear();
+            session.poll_outgoing(out, 512);
+            if out.is_empty() {
+                return None;
+            }
+            let now = now_ms();
+            let mut messages = Vec::with_capacity(out.len());
+            let mut acks = Vec::with_capacity(out.len());
+            let mut kicked = false;
+            for o in out.drain(..) {
+                match o {
+                    Outgoing::Publish(p) => {
+                        if let Some(id) = p.packet_id {
+                            acks.push(id);
                         }
-                        Outgoing::PubRel(_) => {}
-                        Outgoing::Disconnect(_) => kicked = true,
+                        if !is_own_event(&p.message, route) {
+                            messages.push(to_route_message(&p, now));
+                        }
                     }
+                    Outgoing::PubRel(_) => {}
+                    Outgoing::Disconnect(_) => kicked = true,
                 }
-                let offered = messages.len();
-                if offered > 0 {
-                    let pushed = self.with_queue(move |q| q.push(messages)).await;
-                    match pushed {
-                        Some(Ok(kept)) => {
-                            if kept < offered {
-                                let lost = (offered - kept) as u64;
-                                self.metrics.failed_queue_full.increment(lost);
-                                self.raise(
-                                    EventKind::RouteDeadLetter,
-                                    format!("route queue is full: {lost} messages dropped"),
-                                    None,
-                                );
-                            }
-                            self.queued.notify_one();
-                        }
-                        Some(Err(error)) => {
-                            // Not acknowledged: the engine keeps them inflight and sends them
-                            // again to the next tap.
-                            tracing::error!(message = "route queue write failed", route = %route, %error);
+            }
+            let offered = messages.len();
+            if offered > 0 {
+                let pushed = self.with_queue(move |q| q.push(messages)).await;
+                match pushed {
+                    Some(Ok(kept)) => {
+                        if kept < offered {
+                            let lost = (offered - kept) as u64;
+                            self.metrics.failed_queue_full.increment(lost);
                             self.raise(
-                                EventKind::RouteFailed,
-                                format!("route queue write failed: {error}"),
+                                EventKind::RouteDeadLetter,
+                                format!("route queue is full: {lost} messages dropped"),
                                 None,
                             );
-                            return true;
                         }
-                        None => return false,
+                        self.queued.notify_one();
                     }
+                    Some(Err(error)) => {
+                        // Not acknowledged: the engine keeps them inflight and sends them
+                        // again to the next connection of the tap.
+                        tracing::error!(message = "route queue write failed", route = %route, %error);
+                        self.raise(
+                            EventKind::RouteFailed,
+                            format!("route queue write failed: {error}"),
+                            None,
+                        );
+                        return Some(true);
+                    }
+                    None => return Some(false),
                 }
-                for id in acks {
-                    session.acknowledge(id);
-                }
-                if kicked {
-                    return true;
-                }
+            }
+            for id in acks {
+                session.acknowledge(id);
+            }
+            if kicked {
+                return Some(true);
             }
         }
     }

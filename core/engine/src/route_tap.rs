@@ -12,7 +12,7 @@
 //! (`<prefix>/error/route/<route-id>`) are the runtime's to skip: the engine publishes
 //! events as the hub, not as the route.
 
-use iothub_model::{ClientId, HubId};
+use iothub_model::{ClientId, HubId, Plan};
 
 use crate::engine::{ConnectError, ConnectRequest, Connected, Engine, Identity};
 
@@ -28,26 +28,32 @@ pub(crate) enum Admit {
 }
 
 impl Engine {
-    /// Opens the tap of route `route` (its id, e.g. a UUID) on `hub`: a clean session with
-    /// client id `$route/<route>` that ends with the returned [`Connected::session`]. An
-    /// earlier tap of the same route is taken over. Refused only for an unknown or disabled
+    /// Opens the tap of route `route` (its id, e.g. a UUID) on `hub`, client id
+    /// `$route/<route>`; an earlier connection of the same tap is taken over. With `resume`,
+    /// the session outlives its connection (in memory only: taps are never journaled), so a
+    /// tap that was kicked (hub disabled, server stopping) gets back what was queued for it
+    /// and its unacknowledged messages again; without it (and always on the shared plan,
+    /// which has no persistent sessions) the session is new and ends with the connection,
+    /// which is how a deleted route's tap is ended. Refused only for an unknown or disabled
     /// hub (the caller retries while the hub is disabled).
     pub fn connect_route(
         &self,
         hub: HubId,
         route: &str,
         receive_maximum: u16,
+        resume: bool,
     ) -> Result<Connected, ConnectError> {
         let client_id = ClientId::new(&format!("{ROUTE_CLIENT_PREFIX}{route}"))
             .map_err(|_| ConnectError::ClientIdInvalid)?;
         let hub = self.hub(hub).ok_or(ConnectError::UnknownHub)?;
+        let keep = resume && hub.config().plan != Plan::Shared;
         hub.connect(
             Admit::Route,
             ConnectRequest {
                 hub: hub.id,
                 client_id: Some(client_id),
-                clean_start: true,
-                session_expiry_secs: 0,
+                clean_start: !keep,
+                session_expiry_secs: if keep { u32::MAX } else { 0 },
                 receive_maximum,
                 will: None,
             },

@@ -5,7 +5,7 @@
 use super::*;
 
 fn tap(fx: &Fx, route: &str) -> Session {
-    let c = fx.engine.connect_route(fx.hub, route, 64).unwrap();
+    let c = fx.engine.connect_route(fx.hub, route, 64, true).unwrap();
     assert_eq!(
         c.client_id.as_str(),
         format!("{ROUTE_CLIENT_PREFIX}{route}")
@@ -86,4 +86,33 @@ fn a_tap_outlives_the_end_of_anonymous_admission() {
         .publish(fx.hub, msg("sensors/y", "hub", Q1, false))
         .unwrap();
     assert_eq!(payloads(&t), vec!["hub"]);
+}
+
+#[test]
+fn a_kicked_tap_resumes_with_what_was_queued_and_a_clean_one_does_not() {
+    let fx = Fx::new();
+    let t = tap(&fx, "r5");
+    let p = fx.client("p");
+    publish(&p, "sensors/a", "kept", Q1);
+    // Sent but not acknowledged, then the connection goes (a kick, a restart of the task).
+    assert_eq!(publishes(&drain(&t)).len(), 1);
+    drop(t);
+    publish(&p, "sensors/a", "queued", Q1);
+    let again = fx.engine.connect_route(fx.hub, "r5", 64, true).unwrap();
+    assert!(again.session_present);
+    let out = drain(&again.session);
+    let got: Vec<(bool, String)> = publishes(&out)
+        .iter()
+        .map(|p| {
+            (
+                p.dup,
+                String::from_utf8_lossy(&p.message.payload).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(true, "kept".into()), (false, "queued".into())]);
+    drop(again);
+    let clean = fx.engine.connect_route(fx.hub, "r5", 64, false).unwrap();
+    assert!(!clean.session_present);
+    assert!(drain(&clean.session).is_empty());
 }
