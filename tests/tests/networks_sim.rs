@@ -385,3 +385,52 @@ fn lorawan_chirpstack_and_tts_uplinks_arrive_as_uplink_json() {
         }
     }
 }
+
+/// Frames the hub must refuse, sent by the network server: a device registered with other
+/// session keys (the MIC does not verify: 422 `invalid_mic`) and a device it does not know
+/// (404 `unknown_device`). The simulator exits 1 with exactly those refusals, and nothing is
+/// published.
+#[test]
+fn lorawan_frames_with_wrong_keys_or_of_unknown_devices_are_refused_and_nothing_arrives() {
+    let Some(mut fx) = Fx::start() else { return };
+    let (url, secret) = fx.network("lorawan", "bad");
+    let network_id = url.rsplit('/').next().unwrap().to_string();
+    // Device A registered through the API with its real keys.
+    fx.api
+        .post(
+            &format!("networks/{network_id}/lorawan-devices"),
+            &json!({
+                "dev_eui": "a1b2c3d4e5f60718", "dev_addr": "260b1f2a",
+                "nwk_s_key": "2b7e151628aed2a6abf7158809cf4f3c",
+                "app_s_key": "000102030405060708090a0b0c0d0e0f",
+            }),
+        )
+        .expect(200);
+    fx.subscribe("bad/#");
+    // The same DevEUI and DevAddr with another NwkSKey.
+    let forged = "a1b2c3d4e5f60718:260b1f2a:ffffffffffffffffffffffffffffffff:000102030405060708090a0b0c0d0e0f";
+    let cases = [(forged, "422 invalid_mic"), (DEV_B, "404 unknown_device")];
+    for (device, reason) in cases {
+        let run = run_sim(&[
+            "lorawan",
+            "--url",
+            &url,
+            "--secret",
+            &secret,
+            "--device",
+            device,
+            "--messages",
+            "2",
+        ]);
+        assert!(!run.success, "{reason}: a refused run must exit non-zero");
+        assert_eq!(run.total()["sent"], 2, "{}", run.report);
+        assert_eq!(run.total()["accepted"], 0, "{}", run.report);
+        assert_eq!(
+            run.total()["reasons"],
+            json!({ reason: 2 }),
+            "{}",
+            run.report
+        );
+    }
+    assert_eq!(fx.collect(0), vec![]);
+}
