@@ -86,6 +86,10 @@ pub struct ClientOptions {
     pub client_id: ClientId,
     pub version: ProtocolVersion,
     pub clean_start: bool,
+    /// MQTT 5 Session Expiry Interval in seconds (`None`: 0, the session ends with the
+    /// connection). With `clean_start: false` it makes the session persistent; MQTT 3.1.1 has
+    /// no such property, and `clean_start: false` alone keeps the session there.
+    pub session_expiry: Option<u32>,
     /// Seconds; 0 turns keep-alive (and our PINGREQs) off.
     pub keep_alive: u16,
     /// Outgoing QoS 1/2 publishes allowed unacknowledged at once. The broker's Receive Maximum
@@ -108,6 +112,7 @@ impl ClientOptions {
             client_id,
             version: ProtocolVersion::V5,
             clean_start: true,
+            session_expiry: None,
             keep_alive: 60,
             inflight: 64,
             max_packet_size: None,
@@ -271,6 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             client_id: options.client_id.as_str().to_owned(),
             properties: ConnectProperties {
                 maximum_packet_size: options.max_packet_size,
+                session_expiry_interval: options.session_expiry,
                 ..ConnectProperties::default()
             },
             ..Connect::default()
@@ -1045,5 +1051,42 @@ mod tests {
             result,
             Err(ClientError::SubscribeRefused { reason: 0x87, .. })
         ));
+    }
+
+    /// A persistent session reaches the wire: clean start 0 and, in MQTT 5, the Session
+    /// Expiry Interval property; 3.1.1 has only the flag.
+    #[tokio::test]
+    async fn persistent_session_options_are_in_the_connect() {
+        for (version, expiry) in [
+            (ProtocolVersion::V5, Some(300)),
+            (ProtocolVersion::V311, None),
+        ] {
+            let (a, mut b) = tokio::io::duplex(1 << 16);
+            let mut opts = options(version, 1);
+            opts.clean_start = false;
+            opts.session_expiry = Some(300);
+            let (client, connect) = tokio::join!(Client::handshake(a, &opts), async {
+                let mut buf = BytesMut::new();
+                let first = loop {
+                    if let Some(p) = decode(&mut buf, None, u32::MAX).unwrap() {
+                        break p;
+                    }
+                    b.read_buf(&mut buf).await.unwrap();
+                };
+                let mut out = BytesMut::new();
+                encode(&Packet::ConnAck(ConnAck::default()), version, &mut out).unwrap();
+                b.write_all(&out).await.unwrap();
+                first
+            });
+            client.unwrap();
+            let Packet::Connect(connect) = connect else {
+                panic!("first packet is not CONNECT: {connect:?}")
+            };
+            assert!(!connect.clean_start, "{version:?}");
+            assert_eq!(
+                connect.properties.session_expiry_interval, expiry,
+                "{version:?}"
+            );
+        }
     }
 }

@@ -83,6 +83,10 @@ struct Args {
     /// QoS 1/2 messages in flight per publisher (the broker's Receive Maximum may lower it).
     #[arg(long, default_value_t = 64)]
     inflight: u16,
+    /// Subscribers connect with persistent sessions (clean start 0, MQTT 5 session expiry
+    /// 300 s): a durable broker stores their queued messages before acknowledging.
+    #[arg(long)]
+    persistent_sessions: bool,
     /// Keep-alive in seconds (0: off).
     #[arg(long, default_value_t = 60)]
     keep_alive: u16,
@@ -176,6 +180,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.topic_prefix = args.topic_prefix;
     config.inflight = args.inflight;
     config.keep_alive = args.keep_alive;
+    config.persistent_sessions = args.persistent_sessions;
     config.source_addrs = args.source_addrs;
     if let Err(e) = config.validate() {
         eprintln!("iothub-loadgen: {e}");

@@ -101,7 +101,15 @@ pub struct LoadConfig {
     pub ramp_steps: usize,
     /// The broker's process id, to report its CPU time and RSS (and, in a ramp, the slope).
     pub broker_pid: Option<u32>,
+    /// Subscribers keep their sessions: clean start 0 and, in MQTT 5, a Session Expiry
+    /// Interval of [`PERSISTENT_SESSION_EXPIRY`], so a durable broker must store what it queues
+    /// for them before acknowledging the publisher.
+    pub persistent_sessions: bool,
 }
+
+/// Session Expiry Interval (seconds) of subscribers with `persistent_sessions`: long enough
+/// for a run, short enough that a broker forgets them soon after.
+pub const PERSISTENT_SESSION_EXPIRY: u32 = 300;
 
 impl LoadConfig {
     /// 1 publisher → 1 subscriber, fan-in, MQTT 5, QoS 0, 64-byte payloads, unlimited rate,
@@ -129,6 +137,7 @@ impl LoadConfig {
             connections: 1_000,
             ramp_steps: 10,
             broker_pid: None,
+            persistent_sessions: false,
         }
     }
 
@@ -321,6 +330,7 @@ pub async fn run(config: &LoadConfig, live: Arc<Live>) -> Result<Report, LoadErr
         publishers: config.publishers,
         subscribers: config.subscribers,
         payload_bytes: config.payload,
+        persistent_sessions: config.persistent_sessions,
         rate_per_publisher: config.rate,
         duration_secs: config.duration.as_secs_f64(),
         warmup_secs: config.warmup.as_secs_f64(),
@@ -433,6 +443,10 @@ async fn connect_all(
         options.keep_alive = config.keep_alive;
         options.inflight = config.inflight;
         options.connect_timeout = config.connect_timeout;
+        if config.persistent_sessions && role == Role::Subscriber {
+            options.clean_start = false;
+            options.session_expiry = Some(PERSISTENT_SESSION_EXPIRY);
+        }
         if !config.source_addrs.is_empty() {
             options.local_addr =
                 Some(config.source_addrs[(offset + index) % config.source_addrs.len()]);

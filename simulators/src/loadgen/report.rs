@@ -20,6 +20,8 @@ pub struct Report {
     pub publishers: usize,
     pub subscribers: usize,
     pub payload_bytes: usize,
+    /// Subscribers kept persistent sessions (clean start 0, a session expiry).
+    pub persistent_sessions: bool,
     /// Messages per second per publisher; 0 means as fast as the window allows.
     pub rate_per_publisher: u32,
     /// The measured window, after the warm-up.
@@ -113,14 +115,20 @@ impl fmt::Display for Report {
         } else {
             format!("{}/s per publisher", self.rate_per_publisher)
         };
+        let sessions = if self.persistent_sessions {
+            " (persistent sessions)"
+        } else {
+            ""
+        };
         writeln!(
             f,
-            "{} | MQTT {} | QoS {} | {} publishers -> {} subscribers | {} B payload | rate {} | {:.1} s (+{:.1} s warm-up)",
+            "{} | MQTT {} | QoS {} | {} publishers -> {} subscribers{} | {} B payload | rate {} | {:.1} s (+{:.1} s warm-up)",
             self.scenario,
             self.mqtt_version,
             self.qos,
             self.publishers,
             self.subscribers,
+            sessions,
             self.payload_bytes,
             rate,
             self.duration_secs,
