@@ -1081,11 +1081,11 @@ impl Hub {
         matched
     }
 
-    /// Queues `entry` for `session`, applying the queue policy and the hub budget.
-    /// `reserved` = the entry's weight is already held in the budget (a message moving
-    /// between sessions); it is released if the entry is not queued. A QoS 1/2 entry of a
-    /// journaled session is journaled; returns the message's journal id when it has one
-    /// (so other subscribers' entries reference the same record).
+    /// Queues `entry` for `session`, applying the queue policy (crate docs, "Queue policy")
+    /// and the hub budget. `reserved` = the entry's weight is already held in the budget (a
+    /// message moving between sessions); it is released if the entry is not queued. A QoS
+    /// 1/2 entry of a journaled session is journaled; returns the message's journal id when
+    /// it has one (so other subscribers' entries reference the same record).
     pub(crate) fn enqueue(
         &self,
         session: &SessionState,
@@ -1094,45 +1094,80 @@ impl Hub {
         reserved: bool,
     ) -> Option<MessageId> {
         let weight = entry.weight;
+        let max_messages = self.queue_max_messages.load(Ordering::Relaxed);
+        let max_bytes = self.queue_max_bytes.load(Ordering::Relaxed);
+        let over =
+            |inner: &Inner| inner.queue.len() >= max_messages || inner.bytes + weight > max_bytes;
+        let mut evicted = 0;
         let dropped = {
             let mut inner = session.inner.lock();
             if inner.ended || (entry.qos == QoS::AtMostOnce && inner.conn.is_none()) {
                 None
             } else if entry.expired(now) {
                 Some(DropReason::Expired)
-            } else if inner.queue.len() >= self.queue_max_messages.load(Ordering::Relaxed)
-                || inner.bytes + weight > self.queue_max_bytes.load(Ordering::Relaxed)
-            {
-                if entry.qos != QoS::AtMostOnce
-                    && let Some(conn) = &inner.conn
-                {
-                    // The consumer does not keep up: tell it (DESIGN.md, memory).
-                    conn.kick(KickReason::QuotaExceeded);
-                }
-                Some(DropReason::QueueFull)
-            } else if !reserved && !self.try_reserve(weight) {
-                self.metrics.dropped(DropReason::HubBudget, 1);
-                return entry.message_id;
             } else {
-                let expires_at = entry.expires_at;
-                entry.entry = None;
-                if inner.journaled {
-                    self.journal_entry(&session.client_id, &mut entry, now);
-                }
-                let message_id = entry.message_id;
-                inner.queue.push_back(entry);
-                inner.bytes += weight;
-                match &inner.conn {
-                    Some(conn) => conn.notify.notify_one(),
-                    None => {
-                        if expires_at.is_some() {
-                            self.schedule_purge(session, &mut inner);
-                        }
+                // Over the session's bound, the oldest QoS 0 messages go first.
+                let mut freed = 0;
+                while over(&inner) {
+                    let Some(at) = inner.queue.iter().position(|q| q.qos == QoS::AtMostOnce) else {
+                        break;
+                    };
+                    if let Some(q) = inner.queue.remove(at) {
+                        inner.bytes -= q.weight;
+                        freed += q.weight;
+                        evicted += 1;
                     }
                 }
-                return message_id;
+                self.release(freed);
+                // Still over: QoS 0 is dropped; QoS 1/2 is kept beyond the bound, up to
+                // the hub budget, for a persistent session (its promise is to keep them),
+                // and refused for a clean one, which is told (0x97) that it does not keep up.
+                let keep_over_bound =
+                    entry.qos != QoS::AtMostOnce && inner.expiry_secs > 0 && !inner.ephemeral;
+                if over(&inner) && !keep_over_bound {
+                    if entry.qos != QoS::AtMostOnce
+                        && let Some(conn) = &inner.conn
+                    {
+                        // The consumer does not keep up: tell it (DESIGN.md, memory).
+                        conn.kick(KickReason::QuotaExceeded);
+                    }
+                    Some(DropReason::QueueFull)
+                } else if !reserved && !self.try_reserve(weight) {
+                    if entry.qos != QoS::AtMostOnce
+                        && over(&inner)
+                        && let Some(conn) = &inner.conn
+                    {
+                        // A persistent session past its bound has used up the hub budget.
+                        conn.kick(KickReason::QuotaExceeded);
+                    }
+                    drop(inner);
+                    self.metrics.dropped(DropReason::QueueFull, evicted);
+                    self.metrics.dropped(DropReason::HubBudget, 1);
+                    return entry.message_id;
+                } else {
+                    let expires_at = entry.expires_at;
+                    entry.entry = None;
+                    if inner.journaled {
+                        self.journal_entry(&session.client_id, &mut entry, now);
+                    }
+                    let message_id = entry.message_id;
+                    inner.queue.push_back(entry);
+                    inner.bytes += weight;
+                    match &inner.conn {
+                        Some(conn) => conn.notify.notify_one(),
+                        None => {
+                            if expires_at.is_some() {
+                                self.schedule_purge(session, &mut inner);
+                            }
+                        }
+                    }
+                    drop(inner);
+                    self.metrics.dropped(DropReason::QueueFull, evicted);
+                    return message_id;
+                }
             }
         };
+        self.metrics.dropped(DropReason::QueueFull, evicted);
         if reserved {
             self.release(weight);
         }

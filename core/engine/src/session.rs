@@ -206,7 +206,7 @@ impl Session {
     /// produced since the last call that recorded durable state: the PUBACK/PUBREC of a
     /// PUBLISH (retained message, queue entries of persistent subscribers, inbound QoS 2
     /// id), the PUBCOMP of a PUBREL, and an outbound QoS 2 PUBLISH whose packet id was just
-    /// assigned. 0 when nothing was ever recorded. Compare with [`Session::durability`].
+    /// assigned, and the PUBREL that answers a PUBREC. 0 when nothing was ever recorded. Compare with [`Session::durability`].
     pub fn durable_ticket(&self) -> u64 {
         self.ticket.load(Ordering::Acquire)
     }
@@ -549,6 +549,15 @@ impl Session {
     /// PUBREC for our outbound QoS 2: the message is delivered (and freed); the packet id
     /// awaits PUBCOMP and the adapter answers PUBREL. `false` = unknown id, or not QoS 2.
     pub fn received(&self, packet_id: u16) -> bool {
+        // The PUBREL that answers waits until this is durable: a client that got PUBREL
+        // completes and forgets the id, so a restart must not resend the PUBLISH.
+        take_ticket();
+        let known = self.received_inner(packet_id);
+        self.note_ticket();
+        known
+    }
+
+    fn received_inner(&self, packet_id: u16) -> bool {
         let Some(mut inner) = self.live() else {
             return false;
         };

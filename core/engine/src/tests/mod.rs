@@ -16,6 +16,7 @@ mod activity;
 mod budget;
 mod devices;
 mod events;
+mod journal;
 mod route_tap;
 mod tenancy;
 

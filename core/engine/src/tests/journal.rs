@@ -1,0 +1,209 @@
+//! Durability from the engine's side: what it records in the journal (and what it does
+//! not), and the queue policy that keeps a persistent session's QoS 1/2 messages beyond its
+//! bound up to the hub budget.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::*;
+
+/// A journal that keeps every operation, with tickets from 1 and everything durable at once.
+#[derive(Default)]
+struct Recorder {
+    ops: Mutex<Vec<JournalOp>>,
+    next: AtomicU64,
+}
+
+impl Journal for Recorder {
+    fn record(&self, op: JournalOp) -> u64 {
+        self.ops.lock().push(op);
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(u64::MAX).1
+    }
+}
+
+fn journaled(limits: HubLimits) -> (Fx, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let clock = ManualClock::new();
+    let engine = Engine::new(EngineConfig {
+        clock: Arc::new(clock.clone()),
+        journal: Some(recorder.clone()),
+    });
+    let hub = HubId::new_random();
+    engine
+        .create_hub(hub_spec(hub, "j", Plan::Dedicated, limits, true))
+        .unwrap();
+    (Fx { engine, clock, hub }, recorder)
+}
+
+fn kinds(ops: &[JournalOp]) -> Vec<&'static str> {
+    ops.iter()
+        .map(|op| match op {
+            JournalOp::Message { .. } => "message",
+            JournalOp::RetainSet { .. } => "retain",
+            JournalOp::RetainClear { .. } => "unretain",
+            JournalOp::SessionUp { .. } => "up",
+            JournalOp::SessionDown { .. } => "down",
+            JournalOp::SessionEnd { .. } => "end",
+            JournalOp::Subscribe { .. } => "subscribe",
+            JournalOp::Unsubscribe { .. } => "unsubscribe",
+            JournalOp::Queue { .. } => "queue",
+            JournalOp::Unqueue { .. } => "unqueue",
+            JournalOp::Sent { .. } => "sent",
+            JournalOp::Acked { .. } => "acked",
+            JournalOp::Received { .. } => "received",
+            JournalOp::InboundQos2 { .. } => "inbound",
+            JournalOp::Released { .. } => "released",
+            JournalOp::WillPending { .. } => "will",
+            JournalOp::WillCleared { .. } => "will-cleared",
+            JournalOp::HubCleared { .. } => "hub-cleared",
+        })
+        .collect()
+}
+
+/// Clean sessions and QoS 0 are never written; a message routed to two persistent sessions
+/// is written once and referenced by both queue entries; the flows of both directions are.
+#[test]
+fn only_persistent_state_is_journaled_and_messages_once() {
+    let (fx, rec) = journaled(HubLimits::default());
+    let clean = fx.client("clean");
+    subscribe(&clean, "t", Q2);
+    let p = fx.client("p");
+    publish(&p, "t", "m", Q1);
+    assert_eq!(publishes(&drain(&clean)).len(), 1);
+    assert!(clean.acknowledge(1));
+    assert!(rec.ops.lock().is_empty(), "{:?}", rec.ops.lock());
+
+    let a = fx.persistent("a", true, 60).session;
+    let b = fx.persistent("b", true, 60).session;
+    subscribe(&a, "t", Q2);
+    subscribe(&b, "t", Q1);
+    rec.ops.lock().clear();
+    publish(&p, "t", "zero", Q0);
+    assert!(rec.ops.lock().is_empty(), "QoS 0 is not journaled");
+    drain(&a);
+    drain(&b);
+
+    publish(&p, "t", "both", Q2);
+    let ops = rec.ops.lock().clone();
+    assert_eq!(kinds(&ops), ["message", "queue", "queue"], "{ops:?}");
+    let ids: Vec<MessageId> = ops
+        .iter()
+        .filter_map(|op| match op {
+            JournalOp::Queue { message, .. } => Some(*message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    rec.ops.lock().clear();
+
+    // Outbound: packet id assigned (a: QoS 2, b: QoS 1), PUBREC, PUBCOMP / PUBACK.
+    let sent = drain(&a);
+    let id = publishes(&sent)[0].packet_id.unwrap();
+    assert!(a.received(id));
+    assert!(a.acknowledge(id));
+    let sent = drain(&b);
+    assert!(b.acknowledge(publishes(&sent)[0].packet_id.unwrap()));
+    // Inbound QoS 2 on a persistent publisher: the id, then its release.
+    let q = fx.persistent("q", true, 60).session;
+    rec.ops.lock().clear();
+    q.publish(msg("x", "in", Q2, false), Some(9)).unwrap();
+    assert!(q.release(9));
+    drop(q);
+    let ops = rec.ops.lock().clone();
+    assert_eq!(kinds(&ops), ["inbound", "released", "down"], "{ops:?}");
+}
+
+/// `Session::durable_ticket`: a PUBLISH that wrote durable state, a PUBREL, and an outbound
+/// QoS 2 packet id raise it; a clean subscriber's traffic and QoS 1 sends do not.
+#[test]
+fn durable_tickets_follow_what_must_wait() {
+    let (fx, _rec) = journaled(HubLimits::default());
+    let p = fx.persistent("p", true, 60).session;
+    let s1 = fx.persistent("s1", true, 60).session;
+    subscribe(&s1, "one", Q1);
+    let s2 = fx.persistent("s2", true, 60).session;
+    subscribe(&s2, "two", Q2);
+    assert_eq!(p.durable_ticket(), 0);
+    p.publish(msg("nobody", "m", Q1, false), Some(1)).unwrap();
+    assert_eq!(p.durable_ticket(), 0, "routed nowhere durable");
+    p.publish(msg("one", "m", Q1, false), Some(2)).unwrap();
+    let t = p.durable_ticket();
+    assert!(t > 0);
+    p.publish(msg("one", "m", Q2, false), Some(3)).unwrap();
+    assert!(p.durable_ticket() > t, "inbound QoS 2 id");
+    let t = p.durable_ticket();
+    assert!(p.release(3));
+    assert!(p.durable_ticket() > t, "PUBCOMP waits for the release");
+    drain(&s1);
+    assert_eq!(s1.durable_ticket(), 0, "a QoS 1 send need not wait");
+    p.publish(msg("two", "m", Q2, false), Some(4)).unwrap();
+    let out = drain(&s2);
+    let t = s2.durable_ticket();
+    assert!(t > 0, "a QoS 2 packet id must be durable first");
+    assert!(s2.received(publishes(&out)[0].packet_id.unwrap()));
+    assert!(
+        s2.durable_ticket() > t,
+        "PUBREL waits for the PUBREC record"
+    );
+    assert!(p.durability().is_some());
+    assert!(fx.client("c").durability().is_some());
+}
+
+/// Queue policy: past the session's bound the oldest QoS 0 messages go first; a persistent
+/// session keeps QoS 1/2 beyond its bound up to the hub budget, then the message is dropped
+/// and the session disconnected with 0x97; a clean session is disconnected at its bound.
+#[test]
+fn queue_policy_drops_oldest_qos0_then_keeps_qos12_up_to_the_budget() {
+    let limits = HubLimits {
+        max_session_queue_messages: 3,
+        budget_bytes: 60,
+        ..HubLimits::default()
+    };
+    let fx = Fx::with(Plan::Dedicated, limits);
+    let slow = fx.persistent("slow", true, 60).session;
+    subscribe(&slow, "t", Q1);
+    let p = fx.client("p");
+    publish(&p, "t", "z1", Q0);
+    publish(&p, "t", "z2", Q0);
+    publish(&p, "t", "a1", Q1);
+    // Full (3): the next QoS 1 evicts the oldest QoS 0, then the other.
+    publish(&p, "t", "a2", Q1);
+    publish(&p, "t", "a3", Q1);
+    assert_eq!(fx.stats().dropped.queue_full, 2);
+    // No QoS 0 left: a persistent session keeps QoS 1 beyond its bound (weight 4 each; the
+    // 60-byte budget holds 3 + 12 of them after the 9 bytes of a1..a3), until the budget is
+    // used up.
+    for i in 0..30 {
+        publish(&p, "t", &format!("b{i:02}"), Q1);
+    }
+    let stats = fx.stats();
+    assert_eq!(stats.queued_messages, 15, "{stats:?}");
+    assert_eq!(stats.dropped.hub_budget, 18, "{stats:?}");
+    let out = drain(&slow);
+    assert_eq!(out, [Outgoing::Disconnect(KickReason::QuotaExceeded)]);
+
+    // A clean session: dropped at its bound, with 0x97.
+    let fx = Fx::with(
+        Plan::Dedicated,
+        HubLimits {
+            max_session_queue_messages: 3,
+            ..HubLimits::default()
+        },
+    );
+    let clean = fx.client("clean");
+    subscribe(&clean, "t", Q1);
+    let p = fx.client("p");
+    for i in 0..5 {
+        publish(&p, "t", &format!("c{i}"), Q1);
+    }
+    assert_eq!(fx.stats().dropped.queue_full, 2);
+    assert_eq!(
+        drain(&clean),
+        [Outgoing::Disconnect(KickReason::QuotaExceeded)]
+    );
+}
