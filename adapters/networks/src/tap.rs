@@ -2,7 +2,8 @@
 //! engine's route tap, client id `$route/network/<network-id>`) subscribed at QoS 0 to
 //! `<prefix>/+/down`; each message is offered to the network's downlinks. The task follows
 //! the hub: while the hub is disabled or unknown it retries every second, and it ends when
-//! the network is removed.
+//! the network is removed. Each connection is a new session (no `resume`): a downlink
+//! published while the hub was disabled is not kept.
 
 use std::time::Duration;
 
@@ -35,7 +36,11 @@ impl Networks {
             };
             let tap_name = format!("network/{}", spec.id);
             while networks.is_current(&spec) {
-                let connected = match networks.inner.engine.connect_route(spec.hub, &tap_name, 64) {
+                let connected = match networks
+                    .inner
+                    .engine
+                    .connect_route(spec.hub, &tap_name, 64, false)
+                {
                     Ok(c) => c,
                     Err(e) => {
                         debug!(message = "downlink tap waits for its hub", network = %spec.id, %e);
