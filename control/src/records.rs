@@ -92,6 +92,8 @@ word_enum!(
         S3 = "s3",
         Database = "database",
         Rest = "rest",
+        /// A custom route: an uploaded WebAssembly component of the route world.
+        Wasm = "wasm",
     }
 );
 
@@ -283,6 +285,15 @@ pub struct S3Config {
     #[serde(default)]
     pub object_prefix: String,
     pub strategy: S3Strategy,
+    /// An S3-compatible server's base URL (path-style requests); absent: AWS's endpoint
+    /// for the region. An iothub extension, like the two credentials below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Write-only: never shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,6 +319,103 @@ pub struct RestConfig {
     pub headers: BTreeMap<String, String>,
 }
 
+/// The database a custom route may run statements on (its grant): a database route's
+/// target without the query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbGrant {
+    pub engine: DbEngine,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub username: String,
+    /// Write-only: never shown by the API.
+    #[serde(default)]
+    pub password: String,
+}
+
+impl DbConfig {
+    /// The database this route writes to, as a grant.
+    pub fn grant(&self) -> DbGrant {
+        DbGrant {
+            engine: self.engine,
+            host: self.host.clone(),
+            port: self.port,
+            dbname: self.dbname.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+        }
+    }
+}
+
+/// What a custom route may reach; every capability not granted answers `denied`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmGrants {
+    /// An http:// or https:// URL: its scheme, host and port are the one origin the
+    /// route may send requests to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_origin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DbGrant>,
+    /// The bucket (and key prefix, `object_prefix`) it may write objects to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<S3Config>,
+    /// Whether it may publish back into its hub.
+    #[serde(default)]
+    pub hub_publish: bool,
+}
+
+/// A custom route: an uploaded component (base64 of a wasm32-wasip2 component of the
+/// `iothub:route@0.1.0` world), the JSON its `init` gets, and its grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmConfig {
+    pub component: String,
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    #[serde(default)]
+    pub grants: WasmGrants,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Largest uploaded component, decoded.
+pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
+
+impl WasmConfig {
+    /// The component's bytes; the error says what is wrong with the field.
+    pub fn component_bytes(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        if self.component.len() > MAX_COMPONENT_BYTES / 3 * 4 + 4 {
+            return Err(format!(
+                "the component is larger than {MAX_COMPONENT_BYTES} bytes"
+            ));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(self.component.trim())
+            .map_err(|e| format!("not base64 (standard alphabet, padded): {e}"))?;
+        if bytes.is_empty() {
+            return Err("the component is empty".to_owned());
+        }
+        Ok(bytes)
+    }
+
+    /// SHA-256 of the component, lowercase hex (shown instead of the bytes).
+    pub fn component_sha256(&self) -> Option<String> {
+        use sha2::Digest as _;
+        let bytes = self.component_bytes().ok()?;
+        Some(
+            sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+}
+
 /// A route's target: exactly one of the reference's three config blocks. Serialised
 /// externally tagged, i.e. `{"s3_config": {...}}`, the shape of the API's field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +426,8 @@ pub enum RouteConfig {
     Database(DbConfig),
     #[serde(rename = "rest_config")]
     Rest(RestConfig),
+    #[serde(rename = "wasm_config")]
+    Wasm(WasmConfig),
 }
 
 impl RouteConfig {
@@ -326,6 +436,7 @@ impl RouteConfig {
             Self::S3(_) => RouteType::S3,
             Self::Database(_) => RouteType::Database,
             Self::Rest(_) => RouteType::Rest,
+            Self::Wasm(_) => RouteType::Wasm,
         }
     }
 }

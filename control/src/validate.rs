@@ -196,6 +196,15 @@ fn s3(config: &S3Config) -> Result<(), Invalid> {
             "give the bucket's region, e.g. \"fr-par\"",
         ));
     }
+    if let Some(endpoint) = &config.endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return Err(Invalid::new(
+            "s3_config.endpoint",
+            "must be an http:// or https:// URL",
+            "give the S3-compatible server's base URL, or leave it out for AWS",
+        ));
+    }
     let bucket = config.bucket_name.as_bytes();
     let edge_ok = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if !(3..=63).contains(&bucket.len())
@@ -321,7 +330,67 @@ pub fn route_config(config: &RouteConfig) -> Result<(), Invalid> {
         RouteConfig::S3(c) => s3(c),
         RouteConfig::Database(c) => db(c),
         RouteConfig::Rest(c) => rest(c),
+        RouteConfig::Wasm(c) => wasm(c),
     }
+}
+
+/// An uploaded component's block: the component decodes, the config is a JSON object, the
+/// grants are well formed (whether the component is of the route world is the broker's
+/// check, `Runtime::check_route`).
+fn wasm(config: &crate::records::WasmConfig) -> Result<(), Invalid> {
+    config.component_bytes().map_err(|reason| {
+        Invalid::new(
+            "wasm_config.component",
+            reason,
+            "send the .wasm file's bytes in base64 (e.g. `base64 -w0 route.wasm`)",
+        )
+    })?;
+    if !config.config.is_object() {
+        return Err(Invalid::new(
+            "wasm_config.config",
+            "must be a JSON object",
+            "give the object the component's init expects, or {}",
+        ));
+    }
+    if let Some(origin) = &config.grants.http_origin {
+        let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+            && origin.split("://").nth(1).is_some_and(|rest| {
+                let host = rest.split('/').next().unwrap_or("");
+                !host.is_empty() && !host.contains(['@', ' '])
+            });
+        if !ok {
+            return Err(Invalid::new(
+                "wasm_config.grants.http_origin",
+                "must be an http:// or https:// URL with a host",
+                "e.g. \"https://api.example.com\" (scheme, host and port are granted)",
+            ));
+        }
+    }
+    if let Some(db) = &config.grants.database {
+        if db.host.trim().is_empty() {
+            return Err(Invalid::new(
+                "wasm_config.grants.database.host",
+                "must not be empty",
+                "give the database server's host name or address",
+            ));
+        }
+        if db.port == 0 {
+            return Err(Invalid::new(
+                "wasm_config.grants.database.port",
+                "must be 1 to 65535",
+                "e.g. 5432 for PostgreSQL, 3306 for MySQL",
+            ));
+        }
+    }
+    if let Some(bucket) = &config.grants.bucket {
+        s3(bucket).map_err(|mut e| {
+            e.field = e
+                .field
+                .replacen("s3_config", "wasm_config.grants.bucket", 1);
+            e
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -365,6 +434,88 @@ mod tests {
     }
 
     #[test]
+    fn wasm_configs_name_the_field() {
+        use crate::records::{DbEngine, DbGrant, WasmConfig, WasmGrants};
+        let ok = WasmConfig {
+            component: "AGFzbQ0AAQA=".into(),
+            config: serde_json::json!({"a": 1}),
+            grants: WasmGrants {
+                http_origin: Some("https://api.example.com:8443".into()),
+                database: Some(DbGrant {
+                    engine: DbEngine::Mysql,
+                    host: "127.0.0.1".into(),
+                    port: 3306,
+                    dbname: "test".into(),
+                    username: "root".into(),
+                    password: String::new(),
+                }),
+                bucket: None,
+                hub_publish: true,
+            },
+        };
+        let cases: Vec<(WasmConfig, Option<&str>)> = vec![
+            (ok.clone(), None),
+            (
+                WasmConfig {
+                    component: "not base64!".into(),
+                    ..ok.clone()
+                },
+                Some("wasm_config.component"),
+            ),
+            (
+                WasmConfig {
+                    component: String::new(),
+                    ..ok.clone()
+                },
+                Some("wasm_config.component"),
+            ),
+            (
+                WasmConfig {
+                    config: serde_json::json!([1]),
+                    ..ok.clone()
+                },
+                Some("wasm_config.config"),
+            ),
+            (
+                WasmConfig {
+                    grants: WasmGrants {
+                        http_origin: Some("ftp://x".into()),
+                        ..ok.grants.clone()
+                    },
+                    ..ok.clone()
+                },
+                Some("wasm_config.grants.http_origin"),
+            ),
+            (
+                WasmConfig {
+                    grants: WasmGrants {
+                        bucket: Some(S3Config {
+                            bucket_region: "fr-par".into(),
+                            bucket_name: "B".into(),
+                            object_prefix: String::new(),
+                            strategy: crate::records::S3Strategy::PerTopic,
+                            endpoint: None,
+                            access_key_id: None,
+                            secret_access_key: None,
+                        }),
+                        ..ok.grants.clone()
+                    },
+                    ..ok.clone()
+                },
+                Some("wasm_config.grants.bucket.bucket_name"),
+            ),
+        ];
+        for (config, want) in cases {
+            let got = route_config(&RouteConfig::Wasm(config.clone()))
+                .err()
+                .map(|e| e.field);
+            assert_eq!(got.as_deref(), want, "{config:?}");
+        }
+        assert_eq!(ok.component_bytes().unwrap(), b"\x00asm\x0d\x00\x01\x00");
+        assert_eq!(ok.component_sha256().map(|h| h.len()), Some(64));
+    }
+
+    #[test]
     fn route_configs() {
         use crate::records::{DbEngine, RestVerb, S3Strategy};
         let s3c = |region: &str, bucket: &str| {
@@ -373,6 +524,9 @@ mod tests {
                 bucket_name: bucket.into(),
                 object_prefix: "p".into(),
                 strategy: S3Strategy::PerTopic,
+                endpoint: None,
+                access_key_id: None,
+                secret_access_key: None,
             })
         };
         let rest_c = |uri: &str, header: (&str, &str)| {

@@ -1129,6 +1129,9 @@ async fn routes_and_networks(db: &TestDb) {
             bucket_name: "NO".to_owned(),
             object_prefix: String::new(),
             strategy: S3Strategy::PerTopic,
+            endpoint: None,
+            access_key_id: None,
+            secret_access_key: None,
         }),
         ..rest_route(h, "s3")
     };
@@ -1164,6 +1167,9 @@ async fn routes_and_networks(db: &TestDb) {
             bucket_name: "bucket".to_owned(),
             object_prefix: String::new(),
             strategy: S3Strategy::PerTopic,
+            endpoint: None,
+            access_key_id: None,
+            secret_access_key: None,
         })),
         ..RouteUpdate::default()
     };

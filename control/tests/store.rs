@@ -104,6 +104,9 @@ fn s3_config() -> RouteConfig {
         bucket_name: "bucket".to_owned(),
         object_prefix: "p/".to_owned(),
         strategy: S3Strategy::PerMessage,
+        endpoint: None,
+        access_key_id: None,
+        secret_access_key: None,
     })
 }
 

@@ -86,6 +86,14 @@ pub async fn open(config: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<
         .finish_interrupted_transitions()
         .await
         .context("completing interrupted hub transitions")?;
+    // Routes last: their taps join hubs that now exist.
+    let routes = registry.all_routes().await.context("loading routes")?;
+    for route in &routes {
+        runtime.route_upserted(route);
+    }
+    if !routes.is_empty() {
+        info!("{} routes loaded", routes.len());
+    }
     info!(
         "registry {shown}: {} hubs, {} devices",
         hubs.len(),

@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod control_plane;
 mod metrics;
+mod routes;
 mod runtime;
 mod serve;
 

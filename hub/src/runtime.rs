@@ -12,21 +12,24 @@ use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use iothub_adapter_mqtt::tls::{ProvisionError, ProvisionFuture, Provisioner};
 use iothub_adapter_mqtt::tls_trust::TlsTrust;
+use iothub_control::records::RouteRecord;
 use iothub_control::records::{
     DeviceRecord, HubRecord, LorawanDeviceRecord, NetworkRecord, NetworkType,
 };
-use iothub_control::runtime::HubCounts;
+use iothub_control::runtime::{HubCounts, RouteCheck};
 use iothub_control::{Registry, Runtime};
 use iothub_engine::{
     CertificateFingerprint, DeviceSpec, Engine, EngineError, HubSpec, RevokedSubscription,
     default_events_topic_prefix,
 };
-use iothub_model::{DeviceId, HubId, NetworkId, TopicName};
+use iothub_model::{DeviceId, HubId, NetworkId, RouteId, TopicName};
 use iothub_networks::{
     AbpSession, Eui64, FrameCounterStore, HubState, LorawanDevice, NetworkKind, NetworkSpec,
     Networks, StoreFuture,
 };
 use tracing::{info, warn};
+
+use crate::routes::RouteRuntime;
 
 pub struct EngineRuntime {
     engine: Engine,
@@ -38,6 +41,8 @@ pub struct EngineRuntime {
     auto_provisioning: RwLock<HashSet<HubId>>,
     /// The network ingress (REST, SigFox, LoRaWAN endpoints).
     networks: Networks,
+    /// The routes (set once at start, before the registry loads them).
+    routes: OnceLock<Arc<RouteRuntime>>,
 }
 
 impl EngineRuntime {
@@ -51,12 +56,20 @@ impl EngineRuntime {
             engine,
             trust,
             auto_provisioning: RwLock::new(HashSet::new()),
+            routes: OnceLock::new(),
         }
     }
 
     /// The network ingress, whose router the API port serves.
     pub fn networks(&self) -> &Networks {
         &self.networks
+    }
+
+    /// Routes run from now on (call before the registry loads them).
+    pub fn set_routes(&self, routes: Arc<RouteRuntime>) {
+        if self.routes.set(routes).is_err() {
+            warn!("the route runtime was set twice; keeping the first");
+        }
     }
 
     fn auto_provisions(&self, hub: HubId) -> bool {
@@ -236,6 +249,9 @@ impl Runtime for EngineRuntime {
 
     fn hub_removed(&self, hub: HubId) {
         self.networks.hub_removed(hub);
+        if let Some(routes) = self.routes.get() {
+            routes.remove_hub(hub);
+        }
         self.set_auto_provisioning(hub, false);
         if let Err(e) = self.engine.remove_hub(hub) {
             warn!(message = "cannot remove a hub from the engine", %hub, %e);
@@ -327,6 +343,27 @@ impl Runtime for EngineRuntime {
 
     fn device_connected(&self, device: DeviceId) -> bool {
         self.engine.device_connected(device)
+    }
+
+    fn check_route<'a>(&'a self, route: &'a RouteRecord) -> RouteCheck<'a> {
+        Box::pin(async move {
+            match self.routes.get() {
+                Some(routes) => routes.check(route).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn route_upserted(&self, route: &RouteRecord) {
+        if let Some(routes) = self.routes.get() {
+            routes.upsert(route);
+        }
+    }
+
+    fn route_removed(&self, route: RouteId) {
+        if let Some(routes) = self.routes.get() {
+            routes.remove(route);
+        }
     }
 }
 

@@ -131,6 +131,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         trust.clone(),
         counters.clone(),
     ));
+    // Routes before the registry loads them (their queues live in <data_dir>/routes).
+    let routes = crate::routes::RouteRuntime::new(
+        engine.clone(),
+        &config.data_dir,
+        iothub_routes::DeliveryPolicy::default(),
+    )?;
+    runtime.set_routes(routes.clone());
     let registry = crate::control_plane::open(&config, runtime.clone()).await?;
     counters.set_registry(&registry);
     // Every hub and device is known: the durable state goes back before any listener opens.
@@ -321,6 +328,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     ticker.abort();
     collecting.abort();
+    // Routes stop taking messages and close (fsync) their queues; what is queued is
+    // delivered after the restart.
+    routes.shutdown().await;
     // The connections are gone and their last changes recorded: write, fsync, close.
     if let Some(store) = store {
         match tokio::task::spawn_blocking(move || store.close()).await {

@@ -1,5 +1,6 @@
-//! `/routes`: create, list, get, update, delete. Routes are records only for now: their
-//! runtime comes with the routes issue.
+//! `/routes`: create, list, get, update, delete. The broker checks a route before it is
+//! stored (`Runtime::check_route`) and runs it once stored. A custom route (`wasm_config`)
+//! carries its component in base64.
 
 use axum::Json;
 use axum::extract::State;
@@ -13,15 +14,17 @@ use super::extract::{Caller, IfMatch, JsonBody, PathId, QueryParams};
 use super::views::{RouteList, RouteSummary, RouteView};
 use super::{ApiState, tagged};
 use crate::ids::RouteId;
-use crate::records::{DbConfig, RestConfig, RouteConfig, RouteRecord, S3Config};
+use crate::records::{DbConfig, RestConfig, RouteConfig, RouteRecord, S3Config, WasmConfig};
 use crate::registry::{RouteCreate, RouteUpdate};
 use crate::store::RouteFilter;
 
-/// The reference's three optional config blocks, of which a request names one.
+/// The reference's three optional config blocks and iothub's `wasm_config`, of which a
+/// request names one.
 struct ConfigBlocks {
     s3_config: Option<S3Config>,
     db_config: Option<DbConfig>,
     rest_config: Option<RestConfig>,
+    wasm_config: Option<WasmConfig>,
 }
 
 impl ConfigBlocks {
@@ -37,12 +40,15 @@ impl ConfigBlocks {
         if let Some(c) = self.rest_config {
             given.push(("rest_config", RouteConfig::Rest(c)));
         }
+        if let Some(c) = self.wasm_config {
+            given.push(("wasm_config", RouteConfig::Wasm(c)));
+        }
         let mut given = given.into_iter();
         let first = given.next();
         if let Some((second, _)) = given.next() {
             return Err(ApiError::invalid(
                 second,
-                "a route has exactly one of s3_config, db_config and rest_config",
+                "a route has exactly one of s3_config, db_config, rest_config and wasm_config",
                 "send only the block of the route's type",
             ));
         }
@@ -61,6 +67,7 @@ pub struct CreateRouteBody {
     s3_config: Option<S3Config>,
     db_config: Option<DbConfig>,
     rest_config: Option<RestConfig>,
+    wasm_config: Option<WasmConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +78,7 @@ pub struct UpdateRouteBody {
     s3_config: Option<S3Config>,
     db_config: Option<DbConfig>,
     rest_config: Option<RestConfig>,
+    wasm_config: Option<WasmConfig>,
 }
 
 fn route_response(route: RouteRecord) -> Response {
@@ -87,12 +95,13 @@ pub async fn create(
         s3_config: body.s3_config,
         db_config: body.db_config,
         rest_config: body.rest_config,
+        wasm_config: body.wasm_config,
     }
     .single()?
     .ok_or_else(|| {
         ApiError::invalid(
             "s3_config",
-            "a route needs one of s3_config, db_config and rest_config",
+            "a route needs one of s3_config, db_config, rest_config and wasm_config",
             "send the config block of the route's type",
         )
     })?;
@@ -146,6 +155,7 @@ pub async fn update(
         s3_config: body.s3_config,
         db_config: body.db_config,
         rest_config: body.rest_config,
+        wasm_config: body.wasm_config,
     }
     .single()?;
     let req = RouteUpdate {

@@ -205,15 +205,54 @@ pub struct RouteView {
     pub db_config: Option<DbConfigView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rest_config: Option<RestConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wasm_config: Option<WasmConfigView>,
+}
+
+/// A custom route as shown: the component by its hash and size (not its bytes), the init
+/// config, and the grants without their secrets.
+#[derive(Debug, Serialize)]
+pub struct WasmConfigView {
+    pub component_sha256: String,
+    pub component_size: usize,
+    pub config: serde_json::Value,
+    pub grants: crate::records::WasmGrants,
+}
+
+impl From<crate::records::WasmConfig> for WasmConfigView {
+    fn from(c: crate::records::WasmConfig) -> Self {
+        let size = c.component_bytes().map_or(0, |b| b.len());
+        let mut grants = c.grants.clone();
+        if let Some(db) = &mut grants.database {
+            db.password = String::new();
+        }
+        if let Some(bucket) = &mut grants.bucket {
+            bucket.secret_access_key = None;
+        }
+        Self {
+            component_sha256: c.component_sha256().unwrap_or_default(),
+            component_size: size,
+            config: c.config,
+            grants,
+        }
+    }
 }
 
 impl From<RouteRecord> for RouteView {
     fn from(r: RouteRecord) -> Self {
         let (mut s3_config, mut db_config, mut rest_config) = (None, None, None);
+        let mut wasm_config = None;
         match r.config {
-            RouteConfig::S3(c) => s3_config = Some(c),
+            RouteConfig::S3(c) => {
+                // The secret key is write-only.
+                s3_config = Some(S3Config {
+                    secret_access_key: None,
+                    ..c
+                });
+            }
             RouteConfig::Database(c) => db_config = Some(c.into()),
             RouteConfig::Rest(c) => rest_config = Some(c),
+            RouteConfig::Wasm(c) => wasm_config = Some(c.into()),
         }
         Self {
             id: r.id,
@@ -226,6 +265,7 @@ impl From<RouteRecord> for RouteView {
             s3_config,
             db_config,
             rest_config,
+            wasm_config,
         }
     }
 }

@@ -1030,6 +1030,7 @@ impl Registry {
                     RouteConfig::S3(_) => "s3_config",
                     RouteConfig::Database(_) => "db_config",
                     RouteConfig::Rest(_) => "rest_config",
+                    RouteConfig::Wasm(_) => "wasm_config",
                 };
                 return Err(invalid(
                     field,
