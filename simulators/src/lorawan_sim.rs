@@ -254,6 +254,82 @@ pub struct Uplink<'a> {
     pub name: &'a str,
 }
 
+/// ChirpStack's `deviceInfo` (`integration.DeviceInfo`) of a simulated device.
+fn device_info(device: &LoraDevice, name: &str) -> Value {
+    json!({
+        "tenantId": "52f14cd4-c6f1-4fbd-8f87-4025e1d49242",
+        "tenantName": "iothub-sim",
+        "applicationId": "0b1a4c5e-7c8d-4f2a-9e3b-6d5c4b3a2f10",
+        "applicationName": "simulated",
+        "deviceProfileId": "3d9f2c1b-8a7e-4d6c-b5a4-93f2e1d0c9b8",
+        "deviceProfileName": "sim-eu868-classA",
+        "deviceName": name,
+        "devEui": hex(&device.dev_eui),
+        "deviceClassEnabled": "CLASS_A",
+        "tags": {}
+    })
+}
+
+/// The ChirpStack v4 events other than `up`, as `?event=<name>` values.
+pub const CHIRPSTACK_EVENTS: [&str; 6] = ["join", "status", "ack", "txack", "log", "location"];
+
+/// ChirpStack v4's body for `event` (one of [`CHIRPSTACK_EVENTS`]) about `device`, shaped like
+/// `integration.JoinEvent`, `StatusEvent`, `AckEvent`, `TxAckEvent`, `LogEvent` and
+/// `LocationEvent` in pbjson's mapping (top-level fields present even when zero).
+#[must_use]
+pub fn chirpstack_event(
+    event: &str,
+    device: &LoraDevice,
+    name: &str,
+    time: SystemTime,
+    n: u64,
+) -> Option<Value> {
+    let now = rfc3339(time, false);
+    let info = device_info(device, name);
+    let queue_item = uuidish(n ^ 0x5eed);
+    Some(match event {
+        "join" => json!({
+            "deduplicationId": uuidish(n), "time": now, "deviceInfo": info,
+            "devAddr": hex(&device.dev_addr), "regionConfigId": "eu868",
+        }),
+        "status" => json!({
+            "deduplicationId": uuidish(n), "time": now, "deviceInfo": info,
+            "margin": 9, "externalPowerSource": false, "batteryLevelUnavailable": false,
+            "batteryLevel": 87.4,
+        }),
+        "ack" => json!({
+            "deduplicationId": uuidish(n), "time": now, "deviceInfo": info,
+            "queueItemId": queue_item, "acknowledged": true, "fCntDown": n % 1000,
+        }),
+        "txack" => json!({
+            "downlinkId": n as u32, "time": now, "deviceInfo": info,
+            "queueItemId": queue_item, "fCntDown": n % 1000, "gatewayId": "3c6105fffe0a1b2c",
+            "txInfo": {
+                "frequency": 868_500_000, "power": 14,
+                "modulation": { "lora": {
+                    "bandwidth": 125_000, "spreadingFactor": 7, "codeRate": "CR_4_5",
+                    "polarizationInversion": true
+                } },
+                "timing": { "delay": { "delay": "1s" } },
+                "context": BASE64.encode((n as u32).to_be_bytes()),
+            }
+        }),
+        "log" => json!({
+            "time": now, "deviceInfo": info, "level": "ERROR", "code": "UPLINK_CODEC",
+            "description": "decodeUplink threw: unexpected payload length 3 on fPort 10",
+            "context": { "deduplication_id": uuidish(n) },
+        }),
+        "location" => json!({
+            "deduplicationId": uuidish(n), "time": now, "deviceInfo": info,
+            "location": {
+                "latitude": 48.856981, "longitude": 2.297513, "altitude": 41.0,
+                "source": "GEO_RESOLVER_TDOA", "accuracy": 37.5
+            }
+        }),
+        _ => return None,
+    })
+}
+
 /// ChirpStack v4's `?event=up` body (`integration.UplinkEvent` in pbjson's JSON mapping).
 #[must_use]
 pub fn chirpstack_up(up: &Uplink<'_>, dedup: u64) -> Value {
@@ -261,18 +337,7 @@ pub fn chirpstack_up(up: &Uplink<'_>, dedup: u64) -> Value {
     json!({
         "deduplicationId": uuidish(dedup),
         "time": now,
-        "deviceInfo": {
-            "tenantId": "52f14cd4-c6f1-4fbd-8f87-4025e1d49242",
-            "tenantName": "iothub-sim",
-            "applicationId": "0b1a4c5e-7c8d-4f2a-9e3b-6d5c4b3a2f10",
-            "applicationName": "simulated",
-            "deviceProfileId": "3d9f2c1b-8a7e-4d6c-b5a4-93f2e1d0c9b8",
-            "deviceProfileName": "sim-eu868-classA",
-            "deviceName": up.name,
-            "devEui": hex(&up.device.dev_eui),
-            "deviceClassEnabled": "CLASS_A",
-            "tags": {}
-        },
+        "deviceInfo": device_info(up.device, up.name),
         "devAddr": hex(&up.device.dev_addr),
         "adr": up.frame.adr,
         "dr": 12u32.saturating_sub(up.radio.spreading_factor),
@@ -399,6 +464,9 @@ pub struct LorawanConfig {
     pub replay: bool,
     /// Poll the downlink queue at the end until this many items came (or the timeout).
     pub expect_downlinks: u32,
+    /// ChirpStack mode: these events (of [`CHIRPSTACK_EVENTS`]) are posted once per device
+    /// before its uplinks.
+    pub chirpstack_events: Vec<String>,
     /// Messages per second per device; 0 = back to back.
     pub rate: f64,
     pub seed: u64,
@@ -509,6 +577,32 @@ async fn run_device(
             )
         });
     }
+    if config.mode == Mode::ChirpStack {
+        for event in &config.chirpstack_events {
+            let Some(body) =
+                chirpstack_event(event, device, &name, SystemTime::now(), rng.next_u64())
+            else {
+                tally.sent();
+                tally.failed(format!("unknown ChirpStack event {event:?}"));
+                continue;
+            };
+            let url = format!("{}/chirpstack?event={event}", config.url);
+            let headers = [
+                ("x-secret", config.secret.as_str()),
+                ("content-type", "application/json"),
+            ];
+            tally.sent();
+            let t0 = Instant::now();
+            let result = http
+                .send(Method::POST, &url, &headers, Bytes::from(body.to_string()))
+                .await;
+            let answer = count(&mut tally, t0, result);
+            log.push(json!({
+                "dev_eui": device.dev_eui_hex(), "event": event, "body": body,
+                "status": answer.as_ref().map(|a| a.status),
+            }));
+        }
+    }
     let mut pacer = Pacer::new(config.rate);
     for k in 0..config.messages {
         pacer.tick().await;
@@ -561,7 +655,9 @@ async fn run_device(
             },
             Mode::ChirpStack => {
                 let url = format!("{}/chirpstack?event=up", config.url);
-                let body = chirpstack_up(&up, dedup).to_string();
+                let json = chirpstack_up(&up, dedup);
+                let body = json.to_string();
+                entry["body"] = json;
                 let headers = [
                     ("x-secret", config.secret.as_str()),
                     ("content-type", "application/json"),
@@ -574,7 +670,9 @@ async fn run_device(
             }
             Mode::Tts => {
                 let url = format!("{}/tts", config.url);
-                let body = tts_uplink(&up, dedup).to_string();
+                let json = tts_uplink(&up, dedup);
+                let body = json.to_string();
+                entry["body"] = json;
                 let push = format!(
                     "https://eu1.cloud.thethings.network/api/v3/as/applications/iothub-sim/webhooks/iothub/devices/{name}/down/push"
                 );
@@ -925,6 +1023,87 @@ mod tests {
         assert_eq!(
             tts["uplink_message"]["rx_metadata"][0]["gateway_ids"]["eui"],
             "3C6105FFFE0A1B2C"
+        );
+    }
+
+    /// Each event has the fixture's top-level fields (tests/fixtures/chirpstack-v4/*.json).
+    #[test]
+    fn chirpstack_events_have_the_fixture_fields() {
+        let d = device("260B1F2A", &"00".repeat(16), &"00".repeat(16));
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "join",
+                &[
+                    "deduplicationId",
+                    "time",
+                    "deviceInfo",
+                    "devAddr",
+                    "regionConfigId",
+                ],
+            ),
+            (
+                "status",
+                &[
+                    "deduplicationId",
+                    "time",
+                    "deviceInfo",
+                    "margin",
+                    "externalPowerSource",
+                    "batteryLevelUnavailable",
+                    "batteryLevel",
+                ],
+            ),
+            (
+                "ack",
+                &[
+                    "deduplicationId",
+                    "time",
+                    "deviceInfo",
+                    "queueItemId",
+                    "acknowledged",
+                    "fCntDown",
+                ],
+            ),
+            (
+                "txack",
+                &[
+                    "downlinkId",
+                    "time",
+                    "deviceInfo",
+                    "queueItemId",
+                    "fCntDown",
+                    "gatewayId",
+                    "txInfo",
+                ],
+            ),
+            (
+                "log",
+                &[
+                    "time",
+                    "deviceInfo",
+                    "level",
+                    "code",
+                    "description",
+                    "context",
+                ],
+            ),
+            (
+                "location",
+                &["deduplicationId", "time", "deviceInfo", "location"],
+            ),
+        ];
+        for (event, keys) in cases {
+            let v = chirpstack_event(event, &d, "n", SystemTime::UNIX_EPOCH, 3).unwrap();
+            let mut got: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+            let mut want = keys.to_vec();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "{event}");
+            assert_eq!(v["deviceInfo"]["devEui"], "a1b2c3d4e5f60718");
+        }
+        assert_eq!(
+            chirpstack_event("up", &d, "n", SystemTime::UNIX_EPOCH, 3),
+            None
         );
     }
 

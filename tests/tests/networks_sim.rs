@@ -434,3 +434,50 @@ fn lorawan_frames_with_wrong_keys_or_of_unknown_devices_are_refused_and_nothing_
     }
     assert_eq!(fx.collect(0), vec![]);
 }
+
+/// The ChirpStack v4 events other than `up` (join, status, ack, txack, log, location), one
+/// each from the network-server simulator: each arrives on prefix/<dev_eui>/<event> as
+/// `{"source": "chirpstack", "event", "dev_eui", "chirpstack": <the body as posted>}`.
+#[test]
+fn lorawan_chirpstack_events_arrive_with_their_body() {
+    let Some(mut fx) = Fx::start() else { return };
+    let (url, secret) = fx.network("lorawan", "cs");
+    fx.subscribe("cs/#");
+    let run = run_sim(&[
+        "lorawan",
+        "--url",
+        &url,
+        "--secret",
+        &secret,
+        "--mode",
+        "chirpstack",
+        "--device",
+        DEV_B,
+        "--messages",
+        "0",
+        "--events",
+        "join,status,ack,txack,log,location",
+    ]);
+    assert!(run.success, "{}\n{}", run.report, run.stderr);
+    assert_eq!(run.total()["accepted"], 6);
+    let mut got: Vec<(String, String)> = fx
+        .collect(6)
+        .into_iter()
+        .map(|(t, p)| (t, json_of(&p).to_string()))
+        .collect();
+    let mut want: Vec<(String, String)> = run
+        .log()
+        .iter()
+        .map(|e| {
+            let event = e["event"].as_str().unwrap();
+            let payload = json!({
+                "source": "chirpstack", "event": event, "dev_eui": "0004a30b001c0530",
+                "chirpstack": e["body"],
+            });
+            (format!("cs/0004a30b001c0530/{event}"), payload.to_string())
+        })
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}

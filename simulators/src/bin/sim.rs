@@ -234,6 +234,10 @@ struct LorawanArgs {
     /// Poll the downlink queue at the end until this many items came (or --timeout).
     #[arg(long, default_value_t = 0)]
     expect_downlinks: u32,
+    /// ChirpStack mode: also post these events once per device before its uplinks
+    /// (join,status,ack,txack,log,location).
+    #[arg(long, value_delimiter = ',', value_parser = lorawan_sim::CHIRPSTACK_EVENTS)]
+    events: Vec<String>,
     /// Seed of the made-up devices (default: the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -386,6 +390,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Report, bool)> {
                 join: a.join,
                 replay: a.replay,
                 expect_downlinks: a.expect_downlinks,
+                chirpstack_events: a.events,
                 rate: a.common.rate,
                 seed,
                 timeout: secs(a.common.timeout)?,
