@@ -27,6 +27,8 @@
 //! - `session`: the [`Session`] handle and the types of its operations.
 //! - `state`: per-session state (queue, inflight, inbound QoS 2 ids, subscriptions, will).
 //! - `trie`: the subscription trie; `retained`: the retained store (a trie by topic level).
+//! - `journal`: durability — [`Journal`], the [`JournalOp`]s the engine records, and what a
+//!   store hands back ([`RestoredHub`]); `hub::durable` records and restores.
 //! - `events`: hub events ([`HubEvent`]): model, JSON, topics, the per-kind rate limit.
 //! - `sys`: the `$SYS/broker/...` figures of dedicated and HA hubs.
 //! - `metrics`: per-hub metric handles; `clock`: [`Clock`], [`SystemClock`], [`ManualClock`].
@@ -58,6 +60,10 @@
 //! reads it and queues its figures, the tick replaces them with no other lock held. The
 //! event rate limiter (`Hub.events`) is a leaf; raising an event routes a message, so it
 //! happens with no hub lock held (administration raises under `Engine.admin` only).
+//! [`Journal::record`] is a leaf, last of all: it is called under the lock of the change it
+//! records (`Hub.retained` for retained messages, a session's `inner` for the rest), which
+//! is what orders the journal per topic and per session, and it must never take an engine
+//! lock or wait on I/O.
 //!
 //! # Identity and admission
 //!
@@ -122,16 +128,41 @@
 //! `limits.max_inflight_messages`)). Bounds, per session: at most
 //! `limits.max_session_queue_messages` queued messages, and at most
 //! `limits.max_session_queue_bytes` bytes queued plus inflight. When a new message would
-//! exceed a bound it is dropped and counted (`iothub_messages_dropped_total{reason=
-//! "queue_full"}`); if it is QoS 1/2 and the session is connected, the connection is also
-//! kicked once with [`KickReason::QuotaExceeded`] (DISCONNECT 0x97), so a consumer that does
-//! not keep up learns it instead of silently losing messages (DESIGN.md, memory). A slow
-//! subscriber never blocks the publisher or other subscribers.
+//! exceed a bound, per hub (the hub's limits):
+//! 1. the oldest QoS 0 messages of the queue are dropped to make room;
+//! 2. if it still does not fit, a QoS 0 message is dropped; a QoS 1/2 message for a
+//!    persistent session (expiry > 0) is kept beyond the bound, up to the hub budget (its
+//!    session promised to keep it); for a clean session it is dropped;
+//! 3. a QoS 1/2 message dropped this way (clean session at its bound, or a persistent one
+//!    when the hub budget is used up) kicks a connected session once with
+//!    [`KickReason::QuotaExceeded`] (DISCONNECT 0x97), so a consumer that does not keep up
+//!    learns it instead of silently losing messages (DESIGN.md, memory).
+//!
+//! Every drop is counted (`iothub_messages_dropped_total{reason="queue_full"|"hub_budget"}`).
+//! A slow subscriber never blocks the publisher or other subscribers. Messages beyond the
+//! bound stay in memory (counted in the budget): spilling them to the store is not built.
 //!
 //! A disconnected session with an expiry interval keeps its subscriptions and queues QoS 1
 //! and 2 messages for its return; QoS 0 messages are not kept for an offline session (they
 //! are at most once, and mosquitto does the same by default), and QoS 0 messages still
 //! queued when the connection ends are discarded.
+//!
+//! # Durability
+//!
+//! With a [`Journal`] ([`EngineConfig::journal`]) the engine records every change of
+//! durable state as a typed [`JournalOp`]: retained messages, and for persistent sessions
+//! (expiry > 0; not an extra connection's session, not a route tap) the session, its
+//! subscriptions, its QoS 1/2 queue entries (a message routed to several is written once
+//! and referenced by id), outbound packet ids (sent, PUBREC, PUBACK/PUBCOMP), inbound QoS 2
+//! ids and pending delayed wills. Clean sessions and QoS 0 are never recorded. Recording
+//! only queues the operation and returns a ticket; the store publishes "durable up to
+//! ticket N". [`Session::durable_ticket`] is what a connection must see durable before it
+//! writes what it produced since: the PUBACK/PUBREC of a PUBLISH that stored anything, the
+//! PUBCOMP of a PUBREL, the PUBREL answering a PUBREC, and an outbound QoS 2 PUBLISH under
+//! a new packet id (resent under another id after a crash, it would be delivered twice).
+//! [`Engine::restore`] rebuilds hubs from a store's state before clients connect: sessions
+//! offline with their subscriptions, queues, inflight (same packet ids, DUP on resend),
+//! inbound QoS 2 ids, wills whose delay resumes by the wall clock, expiry honoured.
 //!
 //! # Hub budget
 //!
