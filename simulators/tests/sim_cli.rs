@@ -97,6 +97,11 @@ fn bad_arguments_are_refused_naming_what_is_wrong() {
             1,
             "1 to 8 hex digits",
         ),
+        (
+            &["lorawan", "--url", &url, "--secret", "s", "--f-port", "0"],
+            1,
+            "MAC commands",
+        ),
         (&["rest", "--url", &url], 2, "--secret"),
         (
             &["rest", "--url", &url, "--secret", "s", "--timeout=-1"],

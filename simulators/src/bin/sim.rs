@@ -370,6 +370,10 @@ async fn run(cli: Cli) -> anyhow::Result<(Report, bool)> {
             } else {
                 None
             };
+            anyhow::ensure!(
+                a.f_port != 0 || !matches!(a.mode, Mode::Phy | Mode::PhyJson),
+                "--f-port 0 carries MAC commands, which the phy modes do not build: use 1 to 223"
+            );
             let payload = a
                 .payload_hex
                 .as_deref()
