@@ -687,3 +687,137 @@ fn bad_input_is_refused_with_an_event_and_nothing_published() {
     );
     expect_error(&r, 409, "hub_disabled");
 }
+
+/// The uplink frame counter of a raw LoRaWAN device is kept with the registry: the FCnt-42
+/// frame accepted before a SIGTERM restart is a replay after it (409, nothing published), and
+/// the registered keys still verify it.
+#[test]
+fn lorawan_frame_counters_survive_a_restart() {
+    let db = RegistryDb::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = iothub_e2e::api::registry_config(db.store_url(), false);
+    let Some(mut hub) = iothub_e2e::Hub::start_in(dir.path(), &yaml) else {
+        return;
+    };
+    let api = Api::admin(&hub);
+    let hub_id = id_of(&api.create_hub(&json!({"name": unique("restart")})));
+    let created = api
+        .post(
+            "networks",
+            &json!({"hub_id": hub_id, "name": "lora", "type": "lorawan", "topic_prefix": "lora"}),
+        )
+        .expect(200);
+    let network = id_of(&created["network"]);
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    api.post(
+        &format!("networks/{network}/lorawan-devices"),
+        &json!({
+            "dev_eui": "a1b2c3d4e5f60718", "dev_addr": "260b1f2a",
+            "nwk_s_key": "2b7e151628aed2a6abf7158809cf4f3c",
+            "app_s_key": "000102030405060708090a0b0c0d0e0f", "f_cnt_up": 42
+        }),
+    )
+    .expect(200);
+    let frame = json!({"phy_payload_hex": "402a1f0b26802a000a92ee03aaa88fbc8c"}).to_string();
+    let send = |api: &Api| {
+        http(
+            api.addr,
+            "POST",
+            &format!("/networks/{network}/phy"),
+            &[("X-Secret", &secret), ("Content-Type", "application/json")],
+            Some(frame.as_bytes()),
+        )
+    };
+    let r = send(&api);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["f_cnt"], 42);
+
+    let status = hub.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "SIGTERM: {status:?}");
+    drop(hub);
+    let hub = iothub_e2e::Hub::start_in(dir.path(), &yaml).unwrap();
+    let api = Api::admin(&hub);
+    let device = id_of(&api.create_device(
+        &json!({"hub_id": hub_id, "name": unique("observer"), "allow_insecure": true}),
+    ));
+    let mut sub = V4::connect(v4_options(hub.mqtt_addr(), &device));
+    sub.subscribe("#", QoS::AtMostOnce);
+    let stored = api
+        .get(&format!(
+            "networks/{network}/lorawan-devices/a1b2c3d4e5f60718"
+        ))
+        .expect(200);
+    assert_eq!(stored["f_cnt_up"], 43);
+    expect_error(&send(&api), 409, "replayed_frame");
+    sub.expect_no_publish(QUIET);
+}
+
+/// A message on a downlink topic that is not a valid downlink (SigFox: not 8 bytes; LoRaWAN:
+/// not the JSON) is delivered to subscribers like any message, raises a hub event naming the
+/// network, and is not handed to the network (the BIDIR answer stays 204, the poll empty).
+#[test]
+fn malformed_downlinks_raise_an_event_and_are_not_kept() {
+    let Some(mut fx) = Fx::start() else { return };
+    let (sigfox, sigfox_secret) = fx.network("sigfox", "sf");
+    let (lora, lora_secret) = fx.network("lorawan", "lora");
+    let headers = [
+        ("X-Secret", sigfox_secret.as_str()),
+        ("X-Topic", "{device}/data"),
+        ("Content-Type", "application/json"),
+    ];
+    let bidir = fixture("sigfox/data-bidir.json");
+    // The taps are live once a valid downlink of each network went through.
+    fx.sub.publish(
+        "sf/2BEE81/down",
+        QoS::AtMostOnce,
+        false,
+        b"0102030405060708",
+    );
+    fx.sub.publish(
+        "lora/a1b2c3d4e5f60718/down",
+        QoS::AtMostOnce,
+        false,
+        br#"{"f_port": 1, "data": "AQI="}"#,
+    );
+    fx.expect_exactly(2);
+    let (r, tries) = wait_for_downlink(&fx, &sigfox, &headers, &bidir);
+    assert_eq!(r.status, 200, "{}", r.body);
+    fx.expect_exactly(tries);
+    assert_eq!(
+        poll_downlinks(&fx, &lora, &lora_secret, 1)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    for (topic, payload, network) in [
+        ("sf/2BEE81/down", &b"0100"[..], &sigfox),
+        (
+            "lora/a1b2c3d4e5f60718/down",
+            br#"{"f_port": 0, "data": "AQI="}"#,
+            &lora,
+        ),
+    ] {
+        fx.sub.publish(topic, QoS::AtMostOnce, false, payload);
+        let mut got = fx.expect_exactly(2);
+        got.sort();
+        assert_eq!(got[1], (topic.to_owned(), payload.to_vec()));
+        assert_eq!(got[0].0, format!("$SCW/events/error/hub/{}", fx.hub_id));
+        let event: Value = serde_json::from_slice(&got[0].1).unwrap();
+        assert!(
+            event["msg"].as_str().unwrap().contains(network.as_str()),
+            "{event}"
+        );
+    }
+    let r = fx.post(&format!("/networks/{sigfox}"), &headers, &bidir);
+    assert_eq!(r.status, 204, "{}", r.body);
+    fx.expect_exactly(1);
+    let r = http(
+        fx.api.addr,
+        "GET",
+        &format!("/networks/{lora}/downlinks"),
+        &[("X-Secret", &lora_secret)],
+        None,
+    );
+    assert_eq!(r.json(), json!({"items": []}));
+}
