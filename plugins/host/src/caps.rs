@@ -301,16 +301,45 @@ impl http::Host for State {
 
 // ---------------------------------------------------------------- sql
 
+#[derive(Clone, Copy)]
+enum SqlStep {
+    Connect,
+    Prepare,
+    Execute,
+}
+
+/// Sorts a database error by what went wrong rather than by the step that saw it: the
+/// statement is prepared once per connection and cached, so a table dropped later shows up
+/// at execute. SQLSTATE class 42 (syntax, unknown table or column, privileges) is a prepare
+/// error, class 08 and I/O failures are connect errors, the rest execute errors.
+fn sql_error(e: sqlx::Error, step: SqlStep) -> sql::SqlError {
+    let text = clip(e.to_string());
+    let class = match &e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.chars().take(2).collect::<String>()),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_) => Some("08".to_owned()),
+        _ => None,
+    };
+    match (class.as_deref(), step) {
+        (Some("08"), _) | (_, SqlStep::Connect) => sql::SqlError::Connect(text),
+        (Some("42"), _) | (_, SqlStep::Prepare) => sql::SqlError::Prepare(text),
+        _ => sql::SqlError::Execute(text),
+    }
+}
+
 macro_rules! run_batch {
     ($pool:expr, $db:ty, $statement:expr, $rows:expr) => {{
         let mut tx = $pool
             .begin()
             .await
-            .map_err(|e| sql::SqlError::Connect(clip(e.to_string())))?;
+            .map_err(|e| sql_error(e, SqlStep::Connect))?;
         (&mut *tx)
             .prepare($statement)
             .await
-            .map_err(|e| sql::SqlError::Prepare(clip(e.to_string())))?;
+            .map_err(|e| sql_error(e, SqlStep::Prepare))?;
         let mut affected = 0u64;
         for row in $rows {
             let mut q = sqlx::query::<$db>($statement);
@@ -327,12 +356,12 @@ macro_rules! run_batch {
             affected += q
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| sql::SqlError::Execute(clip(e.to_string())))?
+                .map_err(|e| sql_error(e, SqlStep::Execute))?
                 .rows_affected();
         }
         tx.commit()
             .await
-            .map_err(|e| sql::SqlError::Execute(clip(e.to_string())))?;
+            .map_err(|e| sql_error(e, SqlStep::Execute))?;
         Ok(affected)
     }};
 }
