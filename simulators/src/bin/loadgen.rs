@@ -90,6 +90,10 @@ struct Args {
     /// Keep-alive in seconds (0: off).
     #[arg(long, default_value_t = 60)]
     keep_alive: u16,
+    /// End-to-end window: messages a publisher may be ahead of its subscribers' receipt
+    /// (0: no bound), so unpaced runs measure the broker rather than its queues overflowing.
+    #[arg(long, default_value_t = 0)]
+    window: u64,
     /// Local addresses to connect from, comma-separated, used round robin (e.g.
     /// 127.0.0.2,127.0.0.3) so many connections do not exhaust one address's ports.
     #[arg(long, value_delimiter = ',')]
@@ -169,6 +173,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.ramp_steps = args.ramp_steps;
     config.connect_concurrency = args.connect_concurrency;
     config.broker_pid = args.broker_pid;
+    config.window = args.window;
     config.publishers = args.publishers;
     config.subscribers = args.subscribers;
     config.qos = QoS::try_from(args.qos).context("--qos")?;

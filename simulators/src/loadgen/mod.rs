@@ -101,6 +101,12 @@ pub struct LoadConfig {
     pub ramp_steps: usize,
     /// The broker's process id, to report its CPU time and RSS (and, in a ramp, the slope).
     pub broker_pid: Option<u32>,
+    /// End-to-end window: messages a publisher may have sent that its subscribers have not
+    /// all received yet; 0 = no bound. Unpaced publishers otherwise outrun the subscribers
+    /// on any broker (it acknowledges on receipt, or not at all at QoS 0) until its queues
+    /// overflow. A lost message holds its slot for good: a broker that drops messages
+    /// stalls the publisher, which shows as loss and low throughput.
+    pub window: u64,
     /// Subscribers keep their sessions: clean start 0 and, in MQTT 5, a Session Expiry
     /// Interval of [`PERSISTENT_SESSION_EXPIRY`], so a durable broker must store what it queues
     /// for them before acknowledging the publisher.
@@ -137,6 +143,7 @@ impl LoadConfig {
             connections: 1_000,
             ramp_steps: 10,
             broker_pid: None,
+            window: 0,
             persistent_sessions: false,
         }
     }
@@ -261,6 +268,19 @@ pub async fn run(config: &LoadConfig, live: Arc<Live>) -> Result<Report, LoadErr
         duration: config.duration,
     });
 
+    let window = (config.window > 0).then(|| {
+        let mut fanout = vec![0u64; config.publishers];
+        for range in &plan.sources {
+            for publisher in range.clone() {
+                fanout[publisher] += 1;
+            }
+        }
+        Arc::new(roles::Window {
+            window: config.window,
+            delivered: (0..config.publishers).map(|_| AtomicU64::new(0)).collect(),
+            fanout,
+        })
+    });
     let (done_tx, done_rx) = watch::channel(None);
     let mut subscriber_tasks = JoinSet::new();
     for (index, client) in subscribers.into_iter().enumerate() {
@@ -270,6 +290,7 @@ pub async fn run(config: &LoadConfig, live: Arc<Live>) -> Result<Report, LoadErr
             timeline,
             done: done_rx.clone(),
             live: Arc::clone(&live),
+            window: window.clone(),
         };
         let outcome = task
             .new_outcome()
@@ -280,6 +301,7 @@ pub async fn run(config: &LoadConfig, live: Arc<Live>) -> Result<Report, LoadErr
     for (index, client) in publishers.into_iter().enumerate() {
         let task = PublisherTask {
             index: u32::try_from(index).unwrap_or(u32::MAX),
+            window: window.clone(),
             topic: plan.topics[index].clone(),
             qos: config.qos,
             payload: config.payload,

@@ -5,6 +5,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
@@ -99,8 +100,37 @@ impl Pacer {
     }
 }
 
+/// The end-to-end window: each publisher's messages delivered so far (all subscribers
+/// together), so a publisher can stay at most `window` messages ahead of its slowest
+/// listeners instead of filling the broker's queues. Shared by every task of a run.
+#[derive(Debug)]
+pub(crate) struct Window {
+    /// Messages a publisher may have sent and not yet delivered to every subscriber of it.
+    pub window: u64,
+    /// Deliveries (first copies) of publisher i's messages, over all its subscribers.
+    pub delivered: Vec<AtomicU64>,
+    /// How many subscribers hear publisher i.
+    pub fanout: Vec<u64>,
+}
+
+impl Window {
+    /// Whether publisher `index`, having sent `sent`, may send one more.
+    pub(crate) fn open(&self, index: usize, sent: u64) -> bool {
+        let fanout = self.fanout[index];
+        if fanout == 0 {
+            return true;
+        }
+        let done = self.delivered[index].load(Ordering::Relaxed) / fanout;
+        sent.saturating_sub(done) < self.window
+    }
+}
+
+/// How long a publisher held back by the end-to-end window waits before looking again.
+const WINDOW_POLL: Duration = Duration::from_millis(1);
+
 pub(crate) struct PublisherTask {
     pub index: u32,
+    pub window: Option<Arc<Window>>,
     pub topic: TopicName,
     pub qos: QoS,
     pub payload: usize,
@@ -137,10 +167,17 @@ impl PublisherTask {
                 }
                 let mut allowed = self.pacer.allowed(now, out.sent);
                 let before = out.sent;
+                let mut held = false;
                 while allowed > 0
                     && client.pending_write() < WRITE_HIGH_WATER
                     && (self.qos == QoS::AtMostOnce || client.can_publish())
                 {
+                    if let Some(w) = &self.window
+                        && !w.open(self.index as usize, out.sent)
+                    {
+                        held = true;
+                        break;
+                    }
                     let sent_ns = tl.now_ns();
                     if sent_ns >= tl.end_ns {
                         break;
@@ -161,8 +198,10 @@ impl PublisherTask {
                 self.live.add_sent(out.sent - before);
                 // Only a rate-limited publisher that used its allowance waits for the clock;
                 // otherwise it waits for the window or the socket.
-                let wait_for_clock = allowed == 0;
-                if wait_for_clock && let Some(due) = self.pacer.due(out.sent) {
+                let wait_for_clock = allowed == 0 || held;
+                if held {
+                    pace.as_mut().reset(Instant::now() + WINDOW_POLL);
+                } else if wait_for_clock && let Some(due) = self.pacer.due(out.sent) {
                     pace.as_mut().reset(due);
                 }
                 tokio::select! {
@@ -225,6 +264,7 @@ pub(crate) struct SubscriberTask {
     /// Becomes `Some(sent per publisher)` once every publisher has stopped.
     pub done: watch::Receiver<Option<Arc<Vec<u64>>>>,
     pub live: Arc<Live>,
+    pub window: Option<Arc<Window>>,
 }
 
 #[derive(Debug)]
@@ -310,7 +350,11 @@ impl SubscriberTask {
             return false;
         }
         match out.trackers[publisher - self.sources.start].record(stamp.sequence) {
-            Seen::First => {}
+            Seen::First => {
+                if let Some(w) = &self.window {
+                    w.delivered[publisher].fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Seen::Duplicate => return false,
             Seen::OutOfRange => {
                 out.unexpected += 1;
@@ -356,6 +400,7 @@ mod tests {
             timeline,
             done,
             live: Arc::new(Live::default()),
+            window: None,
         };
         let mut out = task.new_outcome().unwrap();
         let payload = |sent_ns, publisher, sequence| {
@@ -391,6 +436,31 @@ mod tests {
         // range, so this also checks that the tail is not clamped.
         assert_eq!(out.latency.len(), 1);
         assert!(out.latency.max() >= 10_000, "{}", out.latency.max());
+    }
+
+    #[test]
+    fn window_holds_publishers_ahead_of_their_subscribers() {
+        // Publisher 0 is heard by 2 subscribers, publisher 1 by none; a window of 3.
+        let w = Window {
+            window: 3,
+            delivered: vec![AtomicU64::new(0), AtomicU64::new(0)],
+            fanout: vec![2, 0],
+        };
+        // (deliveries of publisher 0 so far, sent, may send one more?)
+        let cases = [
+            (0, 0, true),
+            (0, 2, true),
+            (0, 3, false),
+            (1, 3, false), // one subscriber has message 0, the other not yet
+            (2, 3, true),  // both have it
+            (2, 4, false),
+            (8, 6, true),
+        ];
+        for (delivered, sent, open) in cases {
+            w.delivered[0].store(delivered, Ordering::Relaxed);
+            assert_eq!(w.open(0, sent), open, "{delivered} delivered, {sent} sent");
+        }
+        assert!(w.open(1, 1_000_000), "no subscriber: never held");
     }
 
     #[test]
