@@ -17,12 +17,20 @@ use iothub_engine::{
     EntryId, JournalOp, MessageId, RestoredEntry, RestoredHub, RestoredInflight, RestoredRetained,
     RestoredSession, SessionOwner, SubscriptionOptions, WallMs, Will,
 };
-use iothub_model::{ClientId, HubId, Message, QoS, SubscriptionFilter};
+use iothub_model::{ClientId, HubId, Message, QoS, SubscriptionFilter, TopicName};
 
 struct MessageRec {
     seq: u64,
-    message: Arc<Message>,
+    topic: TopicName,
+    /// The message itself, kept while replaying (the engine gets it back); the writer's
+    /// state drops it ([`DurableState::drop_payloads`]): the engine holds what is live.
+    message: Option<Arc<Message>>,
     refs: u32,
+    /// Unreferenced at the last compaction: gone at the next one. An unreferenced message
+    /// is kept that long because a message routed to several sessions is referenced by
+    /// queue records written one after the other, and the first may be acknowledged before
+    /// the next is written.
+    marked: bool,
 }
 
 struct RetainedRec {
@@ -81,12 +89,23 @@ struct HubRec {
 }
 
 /// The live state of a log, with the sequence numbers of the records that hold it.
-#[derive(Default)]
 pub struct DurableState {
     messages: HashMap<MessageId, MessageRec>,
     hubs: HashMap<HubId, HubRec>,
     /// The highest message or entry id ever seen, live or not: new ids start above it.
     max_id: u64,
+    keep_payloads: bool,
+}
+
+impl Default for DurableState {
+    fn default() -> Self {
+        Self {
+            messages: HashMap::new(),
+            hubs: HashMap::new(),
+            max_id: 0,
+            keep_payloads: true,
+        }
+    }
 }
 
 /// Counts of what a state holds.
@@ -107,16 +126,31 @@ impl DurableState {
         StateCounts {
             retained: self.hubs.values().map(|h| h.retained.len()).sum(),
             sessions: self.hubs.values().map(|h| h.sessions.len()).sum(),
-            messages: self.messages.len(),
+            messages: self.messages.values().filter(|m| m.refs > 0).count(),
+        }
+    }
+
+    /// From now on messages are only tracked, not kept (the writer's state after the
+    /// restore: the engine holds the live ones).
+    pub fn drop_payloads(&mut self) {
+        self.keep_payloads = false;
+        for m in self.messages.values_mut() {
+            m.message = None;
+        }
+    }
+
+    /// After a compaction kept [`DurableState::live_seqs`]: forgets the messages that
+    /// were already unreferenced at the previous one, marks the ones unreferenced now.
+    pub fn after_compaction(&mut self) {
+        self.messages.retain(|_, m| m.refs > 0 || !m.marked);
+        for m in self.messages.values_mut() {
+            m.marked = m.refs == 0;
         }
     }
 
     fn unref(messages: &mut HashMap<MessageId, MessageRec>, id: MessageId) {
         if let Some(m) = messages.get_mut(&id) {
             m.refs = m.refs.saturating_sub(1);
-            if m.refs == 0 {
-                messages.remove(&id);
-            }
         }
     }
 
@@ -124,6 +158,7 @@ impl DurableState {
         match messages.get_mut(&id) {
             Some(m) => {
                 m.refs += 1;
+                m.marked = false;
                 true
             }
             None => false,
@@ -151,8 +186,10 @@ impl DurableState {
                     *id,
                     MessageRec {
                         seq,
-                        message: message.clone(),
+                        topic: message.topic.clone(),
+                        message: self.keep_payloads.then(|| message.clone()),
                         refs: 0,
+                        marked: false,
                     },
                 );
             }
@@ -161,9 +198,7 @@ impl DurableState {
                 message,
                 expires_at,
             } => {
-                let Some(topic) = messages
-                    .get(message)
-                    .map(|m| m.message.topic.as_str().to_string())
+                let Some(topic) = messages.get(message).map(|m| m.topic.as_str().to_string())
                 else {
                     return;
                 };
@@ -410,7 +445,12 @@ impl DurableState {
     /// The sequence numbers of every record the current state needs.
     pub fn live_seqs(&self) -> HashSet<u64> {
         let mut live = HashSet::new();
-        live.extend(self.messages.values().filter(|m| m.refs > 0).map(|m| m.seq));
+        live.extend(
+            self.messages
+                .values()
+                .filter(|m| m.refs > 0 || !m.marked)
+                .map(|m| m.seq),
+        );
         for h in self.hubs.values() {
             live.extend(h.retained.values().map(|r| r.seq));
             for s in h.sessions.values() {
@@ -433,7 +473,7 @@ impl DurableState {
 
     /// What the engine gets back, per hub.
     pub fn restored(&self) -> Vec<(HubId, RestoredHub)> {
-        let message = |id: MessageId| self.messages.get(&id).map(|m| m.message.clone());
+        let message = |id: MessageId| self.messages.get(&id).and_then(|m| m.message.clone());
         let entry = |id: EntryId, e: &EntryRec| {
             message(e.message).map(|m| RestoredEntry {
                 entry: id,

@@ -150,6 +150,7 @@ impl Store {
             elapsed_ms = report.elapsed.as_millis() as u64,
         );
         let restored = state.restored();
+        state.drop_payloads();
         let (durable, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
@@ -317,6 +318,7 @@ impl Writer {
         let started = Instant::now();
         let stats = wal.compact(|seq, _, _| live.contains(&seq.get()))?;
         self.log_records = self.log_records.saturating_sub(stats.dropped);
+        self.state.after_compaction();
         counter!("iothub_store_compactions_total").increment(1);
         info!(
             message = "store compacted",

@@ -769,6 +769,10 @@ impl Hub {
 
     /// Re-targets `q` (a shared-subscription message moving to `member`).
     fn retarget(mut q: Queued, opts: &SubOptions) -> Queued {
+        // A new journal record of the message if the member is persistent: the old one may
+        // already be unreferenced (its entry left the other member first).
+        q.message_id = None;
+        q.entry = None;
         q.qos = q.message.qos.min(opts.qos);
         q.retain = q.message.retain && opts.retain_as_published;
         q.subscription_ids = opts.subscription_id.into_iter().collect();

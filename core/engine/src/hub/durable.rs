@@ -160,8 +160,11 @@ impl Hub {
             });
         }
         let now = self.now();
+        // Messages are written anew: ids these entries carry may name records nothing
+        // references any more.
         let mut queue = std::mem::take(&mut inner.queue);
         for q in queue.iter_mut() {
+            q.message_id = None;
             self.journal_entry(client, q, now);
         }
         inner.queue = queue;
@@ -171,6 +174,7 @@ impl Hub {
             if let Some(f) = inner.inflight.get_mut(&id) {
                 match &mut f.state {
                     InflightState::Sent(q) => {
+                        q.message_id = None;
                         self.journal_entry(client, q, now);
                         if let Some(entry) = q.entry {
                             self.record(|| JournalOp::Sent {

@@ -1,0 +1,106 @@
+//! `DurableState`: which records stay live, and the grace an unreferenced message gets.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use iothub_engine::{EntryId, JournalOp, MessageId, SessionOwner};
+use iothub_model::{ClientId, HubId, Message, MessageProperties, Origin, QoS, TopicName};
+use iothub_persist::DurableState;
+
+fn queue(hub: HubId, client: &str, entry: u64, message: u64) -> JournalOp {
+    JournalOp::Queue {
+        hub,
+        client: ClientId::new(client).unwrap(),
+        entry: EntryId(entry),
+        message: MessageId(message),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![],
+        expires_at: None,
+    }
+}
+
+/// A message routed to two persistent sessions is written once; the first session's entry
+/// may be acknowledged (and a compaction run) before the second's queue record is written.
+/// An unreferenced message is kept through the next compaction and dropped at the one
+/// after.
+#[test]
+fn an_unreferenced_message_outlives_one_compaction() {
+    let hub = HubId::new_random();
+    let mut state = DurableState::default();
+    let mut seq = 0;
+    let mut apply = |state: &mut DurableState, op: JournalOp| {
+        seq += 1;
+        state.apply(seq, &op);
+        seq
+    };
+    for client in ["a", "b"] {
+        apply(
+            &mut state,
+            JournalOp::SessionUp {
+                hub,
+                client: ClientId::new(client).unwrap(),
+                owner: SessionOwner::Anonymous,
+                expiry_secs: 60,
+            },
+        );
+    }
+    let message = Arc::new(Message {
+        topic: TopicName::new("t").unwrap(),
+        payload: Bytes::from_static(b"m"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: MessageProperties::default(),
+        origin: Origin::Hub,
+    });
+    let m = apply(
+        &mut state,
+        JournalOp::Message {
+            id: MessageId(1),
+            hub,
+            message,
+        },
+    );
+    apply(&mut state, queue(hub, "a", 2, 1));
+    apply(
+        &mut state,
+        JournalOp::Unqueue {
+            hub,
+            client: ClientId::new("a").unwrap(),
+            entry: EntryId(2),
+        },
+    );
+    assert!(state.live_seqs().contains(&m), "kept through the next compaction");
+    state.after_compaction();
+    // Marked: the compaction after this one drops it, unless something references it
+    // again before.
+    assert!(!state.live_seqs().contains(&m));
+    let q = apply(&mut state, queue(hub, "b", 3, 1));
+    let live = state.live_seqs();
+    assert!(live.contains(&m) && live.contains(&q));
+    let restored = state.restored();
+    let b = restored[0]
+        .1
+        .sessions
+        .iter()
+        .find(|s| s.client.as_str() == "b")
+        .unwrap();
+    assert_eq!(b.queue.len(), 1);
+    assert_eq!(state.next_id(), 4);
+
+    // Unreferenced at two compactions in a row: forgotten; a late reference finds nothing.
+    apply(
+        &mut state,
+        JournalOp::SessionEnd {
+            hub,
+            client: ClientId::new("b").unwrap(),
+        },
+    );
+    assert!(state.live_seqs().contains(&m));
+    state.after_compaction();
+    assert!(!state.live_seqs().contains(&m));
+    state.after_compaction();
+    let late = apply(&mut state, queue(hub, "a", 4, 1));
+    assert!(!state.live_seqs().contains(&late));
+}
