@@ -296,7 +296,6 @@ impl Check {
     }
 }
 
-
 /// A progress bar over `total` messages on stderr, hidden with `quiet` or when stderr is not
 /// a terminal (tests, pipes).
 #[must_use]
