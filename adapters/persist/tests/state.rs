@@ -71,7 +71,10 @@ fn an_unreferenced_message_outlives_one_compaction() {
             entry: EntryId(2),
         },
     );
-    assert!(state.live_seqs().contains(&m), "kept through the next compaction");
+    assert!(
+        state.live_seqs().contains(&m),
+        "kept through the next compaction"
+    );
     state.after_compaction();
     // Marked: the compaction after this one drops it, unless something references it
     // again before.
