@@ -84,7 +84,7 @@ struct SessionRec {
 
 #[derive(Default)]
 struct HubRec {
-    retained: HashMap<String, RetainedRec>,
+    retained: HashMap<TopicName, RetainedRec>,
     sessions: HashMap<ClientId, SessionRec>,
 }
 
@@ -198,8 +198,7 @@ impl DurableState {
                 message,
                 expires_at,
             } => {
-                let Some(topic) = messages.get(message).map(|m| m.topic.as_str().to_string())
-                else {
+                let Some(topic) = messages.get(message).map(|m| m.topic.clone()) else {
                     return;
                 };
                 Self::addref(messages, *message);
@@ -217,7 +216,7 @@ impl DurableState {
             }
             JournalOp::RetainClear { hub, topic } => {
                 if let Some(h) = self.hubs.get_mut(hub)
-                    && let Some(old) = h.retained.remove(topic.as_str())
+                    && let Some(old) = h.retained.remove(topic)
                 {
                     Self::unref(messages, old.message);
                 }

@@ -14,6 +14,7 @@
 //! durable ticket again, so nothing more is acknowledged as durable (connections hold their
 //! PUBACKs) rather than lying.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -76,8 +77,22 @@ pub struct OpenReport {
 
 struct Pending {
     next_ticket: u64,
-    ops: Vec<JournalOp>,
+    ops: VecDeque<JournalOp>,
     closing: bool,
+}
+
+/// At most this many operations, or about this many payload bytes, go into one commit, so
+/// a flood does not build a batch (and a write buffer) of hundreds of megabytes.
+const BATCH_OPS: usize = 8192;
+const BATCH_BYTES: usize = 8 << 20;
+
+/// The payload bytes an operation carries, to bound a batch.
+fn op_bytes(op: &JournalOp) -> usize {
+    match op {
+        JournalOp::Message { message, .. } => message.weight(),
+        JournalOp::WillPending { will, .. } => will.message.weight(),
+        _ => 64,
+    }
 }
 
 struct Shared {
@@ -155,7 +170,7 @@ impl Store {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 next_ticket: 1,
-                ops: Vec::new(),
+                ops: VecDeque::new(),
                 closing: false,
             }),
             wake: Condvar::new(),
@@ -218,7 +233,7 @@ impl Journal for Store {
             let mut p = self.shared.pending.lock();
             let ticket = p.next_ticket;
             p.next_ticket += 1;
-            p.ops.push(op);
+            p.ops.push_back(op);
             (ticket, p.ops.len() == 1)
         };
         if first {
@@ -267,8 +282,21 @@ impl Writer {
                         None => self.shared.wake.wait(&mut p),
                     }
                 }
-                std::mem::swap(&mut batch, &mut p.ops);
-                (p.next_ticket - 1, p.closing)
+                let mut bytes = 0;
+                while batch.len() < BATCH_OPS && bytes < BATCH_BYTES {
+                    let Some(op) = p.ops.pop_front() else {
+                        break;
+                    };
+                    bytes += op_bytes(&op);
+                    batch.push(op);
+                }
+                if p.ops.capacity() > 4 * BATCH_OPS && p.ops.len() < BATCH_OPS {
+                    // A flood's backlog is written: give its memory back.
+                    p.ops.shrink_to(BATCH_OPS);
+                }
+                // The ops left behind hold the tickets after this batch's last one.
+                let last = p.next_ticket - 1 - p.ops.len() as u64;
+                (last, p.closing && p.ops.is_empty())
             };
             let Some(wal) = self.wal.as_mut() else {
                 return Err(StoreError::Failed);
@@ -290,10 +318,6 @@ impl Writer {
                 self.maybe_compact()?;
             }
             if closing {
-                let pending_left = !self.shared.pending.lock().ops.is_empty();
-                if pending_left {
-                    continue;
-                }
                 if let Some(wal) = self.wal.take() {
                     wal.close()?;
                 }
