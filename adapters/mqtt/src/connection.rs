@@ -62,6 +62,14 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const OUTGOING_BATCH: usize = 256;
 /// Flush the write buffer once it holds this much, even in the middle of a batch.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Room made in the read buffer before a read while the client is quiet: an idle
+/// connection holds no more than this (memory per connection, issue 9).
+const READ_MIN: usize = 256;
+/// Most room made before a read; reached by doubling while reads fill what was made.
+const READ_MAX: usize = 64 * 1024;
+/// A flush of at most this many bytes gives the write buffer back (the connection is
+/// probably going quiet); a busy connection keeps its grown buffer.
+const WRITE_KEEP: usize = 4 * 1024;
 /// Where responses to a client's requests may be published (MQTT 5 Response Information).
 const RESPONSE_TOPIC_BASE: &str = "response";
 
@@ -166,8 +174,11 @@ pub async fn run_with_certificate<S>(
     let mut conn = Conn {
         stream,
         peer,
-        rbuf: BytesMut::with_capacity(4096),
-        wbuf: BytesMut::with_capacity(4096),
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        read_room: READ_MIN,
+        read_want: 0,
+        topic_buf: String::new(),
         transport: transport.clone(),
         settings,
         certificate,
@@ -183,6 +194,12 @@ struct Conn<S> {
     peer: SocketAddr,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Room to make in `rbuf` before the next read (see [`Conn::make_read_room`]).
+    read_room: usize,
+    /// The room there was before the last read: a read that filled it means more is waiting.
+    read_want: usize,
+    /// The topic of the last delivery, kept for its allocation (see `send_publish`).
+    topic_buf: String,
     transport: Transport,
     settings: Arc<ListenerSettings>,
     certificate: PeerCertificate,
@@ -230,14 +247,18 @@ where
     async fn serve(&mut self, engine: &Engine) {
         let connect =
             match tokio::time::timeout(self.settings.connect_timeout, self.read_connect()).await {
-                Ok(Some(c)) => c,
+                // Moved out of its box here, so the box is freed now rather than held for
+                // the life of the connection.
+                Ok(Some(c)) => *c,
                 Ok(None) => return,
                 Err(_) => {
                     debug!(message = "no CONNECT in time; closing", peer = %self.peer);
                     return;
                 }
             };
-        let Some(mut est) = self.handshake(engine, *connect).await else {
+        // Boxed: the handshake's state lives only while connecting, and an unboxed one would
+        // size every connection's task for it (memory per idle connection, issue 9).
+        let Some(mut est) = Box::pin(self.handshake(engine, connect)).await else {
             return;
         };
         let close = self.established(&mut est).await;
@@ -277,9 +298,11 @@ where
                     return None;
                 }
             }
+            self.make_read_room();
             match self.stream.read_buf(&mut self.rbuf).await {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => {
+                    self.after_read(n);
                     self.transport.bytes_in.increment(n as u64);
                     self.bytes_before_connack += n as u64;
                 }
@@ -546,7 +569,9 @@ where
             max_qos: caps.maximum_qos,
             retain_available: caps.retain_available,
             session: connected.session,
-            outgoing: Vec::with_capacity(OUTGOING_BATCH),
+            // Grows on the first busy wake-up; an idle connection holds none (a 256-item
+            // batch is 16 KiB).
+            outgoing: Vec::new(),
             device: device_of(info.identity),
         })
     }
@@ -615,6 +640,9 @@ where
         loop {
             let need = est.session.durable_ticket();
             let held = is_held(&durable, need);
+            self.make_read_room();
+            // Set when a read filled the room it had: the client sends faster than we read.
+            let mut flooded = false;
             tokio::select! {
                 biased;
                 read = self.stream.read_buf(&mut self.rbuf) => {
@@ -629,6 +657,7 @@ where
                             return Close::Network;
                         }
                         Ok(n) => {
+                            flooded = self.after_read(n);
                             self.transport.bytes_in.increment(n as u64);
                             if let Some(t) = &self.traffic {
                                 t.bytes_received(n as u64);
@@ -642,6 +671,7 @@ where
                     if let Some(close) = self.drain_outgoing(est) {
                         return close;
                     }
+                    self.release_read_buffer();
                 }
                 () = est.session.ready() => {
                     if let Some(close) = self.drain_outgoing(est) {
@@ -668,6 +698,42 @@ where
             if self.flush().await.is_err() {
                 return Close::Network;
             }
+            if flooded {
+                // A flooding publisher would otherwise keep its worker for a whole coop
+                // budget of reads while the subscribers it just woke wait, their queues
+                // overflowing: let them run between reads.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// Makes `read_room` bytes of room in the read buffer once the current one is nearly
+    /// full. Small while the client is quiet, so an idle connection holds little; doubled
+    /// by [`Conn::after_read`] while reads fill it. The buffer is only replaced when nearly
+    /// full: payloads decoded from it share its allocation, so leaving a large tail unused
+    /// would pin memory for as long as they are queued or retained.
+    fn make_read_room(&mut self) {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_MIN {
+            self.rbuf.reserve(self.read_room);
+        }
+        self.read_want = self.rbuf.capacity() - self.rbuf.len();
+    }
+
+    /// Adapts the room to a read of `n` bytes; true when the read filled it (more is waiting).
+    fn after_read(&mut self, n: usize) -> bool {
+        let filled = n >= self.read_want;
+        if filled {
+            self.read_room = (self.read_room * 2).min(READ_MAX);
+        } else if n < self.read_room / 4 {
+            self.read_room = (self.read_room / 2).max(READ_MIN);
+        }
+        filled
+    }
+
+    /// Gives back a read buffer grown by a burst once everything in it has been handled.
+    fn release_read_buffer(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * self.read_room {
+            self.rbuf = BytesMut::new();
         }
     }
 
@@ -1104,7 +1170,11 @@ where
     fn send_publish(&mut self, est: &mut Established, p: &OutgoingPublish) {
         let m = &p.message;
         let mut properties = codec::PublishProperties::default();
-        let mut topic = m.topic.as_str().to_string();
+        // The packet owns its topic: reuse one allocation for every delivery rather than
+        // allocating a String per message.
+        let mut topic = std::mem::take(&mut self.topic_buf);
+        topic.clear();
+        topic.push_str(m.topic.as_str());
         if est.version == ProtocolVersion::V5 {
             let mp = &m.properties;
             properties.payload_format_indicator = mp.payload_is_utf8.map(u8::from);
@@ -1145,6 +1215,9 @@ where
             }
         }
         self.send(&packet, est.version);
+        if let Packet::Publish(sent) = packet {
+            self.topic_buf = sent.topic;
+        }
     }
 
     /// PUBACK, PUBREC, PUBREL or PUBCOMP (`kind` is the `Packet` variant's constructor).
@@ -1192,7 +1265,13 @@ where
                 if let Some(t) = &self.traffic {
                     t.bytes_sent(n as u64);
                 }
-                self.wbuf.clear();
+                if n <= WRITE_KEEP {
+                    // A small flush: the connection is probably going quiet, and an idle
+                    // connection should hold no write buffer.
+                    self.wbuf = BytesMut::new();
+                } else {
+                    self.wbuf.clear();
+                }
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
