@@ -34,6 +34,9 @@ pub struct HostConfig {
     pub max_response_body: usize,
     /// Granularity of the deadlines: the epoch ticker's period.
     pub tick: Duration,
+    /// DER certificates trusted for https targets besides Mozilla's roots (webpki-roots):
+    /// a private CA of the deployment.
+    pub extra_roots_der: Vec<Vec<u8>>,
 }
 
 impl Default for HostConfig {
@@ -46,6 +49,7 @@ impl Default for HostConfig {
             io_timeout: Duration::from_secs(10),
             max_response_body: 4 << 20,
             tick: Duration::from_millis(10),
+            extra_roots_der: Vec::new(),
         }
     }
 }
@@ -151,6 +155,11 @@ impl PluginHost {
 
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for (i, der) in config.extra_roots_der.iter().enumerate() {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                .map_err(|e| HostError::Engine(format!("extra_roots_der[{i}]: {e}")))?;
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

@@ -218,3 +218,88 @@ async fn http_outside_the_grant_is_denied_and_never_sent() {
     assert_eq!(report.failures[0].kind, FailureKind::Denied);
     assert_eq!(granted.hits().len(), 1);
 }
+
+/// A one-shot https server on 127.0.0.1 with a self-signed certificate for `localhost`:
+/// answers every request `200 ok`; returns its port and certificate (DER).
+async fn https_server() -> (u16, Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let der = cert.cert.der().to_vec();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![der.clone().into()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, der, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_targets_are_verified_against_the_trusted_roots() {
+    let (port, der, served) = https_server().await;
+    let uri = format!("https://localhost:{port}/in");
+    let grants = Grants {
+        http: Some(HttpOrigin::from_uri(&uri).unwrap()),
+        ..Grants::default()
+    };
+    // the server's certificate trusted: the request arrives over TLS
+    let trusting = host(HostConfig {
+        extra_roots_der: vec![der],
+        ..config()
+    });
+    let route = start(
+        &trusting.compile(&http_guest(&uri)).unwrap(),
+        grants.clone(),
+        "{}",
+    )
+    .await;
+    let report = route.handle(vec![message("a", "1")]).await.unwrap();
+    assert_eq!(report.outcomes, vec![Outcome::Delivered], "{report:?}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // not trusted (Mozilla's roots only): the handshake fails, nothing is sent
+    let strict = host(config());
+    let route = start(&strict.compile(&http_guest(&uri)).unwrap(), grants, "{}").await;
+    let report = route.handle(vec![message("a", "1")]).await.unwrap();
+    assert_eq!(report.outcomes, vec![Outcome::Retry("e".into())]);
+    assert_eq!(report.failures[0].kind, FailureKind::HttpConnect);
+    assert!(
+        report.failures[0].message.contains("certificate"),
+        "{:?}",
+        report.failures
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
