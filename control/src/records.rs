@@ -473,6 +473,12 @@ pub struct NetworkRecord {
     /// Hex SHA-256 of the secret shown once at creation.
     #[serde(skip)]
     pub secret_hash: String,
+    /// LoRaWAN only: the network server's base URL (`http://host:port`, no trailing `/`)
+    /// downlinks are POSTed to (ChirpStack v4 REST); `None`: downlinks wait for a poll.
+    pub ns_url: Option<String>,
+    /// The network server's API token, sent as `Authorization: Bearer`; never shown.
+    #[serde(skip)]
+    pub ns_token: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -495,6 +501,8 @@ pub struct LorawanDeviceRecord {
     pub app_s_key: Option<String>,
     /// The lowest 32-bit uplink frame counter still accepted.
     pub f_cnt_up: u32,
+    /// The DevNonces of the join-requests accepted from the device (never accepted again).
+    pub dev_nonces: Vec<u16>,
     pub created_at: Timestamp,
 }
 

@@ -111,6 +111,63 @@ pub fn hex_id(field: &str, value: &str, digits: usize) -> Result<String, Invalid
     Ok(value.to_ascii_lowercase())
 }
 
+/// The network server a LoRaWAN network pushes its downlinks to: an `http://` base URL
+/// (answered without a trailing `/`) and the API token it is called with, both or neither;
+/// other network types take neither.
+pub fn network_server(
+    lorawan: bool,
+    url: Option<String>,
+    token: Option<String>,
+) -> Result<(Option<String>, Option<String>), Invalid> {
+    let (url, token) = match (url, token) {
+        (None, None) => return Ok((None, None)),
+        (Some(url), Some(token)) => (url, token),
+        (None, Some(_)) => {
+            return Err(Invalid::new(
+                "network_server_token",
+                "a token without network_server_url",
+                "give network_server_url too, or neither",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(Invalid::new(
+                "network_server_token",
+                "missing: the network server is called with an API token",
+                "give the network server's API token (sent as Authorization: Bearer)",
+            ));
+        }
+    };
+    if !lorawan {
+        return Err(Invalid::new(
+            "network_server_url",
+            "only LoRaWAN networks push downlinks to a network server",
+            "leave network_server_url and network_server_token out",
+        ));
+    }
+    let host = url.strip_prefix("http://").unwrap_or_default();
+    let host_part = host.split('/').next().unwrap_or_default();
+    if url.len() > 2048
+        || host_part.is_empty()
+        || url
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#')
+    {
+        return Err(Invalid::new(
+            "network_server_url",
+            "must be an http:// URL with a host, without query or fragment (https is not supported)",
+            "give the base URL of ChirpStack's REST API, e.g. \"http://chirpstack-rest:8090\"",
+        ));
+    }
+    if token.is_empty() || token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Invalid::new(
+            "network_server_token",
+            "must be 1 to 4096 printable ASCII characters without spaces",
+            "give the API token the network server issued",
+        ));
+    }
+    Ok((Some(url.trim_end_matches('/').to_owned()), Some(token)))
+}
+
 /// A topic prefix (events, networks): a topic name, so no wildcards.
 pub fn topic_prefix(field: &str, value: &str) -> Result<(), Invalid> {
     TopicName::new(value).map(|_| ()).map_err(|e| {

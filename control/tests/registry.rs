@@ -120,6 +120,8 @@ fn network_req(hub_id: HubId, name: &str) -> NetworkCreate {
         name: name.to_owned(),
         network_type: NetworkType::Rest,
         topic_prefix: "rest/in".to_owned(),
+        ns_url: None,
+        ns_token: None,
     }
 }
 

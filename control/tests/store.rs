@@ -86,6 +86,8 @@ fn network(hub: &HubRecord, name: &str, kind: NetworkType, prefix: &str) -> Netw
         network_type: kind,
         topic_prefix: prefix.to_owned(),
         secret_hash: format!("secret-of-{name}-{}", NetworkId::new_random()),
+        ns_url: None,
+        ns_token: None,
         created_at: Timestamp::from_micros(1),
     }
 }

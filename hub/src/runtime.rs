@@ -24,8 +24,8 @@ use iothub_engine::{
 };
 use iothub_model::{DeviceId, HubId, NetworkId, RouteId, TopicName};
 use iothub_networks::{
-    AbpSession, Eui64, FrameCounterStore, HubState, LorawanDevice, NetworkKind, NetworkSpec,
-    Networks, StoreFuture,
+    AbpSession, Eui64, FrameCounterStore, HubState, LorawanDevice, NetworkKind, NetworkServer,
+    NetworkSpec, Networks, StoreFuture,
 };
 use tracing::{info, warn};
 
@@ -166,6 +166,25 @@ impl FrameCounterStore for RegistryFrameCounters {
                 .map_err(|e| e.to_string())
         })
     }
+
+    fn save_dev_nonce(
+        &self,
+        network: NetworkId,
+        dev_eui: Eui64,
+        dev_nonce: u16,
+    ) -> StoreFuture<'_> {
+        Box::pin(async move {
+            let registry = self
+                .registry
+                .get()
+                .and_then(Weak::upgrade)
+                .ok_or("the registry is not open")?;
+            registry
+                .add_lorawan_dev_nonce(network, &dev_eui.to_string(), dev_nonce)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 fn network_spec(network: &NetworkRecord) -> Option<NetworkSpec> {
@@ -187,6 +206,13 @@ fn network_spec(network: &NetworkRecord) -> Option<NetworkSpec> {
         },
         topic_prefix,
         secret_hash: network.secret_hash.clone(),
+        server: match (&network.ns_url, &network.ns_token) {
+            (Some(url), Some(token)) => Some(NetworkServer {
+                url: url.clone(),
+                token: token.clone(),
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -220,6 +246,7 @@ fn lorawan_device(d: &LorawanDeviceRecord) -> Result<LorawanDevice, String> {
         app_key: opt("app_key", &d.app_key)?,
         session,
         f_cnt_up: d.f_cnt_up,
+        dev_nonces: d.dev_nonces.iter().copied().collect(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Downlinks the hub's clients publish for a network's devices, on `<prefix>/<device>/down`:
 //! for SigFox the latest 8 bytes per device, handed out by the next BIDIR callback; for
 //! LoRaWAN a bounded queue per network of ChirpStack enqueue requests, drained by
-//! `GET /networks/{id}/downlinks`.
+//! `GET /networks/{id}/downlinks` (or pushed to the network server, see `push.rs`).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -36,20 +36,10 @@ impl Downlinks {
         topic: &TopicName,
         payload: &[u8],
     ) -> Result<bool, DownlinkError> {
-        let Some(rest) = topic
-            .as_str()
-            .strip_prefix(spec.topic_prefix.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-        else {
+        let Some(device) = device_of(spec, topic) else {
             return Ok(false);
         };
-        let Some(device) = rest.strip_suffix("/down").filter(|d| !d.contains('/')) else {
-            return Ok(false);
-        };
-        let invalid = |reason: String| DownlinkError::Invalid {
-            topic: topic.as_str().to_owned(),
-            reason,
-        };
+        let invalid = |reason: String| invalid(topic, reason);
         match spec.kind {
             NetworkKind::Rest => Ok(false),
             NetworkKind::Sigfox => {
@@ -66,10 +56,9 @@ impl Downlinks {
                 Ok(true)
             }
             NetworkKind::Lorawan => {
-                let dev_eui: Eui64 = device
-                    .parse()
-                    .map_err(|e| invalid(format!("{device:?}: {e}")))?;
-                let item = lorawan_item(dev_eui, payload).map_err(invalid)?;
+                let Some((_, item)) = lorawan_downlink(spec, topic, payload)? else {
+                    return Ok(false);
+                };
                 let mut all = self.lorawan.lock();
                 let queue = all.entry(spec.id).or_default();
                 if queue.len() >= MAX_QUEUED_DOWNLINKS {
@@ -101,6 +90,40 @@ impl Downlinks {
         self.sigfox.lock().retain(|(n, _), _| *n != network);
         self.lorawan.lock().remove(&network);
     }
+}
+
+/// The device of `<prefix>/<device>/down`, if `topic` is a downlink topic of `spec`.
+fn device_of<'t>(spec: &NetworkSpec, topic: &'t TopicName) -> Option<&'t str> {
+    topic
+        .as_str()
+        .strip_prefix(spec.topic_prefix.as_str())
+        .and_then(|r| r.strip_prefix('/'))?
+        .strip_suffix("/down")
+        .filter(|d| !d.contains('/'))
+}
+
+fn invalid(topic: &TopicName, reason: String) -> DownlinkError {
+    DownlinkError::Invalid {
+        topic: topic.as_str().to_owned(),
+        reason,
+    }
+}
+
+/// A LoRaWAN downlink as the DevEUI and ChirpStack's enqueue request body; `None` when
+/// `topic` is not a downlink topic of the network.
+pub(crate) fn lorawan_downlink(
+    spec: &NetworkSpec,
+    topic: &TopicName,
+    payload: &[u8],
+) -> Result<Option<(Eui64, Value)>, DownlinkError> {
+    let Some(device) = device_of(spec, topic) else {
+        return Ok(None);
+    };
+    let dev_eui: Eui64 = device
+        .parse()
+        .map_err(|e| invalid(topic, format!("{device:?}: {e}")))?;
+    let item = lorawan_item(dev_eui, payload).map_err(|r| invalid(topic, r))?;
+    Ok(Some((dev_eui, item)))
 }
 
 /// 16 hex digits as text, or 8 raw bytes: the 16 lowercase hex digits SigFox wants.
@@ -163,6 +186,7 @@ mod tests {
             kind,
             topic_prefix: TopicName::new("net").unwrap(),
             secret_hash: String::new(),
+            server: None,
         }
     }
 

@@ -44,6 +44,8 @@ pub enum IngressError {
         f_cnt: u32,
         next: u32,
     },
+    #[error("replayed join-request: device {dev_eui} already joined with DevNonce {dev_nonce:04x}")]
+    ReplayedJoin { dev_eui: String, dev_nonce: u16 },
     #[error("unsupported content type {0:?}; use application/octet-stream or application/json")]
     UnsupportedMediaType(String),
 }
@@ -60,7 +62,9 @@ impl IngressError {
             | Self::MalformedPhy(_) => StatusCode::BAD_REQUEST,
             Self::ReservedTopic(_) => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::HubDisabled | Self::ReplayedFrame { .. } => StatusCode::CONFLICT,
+            Self::HubDisabled | Self::ReplayedFrame { .. } | Self::ReplayedJoin { .. } => {
+                StatusCode::CONFLICT
+            }
             Self::InvalidMic(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
@@ -82,6 +86,7 @@ impl IngressError {
             Self::UnknownDevice(_) => "unknown_device",
             Self::InvalidMic(_) => "invalid_mic",
             Self::ReplayedFrame { .. } => "replayed_frame",
+            Self::ReplayedJoin { .. } => "replayed_join",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
         }
     }
@@ -103,7 +108,8 @@ impl IngressError {
             | Self::UnknownEvent(_)
             | Self::UnknownDevice(_)
             | Self::InvalidMic(_)
-            | Self::ReplayedFrame { .. } => EventKind::ProtocolError,
+            | Self::ReplayedFrame { .. }
+            | Self::ReplayedJoin { .. } => EventKind::ProtocolError,
         }
     }
 
@@ -132,6 +138,9 @@ impl IngressError {
                 f_cnt,
                 next,
             } => json!({ "dev_eui": dev_eui, "f_cnt": f_cnt, "next": next }),
+            Self::ReplayedJoin { dev_eui, dev_nonce } => {
+                json!({ "dev_eui": dev_eui, "dev_nonce": format!("{dev_nonce:04x}") })
+            }
             _ => json!({}),
         }
     }

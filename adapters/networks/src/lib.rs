@@ -21,11 +21,12 @@ mod codec;
 mod downlink;
 mod error;
 mod lorawan;
+mod push;
 mod rest;
 mod sigfox;
 mod tap;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -77,6 +78,26 @@ pub struct NetworkSpec {
     pub topic_prefix: TopicName,
     /// Lowercase hex SHA-256 of the secret.
     pub secret_hash: String,
+    /// LoRaWAN: the network server downlinks are pushed to (`None`: they wait for a poll).
+    pub server: Option<NetworkServer>,
+}
+
+/// The network server (ChirpStack v4 REST API) a LoRaWAN network pushes its downlinks to:
+/// `POST <url>/api/devices/<dev_eui>/queue` with `Authorization: Bearer <token>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NetworkServer {
+    /// `http://host[:port][/path]`, without a trailing `/`.
+    pub url: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for NetworkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkServer")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// What ingress needs to know of a hub: the rules a client's PUBLISH would meet.
@@ -108,16 +129,21 @@ pub struct LorawanDevice {
     pub session: Option<AbpSession>,
     /// The lowest 32-bit uplink frame counter still accepted (the last accepted + 1).
     pub f_cnt_up: u32,
+    /// The DevNonces of accepted join-requests: a join-request reusing one is a replay.
+    pub dev_nonces: HashSet<u16>,
 }
 
 /// A future of the frame counter store.
 pub type StoreFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
-/// Where accepted uplink frame counters are kept, so a restart does not reopen replays. The
-/// binary implements it with the registry.
+/// Where accepted uplink frame counters and join DevNonces are kept, so a restart does not
+/// reopen replays. The binary implements it with the registry.
 pub trait FrameCounterStore: Send + Sync + 'static {
     /// `next` is the device's new `f_cnt_up`.
     fn save_f_cnt_up(&self, network: NetworkId, dev_eui: Eui64, next: u32) -> StoreFuture<'_>;
+    /// The DevNonce of a join-request just accepted from the device.
+    fn save_dev_nonce(&self, network: NetworkId, dev_eui: Eui64, dev_nonce: u16)
+    -> StoreFuture<'_>;
 }
 
 /// A store that keeps nothing (tests of the directory alone).
@@ -126,6 +152,10 @@ pub struct NoFrameCounterStore;
 
 impl FrameCounterStore for NoFrameCounterStore {
     fn save_f_cnt_up(&self, _: NetworkId, _: Eui64, _: u32) -> StoreFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn save_dev_nonce(&self, _: NetworkId, _: Eui64, _: u16) -> StoreFuture<'_> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -156,6 +186,7 @@ struct Inner {
     devices: Mutex<HashMap<NetworkId, LorawanDevices>>,
     counters: Arc<dyn FrameCounterStore>,
     downlinks: Downlinks,
+    pushers: push::Pushers,
 }
 
 impl Networks {
@@ -167,6 +198,7 @@ impl Networks {
                 devices: Mutex::new(HashMap::new()),
                 counters,
                 downlinks: Downlinks::default(),
+                pushers: push::Pushers::default(),
             }),
         }
     }
@@ -200,6 +232,7 @@ impl Networks {
         self.inner.directory.write().networks.remove(&id);
         self.inner.devices.lock().remove(&id);
         self.inner.downlinks.forget_network(id);
+        self.inner.pushers.forget_network(id);
     }
 
     /// A hub was created or changed.
@@ -262,7 +295,18 @@ impl Networks {
         let Some(spec) = self.inner.directory.read().networks.get(&network).cloned() else {
             return Ok(false);
         };
-        let result = self.inner.downlinks.offer(&spec, topic, payload);
+        let result = match &spec.server {
+            Some(server) if spec.kind == NetworkKind::Lorawan => {
+                downlink::lorawan_downlink(&spec, topic, payload).map(|item| match item {
+                    Some((dev_eui, item)) => {
+                        self.push_downlink(&spec, server, dev_eui, item);
+                        true
+                    }
+                    None => false,
+                })
+            }
+            _ => self.inner.downlinks.offer(&spec, topic, payload),
+        };
         if let Err(e) = &result {
             let event = HubEvent::about_hub(
                 EventKind::ProtocolError,

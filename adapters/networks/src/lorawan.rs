@@ -449,6 +449,10 @@ async fn phy_frame(
                 .ok_or_else(|| IngressError::MalformedPhy("JoinEUI".into()))?;
             let mut nonce = join.dev_nonce().as_ref().to_vec();
             nonce.reverse();
+            let dev_nonce = match nonce[..] {
+                [hi, lo] => u16::from_be_bytes([hi, lo]),
+                _ => return Err(IngressError::MalformedPhy("DevNonce".into())),
+            };
             let app_key = {
                 let all = networks.inner.devices.lock();
                 let device = all
@@ -468,6 +472,20 @@ async fn phy_frame(
                     "join-request of {dev_eui} (MIC {})",
                     hex_lower(&join.mic().0)
                 )));
+            }
+            accept_dev_nonce(networks, spec, dev_eui, dev_nonce)?;
+            if let Err(error) = networks
+                .inner
+                .counters
+                .save_dev_nonce(spec.id, dev_eui, dev_nonce)
+                .await
+            {
+                tracing::warn!(
+                    message = "could not save a LoRaWAN DevNonce",
+                    %error,
+                    network = %spec.id,
+                    %dev_eui
+                );
             }
             let payload = json!({
                 "source": "phy",
@@ -552,6 +570,29 @@ async fn phy_frame(
                 extra,
             )
         }
+    }
+}
+
+/// Records the DevNonce of a join-request whose MIC is valid, under the devices' lock; a
+/// DevNonce the device already used is a replayed join-request (LoRaWAN 1.0.x).
+fn accept_dev_nonce(
+    networks: &Networks,
+    spec: &NetworkSpec,
+    dev_eui: Eui64,
+    dev_nonce: u16,
+) -> Result<(), IngressError> {
+    let mut all = networks.inner.devices.lock();
+    let device = all
+        .get_mut(&spec.id)
+        .and_then(|d| d.by_eui.get_mut(&dev_eui))
+        .ok_or_else(|| IngressError::UnknownDevice(format!("no device with DevEUI {dev_eui}")))?;
+    if device.dev_nonces.insert(dev_nonce) {
+        Ok(())
+    } else {
+        Err(IngressError::ReplayedJoin {
+            dev_eui: dev_eui.to_string(),
+            dev_nonce,
+        })
     }
 }
 

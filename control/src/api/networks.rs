@@ -28,6 +28,10 @@ pub struct CreateNetworkBody {
     #[serde(rename = "type")]
     network_type: NetworkType,
     topic_prefix: String,
+    #[serde(default)]
+    network_server_url: Option<String>,
+    #[serde(default)]
+    network_server_token: Option<String>,
 }
 
 pub async fn create(
@@ -40,6 +44,8 @@ pub async fn create(
         name: body.name,
         network_type: body.network_type,
         topic_prefix: body.topic_prefix,
+        ns_url: body.network_server_url,
+        ns_token: body.network_server_token,
     };
     let (network, secret) = state.registry.create_network(&caller, req).await?;
     Ok(Json(CreatedNetwork {

@@ -314,6 +314,9 @@ pub struct NetworkView {
     /// Where the network posts, relative to the API's base URL (`/networks/{id}`; LoRaWAN
     /// networks add `/chirpstack`, `/tts` or `/phy`).
     pub endpoint: String,
+    /// LoRaWAN networks that push downlinks: the network server (its token is never shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_server_url: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -326,6 +329,7 @@ impl From<NetworkRecord> for NetworkView {
             hub_id: n.hub_id,
             topic_prefix: n.topic_prefix,
             endpoint: format!("/networks/{}", n.id),
+            network_server_url: n.ns_url,
             created_at: n.created_at,
         }
     }

@@ -1120,6 +1120,11 @@ impl Registry {
     ) -> Result<(NetworkRecord, String), RegistryError> {
         validate::name("name", &req.name)?;
         validate::topic_prefix("topic_prefix", &req.topic_prefix)?;
+        let (ns_url, ns_token) = validate::network_server(
+            req.network_type == NetworkType::Lorawan,
+            req.ns_url,
+            req.ns_token,
+        )?;
         let hub = self.hub_of(caller, req.hub_id).await?;
         let secret = generate_secret()?;
         let network = NetworkRecord {
@@ -1130,6 +1135,8 @@ impl Registry {
             network_type: req.network_type,
             topic_prefix: req.topic_prefix,
             secret_hash: hash_secret(&secret),
+            ns_url,
+            ns_token,
             created_at: Timestamp::now(),
         };
         self.store
@@ -1231,6 +1238,7 @@ impl Registry {
             nwk_s_key,
             app_s_key,
             f_cnt_up: req.f_cnt_up.unwrap_or(0),
+            dev_nonces: Vec::new(),
             created_at: Timestamp::now(),
         };
         self.store.insert_lorawan_device(&device).await?;
@@ -1288,6 +1296,20 @@ impl Registry {
         Ok(self
             .store
             .set_lorawan_f_cnt_up(network, dev_eui, f_cnt_up)
+            .await?)
+    }
+
+    /// Records a DevNonce of an accepted join-request of a device (the broker calls it; the
+    /// broker refuses a DevNonce already recorded).
+    pub async fn add_lorawan_dev_nonce(
+        &self,
+        network: NetworkId,
+        dev_eui: &str,
+        dev_nonce: u16,
+    ) -> Result<(), RegistryError> {
+        Ok(self
+            .store
+            .add_lorawan_dev_nonce(network, dev_eui, dev_nonce)
             .await?)
     }
 

@@ -162,4 +162,7 @@ pub struct NetworkCreate {
     pub name: String,
     pub network_type: NetworkType,
     pub topic_prefix: String,
+    /// LoRaWAN only: push downlinks to this network server (with `ns_token`).
+    pub ns_url: Option<String>,
+    pub ns_token: Option<String>,
 }

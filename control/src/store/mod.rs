@@ -409,6 +409,13 @@ pub trait Store: Send + Sync + 'static {
         dev_eui: &'a str,
         f_cnt_up: u32,
     ) -> StoreFuture<'a, ()>;
+    /// Appends a DevNonce to a device's used DevNonces.
+    fn add_lorawan_dev_nonce<'a>(
+        &'a self,
+        network: NetworkId,
+        dev_eui: &'a str,
+        dev_nonce: u16,
+    ) -> StoreFuture<'a, ()>;
 
     /// Writes the metric rings (each row replaces the stored one of its object and
     /// resolution), in one transaction.

@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "lorawan",
         include_str!("../../migrations/0004_lorawan.sql"),
     ),
+    (
+        5,
+        "network_server",
+        include_str!("../../migrations/0005_network_server.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming iothub's migration lock among PostgreSQL advisory locks.
@@ -444,8 +449,8 @@ fn route_from(row: &AnyRow) -> Result<RouteRecord, StoreError> {
     Ok(route)
 }
 
-const NETWORK_COLUMNS: &str =
-    "id, hub_id, account_id, name, network_type, topic_prefix, secret_hash, created_at";
+const NETWORK_COLUMNS: &str = "id, hub_id, account_id, name, network_type, topic_prefix, \
+     secret_hash, ns_url, ns_token, created_at";
 
 fn network_from(row: &AnyRow) -> Result<NetworkRecord, StoreError> {
     Ok(NetworkRecord {
@@ -456,12 +461,14 @@ fn network_from(row: &AnyRow) -> Result<NetworkRecord, StoreError> {
         network_type: parsed(row, NETWORK_TABLE, "network_type")?,
         topic_prefix: text(row, "topic_prefix")?,
         secret_hash: text(row, "secret_hash")?,
+        ns_url: row.try_get::<Option<String>, _>("ns_url")?,
+        ns_token: row.try_get::<Option<String>, _>("ns_token")?,
         created_at: stamp(row, "created_at")?,
     })
 }
 
 const LORAWAN_COLUMNS: &str = "network_id, dev_eui, hub_id, account_id, join_eui, app_key, \
-     dev_addr, nwk_s_key, app_s_key, f_cnt_up, created_at";
+     dev_addr, nwk_s_key, app_s_key, f_cnt_up, dev_nonces, created_at";
 
 fn lorawan_from(row: &AnyRow) -> Result<LorawanDeviceRecord, StoreError> {
     const TABLE: &str = "lorawan_devices";
@@ -482,8 +489,25 @@ fn lorawan_from(row: &AnyRow) -> Result<LorawanDeviceRecord, StoreError> {
             value: f_cnt_up.to_string(),
             reason: e.to_string(),
         })?,
+        dev_nonces: dev_nonces(&text(row, "dev_nonces")?)?,
         created_at: stamp(row, "created_at")?,
     })
+}
+
+/// `"00a1,ff02,"`: the DevNonces column (4 lowercase hex digits, each followed by a comma).
+fn dev_nonces(column: &str) -> Result<Vec<u16>, StoreError> {
+    column
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            u16::from_str_radix(n, 16).map_err(|e| StoreError::Corrupt {
+                table: "lorawan_devices",
+                column: "dev_nonces",
+                value: n.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1689,7 +1713,8 @@ impl Store for SqlStore {
             check_quota("networks", current, hub_quota)?;
             sqlx::query(
                 "INSERT INTO networks (id, hub_id, account_id, name, network_type, topic_prefix, \
-                 secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 secret_hash, ns_url, ns_token, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(network.id.to_string())
             .bind(network.hub_id.to_string())
@@ -1698,6 +1723,8 @@ impl Store for SqlStore {
             .bind(network.network_type.as_str())
             .bind(network.topic_prefix.clone())
             .bind(network.secret_hash.clone())
+            .bind(network.ns_url.clone())
+            .bind(network.ns_token.clone())
             .bind(network.created_at.as_micros())
             .execute(&mut *tx)
             .await
@@ -1895,6 +1922,27 @@ impl Store for SqlStore {
                  WHERE network_id = $2 AND dev_eui = $3 AND f_cnt_up < $1",
             )
             .bind(i64::from(f_cnt_up))
+            .bind(network.to_string())
+            .bind(dev_eui.to_owned())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn add_lorawan_dev_nonce<'a>(
+        &'a self,
+        network: NetworkId,
+        dev_eui: &'a str,
+        dev_nonce: u16,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            // An append in one statement: two joins saving at once both stay.
+            sqlx::query(
+                "UPDATE lorawan_devices SET dev_nonces = dev_nonces || $1 \
+                 WHERE network_id = $2 AND dev_eui = $3",
+            )
+            .bind(format!("{dev_nonce:04x},"))
             .bind(network.to_string())
             .bind(dev_eui.to_owned())
             .execute(&self.pool)
