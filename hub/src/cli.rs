@@ -166,8 +166,10 @@ pub struct FilterArgs {
 #[derive(Subcommand, Debug)]
 pub enum RouteCmd {
     /// Create a route: --type rest (--verb, --uri, --header K=V), s3 (--bucket-region,
-    /// --bucket-name, --object-prefix, --strategy) or database (--engine, --host, --port,
-    /// --dbname, --username, --password, --query).
+    /// --bucket-name, --object-prefix, --strategy, and for an S3-compatible server
+    /// --endpoint, --access-key-id, --secret-access-key), database (--engine, --host,
+    /// --port, --dbname, --username, --password, --query) or wasm (--component FILE.wasm,
+    /// --config JSON, --http-origin URL, --hub-publish, --grants JSON).
     Create {
         #[arg(long)]
         hub_id: String,
@@ -234,6 +236,29 @@ pub struct RouteConfigArgs {
     password: Option<String>,
     #[arg(long)]
     query: Option<String>,
+    /// S3-compatible server's base URL (s3).
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long)]
+    access_key_id: Option<String>,
+    #[arg(long)]
+    secret_access_key: Option<String>,
+    /// The component file (wasm): uploaded in base64.
+    #[arg(long, value_name = "FILE")]
+    component: Option<std::path::PathBuf>,
+    /// The JSON object the component's init receives (wasm).
+    #[arg(long, value_name = "JSON")]
+    config: Option<String>,
+    /// The one HTTP origin the component may call (wasm).
+    #[arg(long, value_name = "URL")]
+    http_origin: Option<String>,
+    /// Let the component publish back into its hub (wasm).
+    #[arg(long)]
+    hub_publish: bool,
+    /// Every grant as JSON (wasm; see `wasm_config.grants` in the API), merged under
+    /// --http-origin and --hub-publish.
+    #[arg(long, value_name = "JSON")]
+    grants: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -241,6 +266,7 @@ enum RouteType {
     Rest,
     S3,
     Database,
+    Wasm,
 }
 
 #[derive(Subcommand, Debug)]
@@ -425,9 +451,8 @@ fn route_config(c: &RouteConfigArgs) -> anyhow::Result<(&'static str, Value)> {
                 ]),
             )
         }
-        RouteType::S3 => (
-            "s3_config",
-            object(vec![
+        RouteType::S3 => {
+            let mut fields = vec![
                 ("bucket_region", json!(c.bucket_region)),
                 ("bucket_name", json!(c.bucket_name)),
                 ("object_prefix", json!(c.object_prefix)),
@@ -435,8 +460,54 @@ fn route_config(c: &RouteConfigArgs) -> anyhow::Result<(&'static str, Value)> {
                     "strategy",
                     json!(c.strategy.as_deref().unwrap_or("per_topic")),
                 ),
-            ]),
-        ),
+            ];
+            for (key, value) in [
+                ("endpoint", &c.endpoint),
+                ("access_key_id", &c.access_key_id),
+                ("secret_access_key", &c.secret_access_key),
+            ] {
+                if let Some(v) = value {
+                    fields.push((key, json!(v)));
+                }
+            }
+            ("s3_config", object(fields))
+        }
+        RouteType::Wasm => {
+            use base64::Engine as _;
+            let path = c
+                .component
+                .as_ref()
+                .context("--component FILE.wasm is required for a wasm route")?;
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the component {}", path.display()))?;
+            let config: Value = match &c.config {
+                Some(text) => serde_json::from_str(text).context("--config is not JSON")?,
+                None => json!({}),
+            };
+            let mut grants: Map<String, Value> = match &c.grants {
+                Some(text) => {
+                    serde_json::from_str(text).context("--grants is not a JSON object")?
+                }
+                None => Map::new(),
+            };
+            if let Some(origin) = &c.http_origin {
+                grants.insert("http_origin".into(), json!(origin));
+            }
+            if c.hub_publish {
+                grants.insert("hub_publish".into(), json!(true));
+            }
+            (
+                "wasm_config",
+                object(vec![
+                    (
+                        "component",
+                        json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                    ),
+                    ("config", config),
+                    ("grants", Value::Object(grants)),
+                ]),
+            )
+        }
         RouteType::Database => (
             "db_config",
             object(vec![

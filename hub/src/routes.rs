@@ -216,8 +216,49 @@ impl HubPublisher for Bridge {
     }
 }
 
-/// A route instance of the host as the delivery runtime's target.
-struct HostTarget(RouteInstance);
+/// A route's component as the delivery runtime's target. The route's tap and queue start
+/// at once (so no message is missed while the component compiles); the component is
+/// instantiated in the background and the first delivery waits for it. An instance that
+/// cannot be made (its init refuses a stored config) fails every delivery with the reason,
+/// evented once, until the route is changed.
+struct HostTarget {
+    runtime: Arc<RouteRuntime>,
+    route: RouteRecord,
+    publisher: Arc<TapPublisher>,
+    instance: tokio::sync::OnceCell<Result<RouteInstance, String>>,
+}
+
+impl HostTarget {
+    async fn instance(&self) -> Result<&RouteInstance, String> {
+        self.instance
+            .get_or_init(|| async {
+                let made = self
+                    .runtime
+                    .instantiate(&self.route, self.publisher.clone())
+                    .await;
+                match made {
+                    Ok(i) => {
+                        info!(message = "route running", route = %self.route.id, hub = %self.route.hub_id, r#type = %self.route.route_type);
+                        Ok(i)
+                    }
+                    Err(r) => {
+                        warn!(message = "route cannot start", route = %self.route.id, field = %r.field, reason = %r.reason);
+                        let event = HubEvent::about_route(
+                            EventKind::RouteFailed,
+                            self.route.id,
+                            format!("route cannot start: {}: {}", r.field, r.reason),
+                        )
+                        .with_object_name(self.route.name.clone());
+                        self.runtime.engine.raise_event(self.route.hub_id, event);
+                        Err(format!("route cannot start: {}: {}", r.field, r.reason))
+                    }
+                }
+            })
+            .await
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
 
 fn to_host(m: RouteMessage) -> HostMessage {
     HostMessage {
@@ -257,8 +298,9 @@ impl RouteTarget for HostTarget {
         batch: Vec<RouteMessage>,
     ) -> Pin<Box<dyn Future<Output = Result<Delivery, String>> + Send + '_>> {
         Box::pin(async move {
+            let instance = self.instance().await?;
             let batch = batch.into_iter().map(to_host).collect();
-            match self.0.handle(batch).await {
+            match instance.handle(batch).await {
                 Ok(report) => Ok(Delivery {
                     outcomes: report
                         .outcomes
@@ -288,6 +330,9 @@ impl RouteTarget for HostTarget {
 /// The routes of the process over one plugin host.
 pub struct RouteRuntime {
     host: PluginHost,
+    /// The built-in components, compiled once (at start, in the background): a route check
+    /// that comes meanwhile waits for that compilation rather than starting another.
+    builtins: [tokio::sync::OnceCell<CompiledRoute>; 3],
     routes: Arc<Routes>,
     engine: Engine,
     /// The hub of each running route, so a deleted hub stops its routes.
@@ -301,20 +346,42 @@ impl RouteRuntime {
         policy: DeliveryPolicy,
     ) -> anyhow::Result<Arc<Self>> {
         let host = PluginHost::new(HostConfig::default())?;
-        Ok(Arc::new(Self {
+        let me = Arc::new(Self {
             host,
+            builtins: Default::default(),
             routes: Arc::new(Routes::new(engine.clone(), data_dir, policy)),
             engine,
             hubs: Mutex::new(Vec::new()),
-        }))
+        });
+        for kind in BuiltinKind::ALL {
+            let warm = me.clone();
+            tokio::spawn(async move {
+                if let Err(r) = warm.compile(Component::Builtin(kind)).await {
+                    warn!(message = "built-in route component does not compile", r#type = kind.as_str(), reason = %r.reason);
+                }
+            });
+        }
+        Ok(me)
     }
 
     async fn compile(&self, component: Component) -> Result<CompiledRoute, RouteRefusal> {
         match component {
-            Component::Builtin(kind) => self
-                .host
-                .builtin(kind)
-                .map_err(|e| refusal("type", e.to_string())),
+            Component::Builtin(kind) => {
+                let slot = match kind {
+                    BuiltinKind::Rest => &self.builtins[0],
+                    BuiltinKind::S3 => &self.builtins[1],
+                    BuiltinKind::Database => &self.builtins[2],
+                };
+                slot.get_or_try_init(|| async {
+                    let host = self.host.clone();
+                    tokio::task::spawn_blocking(move || host.builtin(kind))
+                        .await
+                        .map_err(|e| refusal("type", e.to_string()))?
+                        .map_err(|e| refusal("type", e.to_string()))
+                })
+                .await
+                .cloned()
+            }
             Component::Uploaded(bytes) => {
                 let host = self.host.clone();
                 tokio::task::spawn_blocking(move || host.compile(&bytes))
@@ -354,50 +421,42 @@ impl RouteRuntime {
             .map(|_| ())
     }
 
-    /// Starts (or restarts) a stored route; failures are logged and evented.
+    /// Starts (or restarts) a stored route: its tap subscribes before this returns; its
+    /// component is made in the background (failures are logged and evented).
     pub fn upsert(self: &Arc<Self>, route: &RouteRecord) {
-        let me = self.clone();
-        let route = route.clone();
-        tokio::spawn(async move {
-            let filter = match SubscriptionFilter::parse(&route.topic) {
-                Ok(f) => f,
-                Err(error) => {
-                    warn!(message = "route not started: invalid topic filter", route = %route.id, %error);
-                    return;
-                }
-            };
-            let publisher = Arc::new(TapPublisher::default());
-            match me.instantiate(&route, publisher.clone()).await {
-                Ok(instance) => {
-                    {
-                        let mut hubs = me.hubs.lock();
-                        hubs.retain(|(id, _)| *id != route.id);
-                        hubs.push((route.id, route.hub_id));
-                    }
-                    me.routes.upsert(
-                        RouteSpec {
-                            id: route.id,
-                            hub: route.hub_id,
-                            name: route.name.clone(),
-                            filter,
-                        },
-                        Arc::new(HostTarget(instance)),
-                        publisher,
-                    );
-                    info!(message = "route running", route = %route.id, hub = %route.hub_id, r#type = %route.route_type);
-                }
-                Err(r) => {
-                    warn!(message = "route not started", route = %route.id, field = %r.field, reason = %r.reason);
-                    let event = HubEvent::about_route(
-                        EventKind::RouteFailed,
-                        route.id,
-                        format!("route cannot start: {}: {}", r.field, r.reason),
-                    )
-                    .with_object_name(route.name.clone());
-                    me.engine.raise_event(route.hub_id, event);
-                }
+        let filter = match SubscriptionFilter::parse(&route.topic) {
+            Ok(f) => f,
+            Err(error) => {
+                warn!(message = "route not started: invalid topic filter", route = %route.id, %error);
+                return;
             }
+        };
+        let publisher = Arc::new(TapPublisher::default());
+        let target = Arc::new(HostTarget {
+            runtime: self.clone(),
+            route: route.clone(),
+            publisher: publisher.clone(),
+            instance: tokio::sync::OnceCell::new(),
         });
+        let warm = target.clone();
+        tokio::spawn(async move {
+            let _ = warm.instance().await;
+        });
+        {
+            let mut hubs = self.hubs.lock();
+            hubs.retain(|(id, _)| *id != route.id);
+            hubs.push((route.id, route.hub_id));
+        }
+        self.routes.upsert(
+            RouteSpec {
+                id: route.id,
+                hub: route.hub_id,
+                name: route.name.clone(),
+                filter,
+            },
+            target,
+            publisher,
+        );
     }
 
     pub fn remove(&self, id: RouteId) {

@@ -80,6 +80,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // First: metric handles taken before the recorder exists (the engine resolves its per-hub
     // handles when a hub is created) would count into nothing.
     let prometheus = PrometheusBuilder::new()
+        // Route latency (tap to delivery) as a histogram: from a millisecond to the retry
+        // budget's minutes.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("iothub_route_latency_seconds".into()),
+            &[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0,
+            ],
+        )
+        .context("cannot configure the route latency histogram")?
         .install_recorder()
         .context("cannot install the Prometheus metrics recorder")?;
     // The durable store before the engine: the engine reports every durable change to it.

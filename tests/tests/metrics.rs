@@ -51,6 +51,11 @@ const KEY_METRICS: &[&str] = &[
     "iothub_events_published_total",
     "iothub_events_dropped_total",
     "iothub_events_unattributed_total",
+    "iothub_route_delivered_total",
+    "iothub_route_retried_total",
+    "iothub_route_failed_total",
+    "iothub_route_queue_depth",
+    "iothub_route_latency_seconds",
     "process_resident_memory_bytes",
     "process_virtual_memory_bytes",
     "process_cpu_seconds_total",
@@ -290,6 +295,7 @@ fn traffic(hub: &Hub) {
     let closed = hub.listener("closed");
     let ack = RawClient::connect(closed).handshake(&Connect::v5(&unique("x"), true));
     assert_eq!(ack.code, 0x87, "{ack:?}");
+    route_traffic(hub);
     // Plain text on the TLS port.
     let mut tls = TcpStream::connect_timeout(&hub.listener("tls"), WAIT).unwrap();
     tls.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
@@ -297,6 +303,59 @@ fn traffic(hub: &Hub) {
     let mut buf = Vec::new();
     tls.set_read_timeout(Some(WAIT)).ok();
     let _ = std::io::Read::read_to_end(&mut tls, &mut buf);
+}
+
+/// Routes' series: a hub of the registry with a REST route to an HTTP server that answers
+/// 200 (a delivery, its latency) and one to a closed port (retries).
+fn route_traffic(hub: &Hub) {
+    use std::io::{BufRead, BufReader};
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ok = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in server.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut writer = conn;
+            let mut len = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let _ = writer
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let api = iothub_e2e::api::Api::admin(hub);
+    let hub_id = iothub_e2e::api::id_of(&api.create_hub(&serde_json::json!({
+        "name": "metrics-routes", "product_plan": "plan_dedicated", "allow_anonymous": true,
+    })));
+    for (name, addr) in [("ok", ok), ("down", closed)] {
+        api.post(
+            "routes",
+            &serde_json::json!({"hub_id": hub_id, "name": name, "topic": "r/#",
+                "rest_config": {"verb": "post", "uri": format!("http://{addr}/in")}}),
+        )
+        .expect(200);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut publisher = RawClient::connected(
+        hub.mqtt_addr(),
+        &Connect {
+            username: Some(hub_id.clone()),
+            ..Connect::v5(&unique("rp"), true)
+        },
+    )
+    .0;
+    publisher.publish(&Publish::v5("r/x", b"routed").qos(1, 7));
+    publisher.expect_kind(kind::PUBACK, "PUBACK of the routed message");
 }
 
 /// A scrape that holds every series the traffic causes (the TLS failure is counted when

@@ -103,12 +103,21 @@ impl Routes {
             r.cancel.cancel();
             r.task.take()
         });
+        // The tap subscribes now, before the caller goes on (at start: before the listeners
+        // open), so no message published from here on misses the route.
+        let first = match shared.open_tap() {
+            Ok(s) => Some(s),
+            Err(error) => {
+                tracing::warn!(message = "route tap not connected yet", route = %id, %error);
+                None
+            }
+        };
         let run = shared.clone();
         let task = tokio::spawn(async move {
             if let Some(p) = previous {
                 let _ = p.await;
             }
-            run.run(dir).await;
+            run.run(dir, first).await;
         });
         running.insert(
             id,

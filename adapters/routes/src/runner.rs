@@ -298,7 +298,7 @@ impl Shared {
 
     /// Opens the queue (retrying every few seconds while the disk refuses), runs intake and
     /// delivery until cancelled, then closes the queue.
-    pub(crate) async fn run(self: Arc<Self>, dir: PathBuf) {
+    pub(crate) async fn run(self: Arc<Self>, dir: PathBuf, first: Option<Arc<Session>>) {
         loop {
             let limits = self.policy.queue;
             let d = dir.clone();
@@ -329,7 +329,7 @@ impl Shared {
             }
         }
         let delivery = tokio::spawn(self.clone().deliver_loop());
-        self.clone().intake_loop().await;
+        self.clone().intake_loop(first).await;
         let _ = delivery.await;
         *self.publisher.session.lock() = None;
         let queue = self.queue.lock().take();
@@ -343,9 +343,48 @@ impl Shared {
         }
     }
 
-    async fn intake_loop(self: Arc<Self>) {
+    /// Connects the tap and subscribes it to the route's filter. Synchronous, so the
+    /// runtime can do it before the hub takes any message (at start, before the listeners
+    /// open): what arrives before the queue is open waits in the tap's session.
+    pub(crate) fn open_tap(&self) -> Result<Arc<Session>, String> {
+        let route = self.spec.id.to_string();
+        let connected = self
+            .engine
+            .connect_route(self.spec.hub, &route, 1024, true)
+            .map_err(|e| e.to_string())?;
+        let session = Arc::new(connected.session);
+        let req = SubscribeRequest {
+            filter: self.spec.filter.clone(),
+            qos: QoS::AtLeastOnce,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: RetainHandling::DoNotSend,
+            subscription_id: None,
+        };
+        match session.subscribe(&[req]).into_iter().next() {
+            Some(Err(error)) => Err(format!(
+                "route cannot subscribe to {}: {error}",
+                self.spec.filter.filter.as_str()
+            )),
+            _ => Ok(session),
+        }
+    }
+
+    async fn intake_loop(self: Arc<Self>, first: Option<Arc<Session>>) {
         let route = self.spec.id.to_string();
         let mut out = Vec::with_capacity(512);
+        if let Some(session) = first {
+            *self.publisher.session.lock() = Some(session.clone());
+            let kicked = self.drain_tap(&session, &route, &mut out).await;
+            *self.publisher.session.lock() = None;
+            if !kicked {
+                drop(session);
+                if let Ok(c) = self.engine.connect_route(self.spec.hub, &route, 1024, true) {
+                    self.move_to_queue(&c.session, &route, &mut out).await;
+                }
+                return;
+            }
+        }
         self.intake(&route, &mut out).await;
         // Stopping (shutdown, route changed): what the engine still holds for the tap goes
         // into the queue first, so nothing a publisher was acknowledged for stays behind.
@@ -356,39 +395,19 @@ impl Shared {
 
     async fn intake(self: &Arc<Self>, route: &str, out: &mut Vec<Outgoing>) {
         while !self.cancel.is_cancelled() {
-            let connected = match self.engine.connect_route(self.spec.hub, route, 1024, true) {
-                Ok(c) => c,
+            let session = match self.open_tap() {
+                Ok(s) => s,
                 Err(error) => {
                     tracing::debug!(message = "route tap cannot connect", route = %route, %error);
+                    if error.contains("subscribe") {
+                        self.raise(EventKind::RouteFailed, error, None);
+                    }
                     tokio::select! {
                         () = self.cancel.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
             };
-            let session = Arc::new(connected.session);
-            let req = SubscribeRequest {
-                filter: self.spec.filter.clone(),
-                qos: QoS::AtLeastOnce,
-                no_local: true,
-                retain_as_published: true,
-                retain_handling: RetainHandling::DoNotSend,
-                subscription_id: None,
-            };
-            if let Some(Err(error)) = session.subscribe(&[req]).into_iter().next() {
-                self.raise(
-                    EventKind::RouteFailed,
-                    format!(
-                        "route cannot subscribe to {}: {error}",
-                        self.spec.filter.filter.as_str()
-                    ),
-                    None,
-                );
-                tokio::select! {
-                    () = self.cancel.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                }
-            }
             *self.publisher.session.lock() = Some(session.clone());
             let kicked = self.drain_tap(&session, route, out).await;
             *self.publisher.session.lock() = None;
