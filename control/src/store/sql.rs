@@ -2037,7 +2037,8 @@ mod tests {
                     .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
                     .collect();
                 assert!(
-                    code.first().is_some_and(|l| l.starts_with("CREATE ")),
+                    code.first()
+                        .is_some_and(|l| l.starts_with("CREATE ") || l.starts_with("ALTER TABLE ")),
                     "migration {version} {name}: {statement:?}"
                 );
             }
