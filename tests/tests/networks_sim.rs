@@ -146,22 +146,33 @@ fn rest_publisher_with_a_wrong_secret_is_refused_and_nothing_arrives() {
 }
 
 /// The Sigfox backend, two devices, four callbacks each with every second one a BIDIR with
-/// ack=true. A downlink was published for one device: its first BIDIR answer carries it
+/// ack=true. A downlink was published for one device (and seen taken: a malformed one
+/// published after it raised its event): its first BIDIR answer carries it
 /// (exactly once, key = device id as sent), every other answer is 204. Every callback body
 /// arrives unchanged on prefix/<device>.
 #[test]
 fn sigfox_backend_uplinks_arrive_and_bidir_takes_the_downlink() {
     let Some(mut fx) = Fx::start() else { return };
     let (url, secret) = fx.network("sigfox", "sfx");
+    fx.subscribe("$SCW/events/#");
     fx.subscriber.publish(
         "sfx/2BEE81/down",
         QoS::AtLeastOnce,
         false,
         b"01003C0000000A00".as_slice(),
     );
-    // The downlink is taken by the hub's network from its own subscription: give it a moment
+    // The network takes downlinks from its own subscription, asynchronously but in order:
+    // once the event of a malformed downlink published next arrives, the valid one was taken
     // before the first BIDIR callback asks for it.
-    std::thread::sleep(Duration::from_millis(300));
+    fx.subscriber
+        .publish("sfx/XYZ/down", QoS::AtLeastOnce, false, b"0100".as_slice());
+    let event = fx.collect(1);
+    assert_eq!(event[0].0, format!("$SCW/events/error/hub/{}", fx.hub_id));
+    let event = json_of(&event[0].1);
+    assert!(
+        event["msg"].as_str().unwrap().contains("sfx/XYZ/down"),
+        "{event}"
+    );
     fx.subscribe("sfx/#");
     let run = run_sim(&[
         "sigfox",
