@@ -56,6 +56,13 @@
 //! The compacted file is not split to [`Options::segment_bytes`]: its size is that of the live state.
 //! Compaction runs on the caller's thread and holds `&mut self`; a background variant is future work.
 //!
+//! # Reading one record back
+//!
+//! [`Wal::read_at`] reads a single record by its [`Location`] (one `pread` of the header and one of
+//! the payload; a record not yet committed comes from the append buffer). It is what lets a caller
+//! keep only a record's location in memory and drop its payload. Compaction moves records:
+//! [`Wal::compact_located`] reports every kept record's new location.
+//!
 //! # Costs to know
 //!
 //! Open and replay read one whole segment into memory at a time, and open validates every record
@@ -68,6 +75,23 @@ mod wal;
 
 pub use record::MAX_PAYLOAD;
 pub use wal::{CompactStats, FsyncPolicy, Options, Recovery, ReplayStats, Wal, WalError};
+
+/// Where a record lies: the segment (named by its first sequence number) and the byte offset of the
+/// record's header in it. [`Wal::append_located`] and [`Wal::open_located`] hand them out and
+/// [`Wal::read_at`] reads one record back. A location is good until a compaction moves the record
+/// ([`Wal::compact_located`] reports the new ones); [`Wal::read_at`] checks the sequence number
+/// and the CRC, so a stale or damaged location is an error, never another record's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    pub segment: Seq,
+    pub offset: u64,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "segment {} offset {}", self.segment, self.offset)
+    }
+}
 
 /// The sequence number of a record: unique and increasing through the life of a log, kept by
 /// compaction, never reused (except for records a torn tail took with it, which were never durable).

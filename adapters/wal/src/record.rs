@@ -104,6 +104,17 @@ pub(crate) struct Scan {
 /// segment is reported as a bad tail. Scanning forward, rather than stopping, is what keeps the
 /// records after a single flipped length byte: stopping would throw away the rest of the segment.
 pub(crate) fn scan(data: &[u8], min_seq: u64, mut visit: impl FnMut(Seq, u8, &[u8])) -> Scan {
+    scan_located(data, min_seq, |_, seq, kind, payload| {
+        visit(seq, kind, payload)
+    })
+}
+
+/// [`scan`] that also tells `visit` the offset in `data` at which each valid record starts.
+pub(crate) fn scan_located(
+    data: &[u8],
+    min_seq: u64,
+    mut visit: impl FnMut(usize, Seq, u8, &[u8]),
+) -> Scan {
     let mut out = Scan {
         records: 0,
         corrupt_regions: 0,
@@ -115,7 +126,7 @@ pub(crate) fn scan(data: &[u8], min_seq: u64, mut visit: impl FnMut(Seq, u8, &[u
     while pos < data.len() {
         let floor = out.last_seq.saturating_add(1).max(min_seq);
         if let Some(rec) = decode_at(data, pos, floor) {
-            visit(rec.seq, rec.kind, rec.payload);
+            visit(pos, rec.seq, rec.kind, rec.payload);
             out.records += 1;
             out.last_seq = rec.seq.get();
             pos += rec.total_len;

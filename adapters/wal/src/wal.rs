@@ -3,13 +3,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::Seq;
-use crate::record::{self, MAX_PAYLOAD};
+use crate::record::{self, HEADER_LEN, MAX_PAYLOAD};
+use crate::{Location, Seq};
 
 /// Everything that can go wrong with a log.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,13 @@ pub enum WalError {
     /// only safe way on is to reopen the log, which re-reads what really is on disk.
     #[error("an earlier write or fsync failed; reopen the write-ahead log")]
     Poisoned,
+    /// [`Wal::read_at`]: no record with this sequence number at this location (the segment is
+    /// gone, the offset is past its end, or another record is there: a stale location).
+    #[error("record {seq} is not at {location}")]
+    RecordNotFound { seq: Seq, location: Location },
+    /// [`Wal::read_at`]: the record is there but its checksum does not match (damage on disk).
+    #[error("record {seq} at {location} is damaged (checksum mismatch)")]
+    RecordCorrupt { seq: Seq, location: Location },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
@@ -183,6 +191,10 @@ pub struct Wal {
     /// start a new segment.
     buffered: Vec<(usize, u64)>,
     next_seq: u64,
+    /// Where the next append lands once committed: segment and offset, counting the buffered
+    /// records (the same rule as `write_records` uses to start a new segment).
+    tail_first: u64,
+    tail_len: u64,
     /// Bytes written since the last fsync.
     dirty: bool,
     last_sync: Instant,
@@ -203,6 +215,17 @@ impl Wal {
         dir: impl AsRef<Path>,
         options: Options,
         mut visit: impl FnMut(Seq, u8, &[u8]),
+    ) -> Result<(Wal, Recovery), WalError> {
+        Self::open_located(dir, options, |_, seq, kind, payload| {
+            visit(seq, kind, payload)
+        })
+    }
+
+    /// [`Wal::open_with`] that also tells `visit` each record's [`Location`], for [`Wal::read_at`].
+    pub fn open_located(
+        dir: impl AsRef<Path>,
+        options: Options,
+        mut visit: impl FnMut(Location, Seq, u8, &[u8]),
     ) -> Result<(Wal, Recovery), WalError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
@@ -245,7 +268,11 @@ impl Wal {
         for (i, &first) in listing.segments.iter().enumerate() {
             let path = segment_path(&dir, first);
             let data = read(&path)?;
-            let scan = record::scan(&data, first.max(last_seq + 1), &mut visit);
+            let scan = record::scan_located(
+                &data,
+                first.max(last_seq + 1),
+                |offset, seq, kind, payload| visit(located(first, offset), seq, kind, payload),
+            );
             recovery.records_replayed += scan.records;
             recovery.corrupt_records_skipped += scan.corrupt_regions;
             last_seq = last_seq.max(scan.last_seq);
@@ -313,6 +340,8 @@ impl Wal {
             buffer: Vec::new(),
             buffered: Vec::new(),
             next_seq,
+            tail_first: active_first,
+            tail_len: active_len,
             dirty: false,
             last_sync: Instant::now(),
             poisoned: false,
@@ -329,16 +358,107 @@ impl Wal {
     /// or visible to [`Wal::replay`], until [`Wal::commit`]; many appends per commit is what makes
     /// commits cheap.
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Seq, WalError> {
+        self.append_located(kind, payload).map(|(seq, _)| seq)
+    }
+
+    /// [`Wal::append`] that also returns where the record will lie once committed, for
+    /// [`Wal::read_at`] (which also finds it before the commit, in the append buffer).
+    pub fn append_located(
+        &mut self,
+        kind: u8,
+        payload: &[u8],
+    ) -> Result<(Seq, Location), WalError> {
         self.check_poisoned()?;
         let len = u32::try_from(payload.len())
             .ok()
             .filter(|&l| l as usize <= MAX_PAYLOAD)
             .ok_or(WalError::RecordTooLarge { len: payload.len() })?;
         let seq = Seq::new(self.next_seq);
+        let record_len = (HEADER_LEN + payload.len()) as u64;
+        // The rule of `write_records`, applied ahead of time.
+        if self.tail_len > 0 && self.tail_len + record_len > self.options.segment_bytes {
+            self.tail_first = seq.get();
+            self.tail_len = 0;
+        }
+        let location = Location {
+            segment: Seq::new(self.tail_first),
+            offset: self.tail_len,
+        };
+        self.tail_len += record_len;
         record::encode(&mut self.buffer, seq, kind, payload, len);
         self.buffered.push((self.buffer.len(), seq.get()));
         self.next_seq += 1;
-        Ok(seq)
+        Ok((seq, location))
+    }
+
+    /// Reads back the record `seq` at `location` and returns its kind and payload, checking that
+    /// the record there has this sequence number and a matching checksum. A record appended but not
+    /// yet committed is read from the append buffer. A stale location (the record was compacted
+    /// away or moved) is [`WalError::RecordNotFound`], damage is [`WalError::RecordCorrupt`]; no
+    /// input makes it panic.
+    pub fn read_at(&self, location: Location, seq: Seq) -> Result<(u8, Vec<u8>), WalError> {
+        self.check_poisoned()?;
+        let not_found = WalError::RecordNotFound { seq, location };
+        if let Some(&(_, first_buffered)) = self.buffered.first()
+            && seq.get() >= first_buffered
+        {
+            let i = self
+                .buffered
+                .binary_search_by_key(&seq.get(), |&(_, s)| s)
+                .map_err(|_| not_found)?;
+            let start = match i {
+                0 => 0,
+                _ => self.buffered[i - 1].0,
+            };
+            let rec = record::decode_at(&self.buffer, start, seq.get())
+                .filter(|r| r.seq == seq)
+                .ok_or(WalError::RecordCorrupt { seq, location })?;
+            return Ok((rec.kind, rec.payload.to_vec()));
+        }
+        if !self.segments.contains(&location.segment.get()) {
+            return Err(not_found);
+        }
+        let path = segment_path(&self.dir, location.segment.get());
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found),
+            Err(e) => return Err(io("open", &path)(e)),
+        };
+        let mut header = [0u8; HEADER_LEN];
+        let eof_is_not_found = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => WalError::RecordNotFound { seq, location },
+            _ => io("read", &path)(e),
+        };
+        file.read_exact_at(&mut header, location.offset)
+            .map_err(eof_is_not_found)?;
+        let mut len_bytes = [0u8; 4];
+        len_bytes.copy_from_slice(&header[..4]);
+        let mut seq_bytes = [0u8; 8];
+        seq_bytes.copy_from_slice(&header[8..16]);
+        if u64::from_le_bytes(seq_bytes) != seq.get() {
+            return Err(not_found);
+        }
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(WalError::RecordCorrupt { seq, location });
+        }
+        let mut data = vec![0u8; HEADER_LEN + len];
+        data[..HEADER_LEN].copy_from_slice(&header);
+        file.read_exact_at(&mut data[HEADER_LEN..], location.offset + HEADER_LEN as u64)
+            .map_err(|e| match e.kind() {
+                // The length field claims more than the segment holds: damage, as the sequence
+                // number matched.
+                std::io::ErrorKind::UnexpectedEof => WalError::RecordCorrupt { seq, location },
+                _ => io("read", &path)(e),
+            })?;
+        let kind = header[16];
+        match record::decode_at(&data, 0, seq.get()) {
+            Some(rec) if rec.seq == seq => {
+                data.drain(..HEADER_LEN);
+                Ok((kind, data))
+            }
+            _ => Err(WalError::RecordCorrupt { seq, location }),
+        }
     }
 
     /// Writes the buffered appends to the active segment and fsyncs as the policy says: always
@@ -397,12 +517,24 @@ impl Wal {
         &mut self,
         mut visit: impl FnMut(Seq, u8, &[u8]),
     ) -> Result<ReplayStats, WalError> {
+        self.replay_located(|_, seq, kind, payload| visit(seq, kind, payload))
+    }
+
+    /// [`Wal::replay`] that also tells `visit` each record's [`Location`].
+    pub fn replay_located(
+        &mut self,
+        mut visit: impl FnMut(Location, Seq, u8, &[u8]),
+    ) -> Result<ReplayStats, WalError> {
         self.check_poisoned()?;
         let mut stats = ReplayStats::default();
         let mut last_seq = 0;
         for &first in &self.segments {
             let data = read(&segment_path(&self.dir, first))?;
-            let scan = record::scan(&data, first.max(last_seq + 1), &mut visit);
+            let scan = record::scan_located(
+                &data,
+                first.max(last_seq + 1),
+                |offset, seq, kind, payload| visit(located(first, offset), seq, kind, payload),
+            );
             stats.records += scan.records;
             stats.corrupt_records_skipped += scan.corrupt_regions + u64::from(scan.bad_tail > 0);
             last_seq = last_seq.max(scan.last_seq);
@@ -422,7 +554,41 @@ impl Wal {
         &mut self,
         live: impl FnMut(Seq, u8, &[u8]) -> bool,
     ) -> Result<CompactStats, WalError> {
-        let Some((upto, stats)) = self.write_compaction(live)? else {
+        self.compact_inner(live, None)
+    }
+
+    /// [`Wal::compact`] that, once the compaction is committed, calls `moved` with the new
+    /// [`Location`] of every record it kept, in sequence order (records it did not touch, in the
+    /// active segment, keep theirs). On an error before the commit point no record has moved; an
+    /// error after it (step 4) may leave some moved, so after any error the caller should reopen
+    /// the log, whose [`Wal::open_located`] reports every location as it is.
+    pub fn compact_located(
+        &mut self,
+        live: impl FnMut(Seq, u8, &[u8]) -> bool,
+        mut moved: impl FnMut(Seq, Location),
+    ) -> Result<CompactStats, WalError> {
+        let mut kept = Vec::new();
+        let stats = self.compact_inner(live, Some(&mut kept))?;
+        if let Some(&(first, _)) = kept.first() {
+            for (seq, offset) in kept {
+                moved(
+                    Seq::new(seq),
+                    Location {
+                        segment: Seq::new(first),
+                        offset,
+                    },
+                );
+            }
+        }
+        Ok(stats)
+    }
+
+    fn compact_inner(
+        &mut self,
+        live: impl FnMut(Seq, u8, &[u8]) -> bool,
+        kept: Option<&mut Vec<(u64, u64)>>,
+    ) -> Result<CompactStats, WalError> {
+        let Some((upto, stats)) = self.write_compaction(live, kept)? else {
             return Ok(CompactStats::default());
         };
         let tmp = compaction_tmp(&self.dir, upto);
@@ -436,9 +602,12 @@ impl Wal {
 
     /// Steps (1) and (2) of [`Wal::compact`]: returns `upto` and the counts, or `None` when there
     /// is nothing before the active segment to compact.
+    /// `kept`, if given, receives the sequence number and the offset in the compacted file of every
+    /// record kept.
     fn write_compaction(
         &mut self,
         mut live: impl FnMut(Seq, u8, &[u8]) -> bool,
+        mut kept: Option<&mut Vec<(u64, u64)>>,
     ) -> Result<Option<(u64, CompactStats)>, WalError> {
         self.sync()?;
         if self.active_len > 0 || self.active_first != self.next_seq {
@@ -462,6 +631,7 @@ impl Wal {
             ..CompactStats::default()
         };
         let mut encoded = Vec::new();
+        let mut written: u64 = 0;
         let mut last_seq = 0;
         for &first in &old {
             let data = read(&segment_path(&self.dir, first))?;
@@ -479,6 +649,10 @@ impl Wal {
                 // The payload came out of a valid record, so its length fits a u32.
                 let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
                 record::encode(&mut encoded, seq, kind, payload, len);
+                if let Some(kept) = kept.as_deref_mut() {
+                    kept.push((seq.get(), written));
+                }
+                written += encoded.len() as u64;
                 if let Err(e) = out.write_all(&encoded) {
                     write_err = Some(e);
                 }
@@ -571,7 +745,10 @@ impl Wal {
     /// torn tail) and starts a new one named after the next sequence number.
     fn rotate(&mut self) -> Result<(), WalError> {
         self.write_buffer()?;
-        self.rotate_to(self.next_seq)
+        self.rotate_to(self.next_seq)?;
+        self.tail_first = self.active_first;
+        self.tail_len = self.active_len;
+        Ok(())
     }
 
     /// Fsyncs the active segment and makes `first.log` the active one.
@@ -594,6 +771,13 @@ impl Wal {
             self.segments.push(first);
         }
         Ok(())
+    }
+}
+
+fn located(segment: u64, offset: usize) -> Location {
+    Location {
+        segment: Seq::new(segment),
+        offset: offset as u64,
     }
 }
 
@@ -670,7 +854,7 @@ mod tests {
             }
             wal.commit().unwrap();
             let (upto, _) = wal
-                .write_compaction(|_, kind, _| kind == 0)
+                .write_compaction(|_, kind, _| kind == 0, None)
                 .unwrap()
                 .unwrap();
             let tmp = compaction_tmp(dir.path(), upto);
