@@ -61,7 +61,8 @@
 //! [`Wal::read_at`] reads a single record by its [`Location`] (one `pread` of the header and one of
 //! the payload; a record not yet committed comes from the append buffer). It is what lets a caller
 //! keep only a record's location in memory and drop its payload. Compaction moves records:
-//! [`Wal::compact_located`] reports every kept record's new location.
+//! [`Wal::compact_located`] reports every kept record's new location. [`Wal::reader`] gives a
+//! [`WalReader`] that reads committed records from other threads while the writer goes on.
 //!
 //! # Costs to know
 //!
@@ -74,7 +75,9 @@ mod record;
 mod wal;
 
 pub use record::MAX_PAYLOAD;
-pub use wal::{CompactStats, FsyncPolicy, Options, Recovery, ReplayStats, Wal, WalError};
+pub use wal::{
+    CompactStats, FsyncPolicy, Options, Recovery, ReplayStats, Wal, WalError, WalReader,
+};
 
 /// Where a record lies: the segment (named by its first sequence number) and the byte offset of the
 /// record's header in it. [`Wal::append_located`] and [`Wal::open_located`] hand them out and

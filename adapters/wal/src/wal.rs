@@ -418,46 +418,14 @@ impl Wal {
         if !self.segments.contains(&location.segment.get()) {
             return Err(not_found);
         }
-        let path = segment_path(&self.dir, location.segment.get());
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found),
-            Err(e) => return Err(io("open", &path)(e)),
-        };
-        let mut header = [0u8; HEADER_LEN];
-        let eof_is_not_found = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => WalError::RecordNotFound { seq, location },
-            _ => io("read", &path)(e),
-        };
-        file.read_exact_at(&mut header, location.offset)
-            .map_err(eof_is_not_found)?;
-        let mut len_bytes = [0u8; 4];
-        len_bytes.copy_from_slice(&header[..4]);
-        let mut seq_bytes = [0u8; 8];
-        seq_bytes.copy_from_slice(&header[8..16]);
-        if u64::from_le_bytes(seq_bytes) != seq.get() {
-            return Err(not_found);
-        }
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        if len > MAX_PAYLOAD {
-            return Err(WalError::RecordCorrupt { seq, location });
-        }
-        let mut data = vec![0u8; HEADER_LEN + len];
-        data[..HEADER_LEN].copy_from_slice(&header);
-        file.read_exact_at(&mut data[HEADER_LEN..], location.offset + HEADER_LEN as u64)
-            .map_err(|e| match e.kind() {
-                // The length field claims more than the segment holds: damage, as the sequence
-                // number matched.
-                std::io::ErrorKind::UnexpectedEof => WalError::RecordCorrupt { seq, location },
-                _ => io("read", &path)(e),
-            })?;
-        let kind = header[16];
-        match record::decode_at(&data, 0, seq.get()) {
-            Some(rec) if rec.seq == seq => {
-                data.drain(..HEADER_LEN);
-                Ok((kind, data))
-            }
-            _ => Err(WalError::RecordCorrupt { seq, location }),
+        read_committed(&self.dir, location, seq)
+    }
+
+    /// A handle that reads committed records by location from another thread while this `Wal`
+    /// goes on writing (see [`WalReader`]).
+    pub fn reader(&self) -> WalReader {
+        WalReader {
+            dir: self.dir.clone(),
         }
     }
 
@@ -771,6 +739,71 @@ impl Wal {
             self.segments.push(first);
         }
         Ok(())
+    }
+}
+
+/// Reads the committed records of a log by [`Location`] from any thread, without the [`Wal`]
+/// (which its single writer owns). It sees only records whose [`Wal::commit`] has returned: a
+/// record being written at the same moment may read as [`WalError::RecordCorrupt`]. A record a
+/// compaction moved or dropped meanwhile is [`WalError::RecordNotFound`] at its old location;
+/// the caller resolves it again (see [`Wal::compact_located`]). It takes no lock on the
+/// directory and keeps no file open between reads, so it never holds a deleted segment alive.
+#[derive(Debug, Clone)]
+pub struct WalReader {
+    dir: PathBuf,
+}
+
+impl WalReader {
+    /// [`Wal::read_at`] for committed records: the kind and payload of record `seq` at
+    /// `location`, its sequence number and checksum checked.
+    pub fn read_at(&self, location: Location, seq: Seq) -> Result<(u8, Vec<u8>), WalError> {
+        read_committed(&self.dir, location, seq)
+    }
+}
+
+/// One record of a segment file by location: one `pread` for the header, one for the payload.
+fn read_committed(dir: &Path, location: Location, seq: Seq) -> Result<(u8, Vec<u8>), WalError> {
+    let not_found = WalError::RecordNotFound { seq, location };
+    let path = segment_path(dir, location.segment.get());
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found),
+        Err(e) => return Err(io("open", &path)(e)),
+    };
+    let mut header = [0u8; HEADER_LEN];
+    let eof_is_not_found = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => WalError::RecordNotFound { seq, location },
+        _ => io("read", &path)(e),
+    };
+    file.read_exact_at(&mut header, location.offset)
+        .map_err(eof_is_not_found)?;
+    let mut len_bytes = [0u8; 4];
+    len_bytes.copy_from_slice(&header[..4]);
+    let mut seq_bytes = [0u8; 8];
+    seq_bytes.copy_from_slice(&header[8..16]);
+    if u64::from_le_bytes(seq_bytes) != seq.get() {
+        return Err(not_found);
+    }
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(WalError::RecordCorrupt { seq, location });
+    }
+    let mut data = vec![0u8; HEADER_LEN + len];
+    data[..HEADER_LEN].copy_from_slice(&header);
+    file.read_exact_at(&mut data[HEADER_LEN..], location.offset + HEADER_LEN as u64)
+        .map_err(|e| match e.kind() {
+            // The length field claims more than the segment holds: damage, as the sequence
+            // number matched.
+            std::io::ErrorKind::UnexpectedEof => WalError::RecordCorrupt { seq, location },
+            _ => io("read", &path)(e),
+        })?;
+    let kind = header[16];
+    match record::decode_at(&data, 0, seq.get()) {
+        Some(rec) if rec.seq == seq => {
+            data.drain(..HEADER_LEN);
+            Ok((kind, data))
+        }
+        _ => Err(WalError::RecordCorrupt { seq, location }),
     }
 }
 

@@ -213,3 +213,54 @@ fn compaction_reports_new_locations() {
         wal.read_at(l, s).unwrap();
     }
 }
+
+#[test]
+fn a_reader_on_another_thread_reads_committed_records_while_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), opts()).unwrap();
+    let reader = wal.reader();
+    let (tx, rx) = std::sync::mpsc::channel::<(Seq, Location, u8, Vec<u8>)>();
+    let checker = std::thread::spawn(move || {
+        let mut read = 0;
+        for (seq, loc, kind, p) in rx {
+            assert_eq!(reader.read_at(loc, seq).unwrap(), (kind, p), "{seq}");
+            read += 1;
+        }
+        (read, reader)
+    });
+    for _ in 0..20 {
+        let recs = fill(&mut wal);
+        wal.commit().unwrap();
+        // Handed over only once committed, as the reader requires.
+        for rec in recs {
+            tx.send(rec).unwrap();
+        }
+    }
+    drop(tx);
+    let (read, reader) = checker.join().unwrap();
+    assert_eq!(read, 20 * 30);
+    // After a compaction the reader finds the kept records at their new locations only, and
+    // the dropped ones nowhere.
+    let (seq, old) = wal.append_located(3, b"kept").unwrap();
+    let (gone, gone_at) = wal.append_located(1, b"dropped").unwrap();
+    wal.commit().unwrap();
+    let mut moved = HashMap::new();
+    wal.compact_located(
+        |s, _, _| s != gone,
+        |s, l| {
+            moved.insert(s, l);
+        },
+    )
+    .unwrap();
+    let new = moved[&seq];
+    assert_ne!(new, old);
+    assert_eq!(reader.read_at(new, seq).unwrap(), (3, b"kept".to_vec()));
+    assert!(matches!(
+        reader.read_at(old, seq),
+        Err(WalError::RecordNotFound { .. })
+    ));
+    assert!(matches!(
+        reader.read_at(gone_at, gone),
+        Err(WalError::RecordNotFound { .. })
+    ));
+}
