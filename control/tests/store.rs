@@ -11,8 +11,8 @@ use std::sync::Arc;
 use common::{TestDb, account};
 use iothub_control::records::{
     AccountRecord, ApiKeyRecord, DbConfig, DbEngine, DeviceRecord, DeviceStatus, FilterPolicy,
-    FilterRule, HubRecord, HubStatus, MessageFilters, NetworkRecord, NetworkType, RestConfig,
-    RestVerb, RouteConfig, RouteRecord, S3Config, S3Strategy,
+    FilterRule, HubRecord, HubStatus, LorawanDeviceRecord, MessageFilters, NetworkRecord,
+    NetworkType, RestConfig, RestVerb, RouteConfig, RouteRecord, S3Config, S3Strategy,
 };
 use iothub_control::store::{
     DeviceFilter, HubFilter, ListQuery, NetworkFilter, OrderBy, Page, Paging, RouteFilter,
@@ -144,7 +144,10 @@ async fn migrations_are_idempotent_and_refuse_newer_schemas(db: &TestDb) {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(row.0, 3, "registry, certificates, metrics");
+    assert_eq!(
+        row.0, 5,
+        "registry, certificates, metrics, lorawan, network_server"
+    );
     sqlx::query(
         "INSERT INTO iothub_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
     )
@@ -157,7 +160,7 @@ async fn migrations_are_idempotent_and_refuse_newer_schemas(db: &TestDb) {
             err,
             StoreError::SchemaTooNew {
                 found: 999,
-                known: 3
+                known: 5
             }
         ),
         "{err}"
@@ -982,6 +985,50 @@ async fn unknown_urls_are_refused(_db: &TestDb) {
     assert!(!err.to_string().contains("secret"), "{err}");
 }
 
+/// A LoRaWAN network keeps its network server (URL and token), and a LoRaWAN device the
+/// DevNonces of its accepted join-requests, appended in order, its frame counter untouched.
+async fn network_servers_and_dev_nonces_round_trip(db: &TestDb) {
+    let store = db.open().await;
+    let a = account(&store, "a").await;
+    let h = hub(&a, "h", Plan::Dedicated, 1);
+    store.insert_hub(&h, 50).await.unwrap();
+    let n = NetworkRecord {
+        ns_url: Some("http://127.0.0.1:8090".to_owned()),
+        ns_token: Some("token-1".to_owned()),
+        ..network(&h, "lora", NetworkType::Lorawan, "lora")
+    };
+    store.insert_network(&n, 100).await.unwrap();
+    assert_eq!(store.get_network(n.id).await.unwrap().as_ref(), Some(&n));
+    let device = LorawanDeviceRecord {
+        network_id: n.id,
+        dev_eui: "a1b2c3d4e5f60718".to_owned(),
+        hub_id: h.id,
+        account_id: a.id,
+        join_eui: None,
+        app_key: Some("8f4a2c1be0d3a5967c18e2f05b4d3a21".to_owned()),
+        dev_addr: None,
+        nwk_s_key: None,
+        app_s_key: None,
+        f_cnt_up: 7,
+        dev_nonces: Vec::new(),
+        created_at: Timestamp::from_micros(3),
+    };
+    store.insert_lorawan_device(&device).await.unwrap();
+    for nonce in [0x4c2b, 0x0001, 0xffff] {
+        store
+            .add_lorawan_dev_nonce(n.id, &device.dev_eui, nonce)
+            .await
+            .unwrap();
+    }
+    let got = store
+        .get_lorawan_device(n.id, &device.dev_eui)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.dev_nonces, vec![0x4c2b, 0x0001, 0xffff]);
+    assert_eq!(got.f_cnt_up, 7);
+}
+
 on_both_backends!(
     migrations_are_idempotent_and_refuse_newer_schemas,
     bootstrap_happens_once,
@@ -992,6 +1039,7 @@ on_both_backends!(
     quotas_hold_under_concurrency,
     hub_deletion_rules,
     routes_and_networks_round_trip,
+    network_servers_and_dev_nonces_round_trip,
     records_survive_a_reopen,
     corrupt_rows_are_reported,
     unknown_urls_are_refused,
