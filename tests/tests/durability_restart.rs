@@ -2,6 +2,8 @@
 //! subscriptions and its queued QoS 1/2 messages survive a clean stop (SIGTERM) and a crash
 //! (SIGKILL) of the hub, under both fsync policies; a publisher's PUBACK/PUBCOMP means the
 //! message is on the hub's disk. (The kill-at-random-moments loop is durability_kill.rs.)
+//! The will of a persistent session connected at a crash goes out after the restart (the
+//! crash closed its connection without DISCONNECT); one cleared by DISCONNECT does not.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use iothub_e2e::clients::{V4, v4_options};
 use iothub_e2e::{Hub, config};
-use rumqttc::QoS;
+use rumqttc::{LastWill, QoS};
 
 #[derive(Clone, Copy, Debug)]
 enum Stop {
@@ -130,4 +132,49 @@ fn state_survives_sigkill_with_fsync_always() {
 #[test]
 fn state_survives_sigkill_with_fsync_grouped() {
     run("grouped", Stop::Kill);
+}
+
+/// SIGKILL while a persistent session with a will is connected: after the restart the will
+/// is published (a persistent subscriber gets it queued), while the will of a session that
+/// ended its connection with DISCONNECT before the crash is not.
+#[test]
+fn the_will_of_a_session_connected_at_a_crash_is_published_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}persistence:\n  fsync: grouped\n  fsync_interval_ms: 10\n",
+        config(&[], &[])
+    );
+    let Some(mut hub) = Hub::start_in(dir.path(), &yaml) else {
+        return;
+    };
+    let mut opts = v4_options(hub.mqtt_addr(), "will-sub");
+    opts.set_clean_session(false);
+    let mut sub = V4::connect(opts);
+    sub.subscribe("w/#", QoS::AtLeastOnce);
+    sub.disconnect();
+
+    let with_will = |client: &str, payload: &'static [u8]| {
+        let mut opts = v4_options(hub.mqtt_addr(), client);
+        opts.set_clean_session(false);
+        opts.set_last_will(LastWill::new("w/will", payload, QoS::AtLeastOnce, false));
+        V4::connect(opts)
+    };
+    let polite = with_will("will-polite", b"polite");
+    polite.disconnect();
+    let mut crashed = with_will("will-crashed", b"crashed");
+    // Its PUBACK means every record before it (the session and its will) is durable.
+    crashed.publish("other/x", QoS::AtLeastOnce, false, b"x");
+    hub.kill();
+    drop(hub);
+    drop(crashed);
+
+    let hub = Hub::start_in(dir.path(), &yaml).unwrap();
+    let mut opts = v4_options(hub.mqtt_addr(), "will-sub");
+    opts.set_clean_session(false);
+    let mut sub = V4::connect(opts);
+    assert!(sub.connack.session_present, "{}", hub.logs());
+    let p = sub.expect_publish();
+    assert_eq!(p.topic, "w/will");
+    assert_eq!(&p.payload[..], b"crashed");
+    sub.expect_no_publish(Duration::from_millis(500));
 }

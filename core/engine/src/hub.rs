@@ -569,6 +569,14 @@ impl Hub {
             inner.bytes -= freed;
             self.release(freed);
             if let Some(w) = inner.will.take() {
+                if inner.journaled && (!publish_will || w.will.delay_secs == 0) {
+                    // The will armed at CONNECT is discarded or goes out now.
+                    let hub = self.id;
+                    self.record(|| JournalOp::WillCleared {
+                        hub,
+                        client: state.client_id.clone(),
+                    });
+                }
                 if !publish_will {
                     // [MQTT-3.1.2-10]: a normal DISCONNECT discards the will.
                     self.release(w.weight);

@@ -12,8 +12,8 @@
 //! What is journaled: retained messages; and, for persistent sessions only (expiry > 0,
 //! not an extra connection's session, not a route tap), the session, its subscriptions,
 //! its queued QoS 1/2 messages, its outbound inflight packet ids, its inbound QoS 2 packet
-//! ids and its pending delayed will. A message routed to several persistent sessions is
-//! written once ([`JournalOp::Message`]) and referenced by id. Times are wall-clock
+//! ids and its will (armed while it is connected, pending while a delayed will waits). A
+//! message routed to several persistent sessions is written once ([`JournalOp::Message`]) and referenced by id. Times are wall-clock
 //! milliseconds since the Unix epoch ([`WallMs`]): instants do not survive a restart.
 //!
 //! [`Engine::restore`]: crate::Engine::restore
@@ -26,6 +26,10 @@ use crate::engine::Will;
 
 /// Milliseconds since the Unix epoch.
 pub type WallMs = u64;
+
+/// The `due` of a [`JournalOp::WillPending`] written for a connected session: the will goes
+/// out when the connection closes without DISCONNECT, which a crash is.
+pub const WILL_ON_CLOSE: WallMs = WallMs::MAX;
 
 /// Names one message written with [`JournalOp::Message`]; unique through the life of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,7 +152,10 @@ pub enum JournalOp {
         client: ClientId,
         packet_id: u16,
     },
-    /// A delayed will of a disconnected session, due at `due`.
+    /// The will of a session: of a disconnected one (a delayed will), due at `due`; or of a
+    /// connected one, written at CONNECT with `due` = [`WILL_ON_CLOSE`] so that a crash does
+    /// not lose it (a server crash closes the connection without DISCONNECT): the restore
+    /// publishes it after its Will Delay Interval counted from the restart.
     WillPending {
         hub: HubId,
         client: ClientId,

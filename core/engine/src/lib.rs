@@ -280,7 +280,8 @@ pub use events::{
 pub use hub::{HubActivity, Traffic};
 pub use journal::{
     EntryId, Journal, JournalOp, MessageId, RestoreStats, RestoredEntry, RestoredHub,
-    RestoredInflight, RestoredRetained, RestoredSession, SessionOwner, SubscriptionOptions, WallMs,
+    RestoredInflight, RestoredRetained, RestoredSession, SessionOwner, SubscriptionOptions,
+    WILL_ON_CLOSE, WallMs,
 };
 pub use route_tap::ROUTE_CLIENT_PREFIX;
 pub use session::{

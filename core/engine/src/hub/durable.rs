@@ -18,7 +18,7 @@ use iothub_model::QoS;
 use super::{Hub, TimerKind};
 use crate::journal::{
     EntryId, JournalOp, MessageId, RestoreStats, RestoredEntry, RestoredHub, RestoredInflight,
-    SessionOwner, SubscriptionOptions, WallMs,
+    SessionOwner, SubscriptionOptions, WILL_ON_CLOSE, WallMs,
 };
 use crate::state::{
     Conn, Inflight, InflightState, Inner, Owner, Queued, SessionFilters, SessionState, StoredWill,
@@ -147,6 +147,16 @@ impl Hub {
             owner,
             expiry_secs: inner.expiry_secs,
         });
+        // The will of the connection (SessionUp cleared the previous one): a crash closes the
+        // connection without DISCONNECT, so the restore publishes it.
+        if let Some(w) = &inner.will {
+            self.record(|| JournalOp::WillPending {
+                hub,
+                client: client.clone(),
+                will: w.will.clone(),
+                due: WILL_ON_CLOSE,
+            });
+        }
         if inner.journaled {
             return;
         }
@@ -447,6 +457,22 @@ impl Hub {
                 inner.next_packet_id = if last_id == u16::MAX { 1 } else { last_id + 1 };
                 inner.inbound_qos2 = s.inbound_qos2.into_iter().collect();
                 if let Some((will, due)) = s.will {
+                    // Armed at CONNECT and the session was connected at the crash: the
+                    // connection closed without DISCONNECT, so the will goes out after its
+                    // delay counted from the restart (or at session end, the expiry timer).
+                    let due = if s.disconnected_at.is_none() || due == WILL_ON_CLOSE {
+                        let due =
+                            down_at.saturating_add(u64::from(will.delay_secs).saturating_mul(1000));
+                        self.record(|| JournalOp::WillPending {
+                            hub,
+                            client: client.clone(),
+                            will: will.clone(),
+                            due,
+                        });
+                        due
+                    } else {
+                        due
+                    };
                     let weight = will.message.weight() as u64;
                     self.budget_used.fetch_add(weight, Ordering::AcqRel);
                     inner.will = Some(StoredWill { will, weight });
