@@ -450,6 +450,17 @@ mod tests {
     }
 
     #[test]
+    fn network_server_tokens_stay_out_of_logs() {
+        let server = NetworkServer {
+            url: "http://ns:8090".into(),
+            token: "very-secret-token".into(),
+        };
+        let shown = format!("{server:?}");
+        assert!(shown.contains("http://ns:8090"), "{shown}");
+        assert!(!shown.contains("very-secret-token"), "{shown}");
+    }
+
+    #[test]
     fn secret_hash_is_sha256_hex() {
         assert_eq!(
             hash_secret("abc"),
