@@ -111,6 +111,8 @@ pub struct CompactStats {
 
 const LOCK_FILE: &str = "LOCK";
 const SEGMENT_EXT: &str = "log";
+/// The write buffer's capacity kept between batches.
+const KEPT_BUFFER: usize = 1 << 20;
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
     // Zero-padded so that a directory listing sorts in log order for a human too.
@@ -657,9 +659,12 @@ impl Wal {
         if result.is_err() {
             self.poisoned = true;
         }
-        // Keep the allocations for the next batch.
+        // Keep the allocations for the next batch, up to a size: a flood's batches of
+        // megabytes would otherwise stay resident for good.
         buffer.clear();
         buffered.clear();
+        buffer.shrink_to(KEPT_BUFFER);
+        buffered.shrink_to(KEPT_BUFFER / 64);
         self.buffer = buffer;
         self.buffered = buffered;
         result

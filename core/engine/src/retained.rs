@@ -46,7 +46,9 @@ pub(crate) struct Retained {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    /// Boxed: a level with many children (one per device) is a table of small slots, not of
+    /// whole nodes at the table's load factor.
+    children: HashMap<Box<str>, Box<Node>>,
     value: Option<Retained>,
 }
 
