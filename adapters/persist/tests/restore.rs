@@ -331,3 +331,46 @@ fn damage_is_counted_and_skipped() {
     assert_eq!(opened.corrupt_records, 1);
     assert_eq!(c.engine.hub_stats(hub).unwrap().retained_messages, 4);
 }
+
+/// The will of a persistent session still connected when the process died (written at
+/// CONNECT; no DISCONNECT, no `SessionDown`) goes out after the restore once its Will Delay
+/// Interval, counted from the restore, has passed; the will of a session that sent
+/// DISCONNECT is not published.
+#[test]
+fn the_will_of_a_session_connected_at_a_crash_goes_out_after_its_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubId::new_random();
+    let (a, _) = start(dir.path(), hub, options(1_000_000));
+    let will = |topic: &str, delay_secs| Will {
+        message: msg(topic, "gone", Q1, false),
+        delay_secs,
+    };
+    let (crashed, _) = a.connect("crashed", false, 3600, 10, Some(will("will/crashed", 30)));
+    let (polite, _) = a.connect("polite", false, 3600, 10, Some(will("will/polite", 0)));
+    polite.disconnect(DisconnectKind::Normal {
+        session_expiry_secs: None,
+    });
+    a.settle();
+    // The crash: nothing after this point reaches the disk.
+    a.store.close().unwrap();
+
+    let (b, opened) = start(dir.path(), hub, options(1_000_000));
+    assert_eq!(opened.state.sessions, 2);
+    let (w, _) = b.connect("watcher", true, 0, 10, None);
+    w.subscribe(&[sub("will/#", Q1, None)]);
+    b.engine.tick();
+    b.clock.advance(Duration::from_secs(29));
+    b.engine.tick();
+    assert!(b.drain(&w).is_empty());
+    b.clock.advance(Duration::from_secs(2));
+    b.engine.tick();
+    let wills = b.drain(&w);
+    assert!(
+        matches!(&wills[..], [Outgoing::Publish(p)] if p.message.topic.as_str() == "will/crashed"),
+        "{wills:?}"
+    );
+    b.clock.advance(Duration::from_secs(3600));
+    b.engine.tick();
+    assert!(b.drain(&w).is_empty());
+    drop(crashed);
+}
