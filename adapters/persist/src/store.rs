@@ -154,6 +154,11 @@ impl Store {
         };
         counter!("iothub_store_corrupt_records_total").increment(report.corrupt_records);
         counter!("iothub_store_torn_tail_bytes_total").increment(report.torn_tail_bytes);
+        // Exported from the start (at 0), so dashboards and alerts see them before the
+        // first write or compaction.
+        counter!("iothub_store_records_written_total").increment(0);
+        counter!("iothub_store_commits_total").increment(0);
+        counter!("iothub_store_compactions_total").increment(0);
         info!(
             message = "store opened",
             dir = %dir.display(),
