@@ -162,8 +162,9 @@ fn the_will_of_a_session_connected_at_a_crash_is_published_after_the_restart() {
     let polite = with_will("will-polite", b"polite");
     polite.disconnect();
     let mut crashed = with_will("will-crashed", b"crashed");
-    // Its PUBACK means every record before it (the session and its will) is durable.
-    crashed.publish("other/x", QoS::AtLeastOnce, false, b"x");
+    // A retained message is journaled, so its PUBACK waits until it is durable, and with it
+    // every record before it (the session and its will). (CONNACK does not wait.)
+    crashed.publish("other/x", QoS::AtLeastOnce, true, b"x");
     hub.kill();
     drop(hub);
     drop(crashed);
