@@ -770,6 +770,73 @@ fn every_route_type_loses_nothing_through_a_30s_outage_and_a_restart() {
     mysql(&format!("DROP TABLE {my}"));
 }
 
+/// A route's messages survive SIGKILL (at least once per route through a crash): a REST
+/// route whose target is down, a publisher's QoS 1 messages all acknowledged (pipelined, so
+/// the route's tap still holds some when the last PUBACK arrives), the hub killed with
+/// SIGKILL right after the last PUBACK and restarted on its data directory; once the target
+/// is back, every acknowledged message reaches it. Without the taps journaled this lost
+/// the messages still in the tap's session queue at the kill.
+#[test]
+fn a_routes_acknowledged_messages_survive_sigkill() {
+    const N: usize = 400;
+    let http = HttpTarget::start(false);
+    let proxy = Proxy::start(http.addr);
+    proxy.set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = start(dir.path());
+    let api = Api::admin(&hub);
+    let hub_id = create_hub(&api);
+    create_route(
+        &api,
+        &json!({"hub_id": hub_id, "name": "kill-http", "topic": "kill/#",
+                "rest_config": {"verb": "post", "uri": format!("http://{}/in", proxy.addr)}}),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut p = client(&hub, &hub_id, "kill-pub");
+    for n in 0..N {
+        p.client
+            .publish(
+                format!("kill/{n}"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                n.to_string(),
+            )
+            .unwrap();
+    }
+    for acked in 0..N {
+        let ack = p.inbox.wait(Duration::from_secs(20), |p| {
+            matches!(p, rumqttc::Packet::PubAck(_))
+        });
+        assert!(
+            ack.is_some(),
+            "{acked} of {N} PUBACKs before the kill ({:?})",
+            p.inbox.closed
+        );
+    }
+    assert!(hub.kill().is_some(), "the hub did not die");
+    drop(p);
+    let hub = start(dir.path());
+    proxy.set_down(false);
+    let want: BTreeSet<String> = (0..N).map(|n| n.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: BTreeSet<String> = http.bodies().into_iter().collect();
+        if want.is_subset(&got) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<&String> = want.difference(&got).collect();
+            panic!(
+                "{} of {N} acknowledged messages never reached the target after SIGKILL: {:?}; hub log:\n{}",
+                missing.len(),
+                missing.iter().take(30).collect::<Vec<_>>(),
+                hub.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Issue 7's custom route: the guide's template (`plugins/template`) built fresh with
 /// `cargo build --target wasm32-wasip2 --release` (its own target directory, so nothing
 /// stale is reused), uploaded with the guide's CLI command, and seen to work: each message

@@ -93,6 +93,7 @@ pub fn encode(op: &JournalOp, out: &mut Vec<u8>) -> u8 {
                     w.u8(1);
                     w.uuid(d.as_uuid());
                 }
+                SessionOwner::Route => w.u8(2),
             }
             w.u32(*expiry_secs);
             kind::SESSION_UP
@@ -239,6 +240,7 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<JournalOp, DecodeError> {
             let owner = match r.u8("owner")? {
                 0 => SessionOwner::Anonymous,
                 1 => SessionOwner::Device(DeviceId::from_uuid(r.uuid("device id")?)),
+                2 => SessionOwner::Route,
                 tag => {
                     return Err(DecodeError::Tag {
                         field: "owner",

@@ -81,6 +81,12 @@ fn every_op() -> Vec<JournalOp> {
             owner: SessionOwner::Device(DeviceId::new_random()),
             expiry_secs: 30,
         },
+        JournalOp::SessionUp {
+            hub,
+            client: ClientId::new("$route/5d7e0c57-3f0e-4a53-a3f2-7f1c2b0e9a10").unwrap(),
+            owner: SessionOwner::Route,
+            expiry_secs: u32::MAX,
+        },
         JournalOp::SessionDown {
             hub,
             client: client.clone(),

@@ -460,7 +460,7 @@ impl Hub {
                     inner.filters = admission.filters.clone();
                     inner.admitted = admission.version;
                     inner.schedule_resend();
-                    let persistent = self.persistent(old.owner, expiry, inner.ephemeral);
+                    let persistent = self.persistent(expiry, inner.ephemeral);
                     self.journal_session_up(&old, &mut inner, persistent);
                     old.connected.store(true, Ordering::Release);
                     drop(inner);
@@ -486,8 +486,7 @@ impl Hub {
                         inner.will = will;
                         inner.filters = admission.filters.clone();
                         inner.admitted = admission.version;
-                        let persistent =
-                            self.persistent(admission.owner, expiry, admission.ephemeral);
+                        let persistent = self.persistent(expiry, admission.ephemeral);
                         if persistent {
                             self.journal_session_up(&state, &mut inner, true);
                         }

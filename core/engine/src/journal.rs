@@ -45,6 +45,8 @@ pub struct EntryId(pub u64);
 pub enum SessionOwner {
     Anonymous,
     Device(DeviceId),
+    /// The tap of a route (`Engine::connect_route`, client id `$route/<route>`).
+    Route,
 }
 
 /// The options of a granted subscription.

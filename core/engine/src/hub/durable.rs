@@ -20,6 +20,7 @@ use crate::journal::{
     EntryId, JournalOp, MessageId, RestoreStats, RestoredEntry, RestoredHub, RestoredInflight,
     SessionOwner, SubscriptionOptions, WILL_ON_CLOSE, WallMs,
 };
+use crate::route_tap::ROUTE_CLIENT_PREFIX;
 use crate::state::{
     Conn, Inflight, InflightState, Inner, Owner, Queued, SessionFilters, SessionState, StoredWill,
     SubEntry, SubOptions,
@@ -111,9 +112,11 @@ impl Hub {
         }
     }
 
-    /// Whether a session with this owner, expiry and kind is journaled.
-    pub(crate) fn persistent(&self, owner: Owner, expiry_secs: u32, ephemeral: bool) -> bool {
-        self.journaling() && expiry_secs > 0 && !ephemeral && owner != Owner::Route
+    /// Whether a session with this expiry and kind is journaled. Route taps are journaled
+    /// like clients' sessions: a message acknowledged to its publisher is in the tap's
+    /// durable queue, so a crash does not lose it before the route took it.
+    pub(crate) fn persistent(&self, expiry_secs: u32, ephemeral: bool) -> bool {
+        self.journaling() && expiry_secs > 0 && !ephemeral
     }
 
     /// Records that `inner` (of `state`) is connected, and switches its journaling on or
@@ -139,7 +142,8 @@ impl Hub {
         }
         let owner = match state.owner {
             Owner::Device(d) => SessionOwner::Device(d),
-            Owner::Anonymous | Owner::Route => SessionOwner::Anonymous,
+            Owner::Anonymous => SessionOwner::Anonymous,
+            Owner::Route => SessionOwner::Route,
         };
         self.record(|| JournalOp::SessionUp {
             hub,
@@ -334,6 +338,17 @@ impl Hub {
                             continue;
                         }
                     }
+                }
+                // A tap is restored offline whatever the hub's admission settings (taps are
+                // admitted on any hub); its route resumes it (`connect_route(.., true)`) or,
+                // deleted, ends it.
+                SessionOwner::Route if s.client.as_str().starts_with(ROUTE_CLIENT_PREFIX) => {
+                    (Owner::Route, SessionFilters::default())
+                }
+                SessionOwner::Route => {
+                    self.record(end);
+                    stats.sessions_dropped += 1;
+                    continue;
                 }
                 SessionOwner::Anonymous => {
                     let filters = config
