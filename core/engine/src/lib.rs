@@ -151,7 +151,8 @@
 //!
 //! With a [`Journal`] ([`EngineConfig::journal`]) the engine records every change of
 //! durable state as a typed [`JournalOp`]: retained messages, and for persistent sessions
-//! (expiry > 0; not an extra connection's session, not a route tap) the session, its
+//! (expiry > 0, route taps opened with `resume` included; not an extra connection's
+//! session) the session, its
 //! subscriptions, its QoS 1/2 queue entries (a message routed to several is written once
 //! and referenced by id), outbound packet ids (sent, PUBREC, PUBACK/PUBCOMP), inbound QoS 2
 //! ids and pending delayed wills. Clean sessions and QoS 0 are never recorded. Recording

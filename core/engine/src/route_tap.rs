@@ -30,11 +30,14 @@ pub(crate) enum Admit {
 impl Engine {
     /// Opens the tap of route `route` (its id, e.g. a UUID) on `hub`, client id
     /// `$route/<route>`; an earlier connection of the same tap is taken over. With `resume`,
-    /// the session outlives its connection (in memory only: taps are never journaled), so a
-    /// tap that was kicked (hub disabled, server stopping) gets back what was queued for it
-    /// and its unacknowledged messages again; without it (and always on the shared plan,
+    /// the session outlives its connection and, with a journal, is journaled like a client's
+    /// persistent session (so the PUBACK of a message routed to it waits until its queue
+    /// entry is durable, and [`Engine::restore`] brings the tap back offline after a crash):
+    /// a tap that was kicked (hub disabled, server stopping, the process killed) gets back
+    /// what was queued for it and its unacknowledged messages again (the route's queue may
+    /// then hold duplicates: at least once); without it (and always on the shared plan,
     /// which has no persistent sessions) the session is new and ends with the connection,
-    /// which is how a deleted route's tap is ended. Refused only for an unknown or disabled
+    /// which is how a deleted route's tap is ended (its journaled state is ended with it). Refused only for an unknown or disabled
     /// hub (the caller retries while the hub is disabled).
     pub fn connect_route(
         &self,
