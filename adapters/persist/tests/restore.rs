@@ -374,3 +374,59 @@ fn the_will_of_a_session_connected_at_a_crash_goes_out_after_its_delay() {
     assert!(b.drain(&w).is_empty());
     drop(crashed);
 }
+
+/// A route's tap (issue 7) is journaled like a persistent session: after a crash its queued
+/// and unacknowledged messages are restored offline and handed over again when the route
+/// resumes it (session present); a deleted route's tap (a clean connection) leaves nothing
+/// in the store.
+#[test]
+fn a_route_tap_is_restored_for_its_route_and_ended_when_the_route_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubId::new_random();
+    let (a, _) = start(dir.path(), hub, options(1_000_000));
+    let tap = a.engine.connect_route(hub, "r1", 1, true).unwrap();
+    assert!(!tap.session_present);
+    let granted = tap.session.subscribe(&[sub("sensors/#", Q1, None)]);
+    assert!(granted.iter().all(Result::is_ok));
+    let (p, _) = a.connect("pub", true, 0, 10, None);
+    p.publish(msg("sensors/a", "one", Q1, false), Some(1))
+        .unwrap();
+    p.publish(msg("sensors/b", "two", Q1, false), Some(2))
+        .unwrap();
+    // A window of 1: "one" is inflight (not acknowledged by the route), "two" queued.
+    let sent = a.drain(&tap.session);
+    assert!(
+        matches!(&sent[..], [Outgoing::Publish(m)] if m.message.payload == "one"),
+        "{sent:?}"
+    );
+    a.settle();
+    // The crash: nothing after this point reaches the disk.
+    a.store.close().unwrap();
+
+    let (b, opened) = start(dir.path(), hub, options(1_000_000));
+    assert_eq!(opened.state.sessions, 1);
+    let back = b.engine.connect_route(hub, "r1", 10, true).unwrap();
+    assert!(back.session_present);
+    let again: Vec<(String, bool)> = b
+        .drain(&back.session)
+        .into_iter()
+        .filter_map(|o| match o {
+            Outgoing::Publish(m) => Some((
+                String::from_utf8_lossy(&m.message.payload).into_owned(),
+                m.dup,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        again,
+        vec![("one".to_string(), true), ("two".to_string(), false)]
+    );
+    // The route is deleted: its tap ends with a clean connection.
+    drop(b.engine.connect_route(hub, "r1", 1, false).unwrap());
+    b.settle();
+    b.store.close().unwrap();
+
+    let (_c, opened) = start(dir.path(), hub, options(1_000_000));
+    assert_eq!(opened.state.sessions, 0);
+}
