@@ -175,8 +175,9 @@
 //! does not fit refuses the CONNECT, and a message that does not fit a subscriber's queue
 //! is dropped for that subscriber (`reason="hub_budget"`). A stored retained message owns
 //! its bytes (copied out of the read buffer its payload came in), so the budget's count is
-//! what it holds, plus a fixed bookkeeping cost per message (about 0.5 KiB, measured by
-//! the e2e flood test).
+//! what it holds, plus a fixed bookkeeping cost per message that the budget does not count
+//! (about 0.55 KiB in the engine, and about 0.3 KiB more in the store's index of live
+//! records when persistence is on; measured by the e2e flood test, which bounds it at 1 KiB).
 //!
 //! # Plans
 //!
