@@ -10,7 +10,7 @@
 //! operations got are durable ([`crate::Session::durable_ticket`]).
 //!
 //! What is journaled: retained messages; and, for persistent sessions only (expiry > 0,
-//! not an extra connection's session, not a route tap), the session, its subscriptions,
+//! not an extra connection's session; route taps included), the session, its subscriptions,
 //! its queued QoS 1/2 messages, its outbound inflight packet ids, its inbound QoS 2 packet
 //! ids and its will (armed while it is connected, pending while a delayed will waits). A
 //! message routed to several persistent sessions is written once ([`JournalOp::Message`]) and referenced by id. Times are wall-clock
