@@ -14,7 +14,7 @@
 //! durable ticket again, so nothing more is acknowledged as durable (connections hold their
 //! PUBACKs) rather than lying.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -79,6 +79,48 @@ struct Pending {
     next_ticket: u64,
     ops: VecDeque<JournalOp>,
     closing: bool,
+    /// Open groups ([`Journal::begin_group`]) by first ticket, with how many opened there:
+    /// the writer takes no operation from the lowest one on until it closes.
+    open_groups: BTreeMap<u64, u32>,
+    /// Closed groups not yet written, as (first ticket, ticket after the last): a commit
+    /// never ends inside one, so a crash keeps all of a group or none of it.
+    closed_groups: Vec<(u64, u64)>,
+}
+
+impl Pending {
+    /// The ticket of the first operation waiting.
+    fn first_ticket(&self) -> u64 {
+        self.next_ticket - self.ops.len() as u64
+    }
+
+    /// The first ticket the writer may not take yet: the first of the open groups, or of a
+    /// closed group that overlaps it (groups of concurrent threads interleave).
+    fn barrier(&self) -> u64 {
+        if self.closing {
+            return u64::MAX;
+        }
+        let mut barrier = self.open_groups.keys().next().copied().unwrap_or(u64::MAX);
+        while let Some(s) = self
+            .closed_groups
+            .iter()
+            .filter(|(s, e)| *s < barrier && barrier < *e)
+            .map(|(s, _)| *s)
+            .min()
+        {
+            barrier = s;
+        }
+        barrier
+    }
+
+    /// Whether the first waiting operation may be taken (it is before every open group).
+    fn first_takeable(&self) -> bool {
+        !self.ops.is_empty() && self.first_ticket() < self.barrier()
+    }
+
+    /// Whether a commit may end before ticket `t` (no closed group spans it).
+    fn may_end_before(&self, t: u64) -> bool {
+        !self.closed_groups.iter().any(|(s, e)| *s < t && t < *e)
+    }
 }
 
 /// At most this many operations, or about this many payload bytes, go into one commit, so
@@ -177,6 +219,8 @@ impl Store {
                 next_ticket: 1,
                 ops: VecDeque::new(),
                 closing: false,
+                open_groups: BTreeMap::new(),
+                closed_groups: Vec::new(),
             }),
             wake: Condvar::new(),
             durable,
@@ -251,6 +295,34 @@ impl Journal for Store {
     fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.durable.subscribe()
     }
+
+    fn begin_group(&self) -> u64 {
+        let mut p = self.shared.pending.lock();
+        let start = p.next_ticket;
+        *p.open_groups.entry(start).or_default() += 1;
+        start
+    }
+
+    fn end_group(&self, start: u64) {
+        let wake = {
+            let mut p = self.shared.pending.lock();
+            let Some(n) = p.open_groups.get_mut(&start) else {
+                return;
+            };
+            *n -= 1;
+            if *n == 0 {
+                p.open_groups.remove(&start);
+            }
+            let end = p.next_ticket;
+            if end > start + 1 {
+                p.closed_groups.push((start, end));
+            }
+            p.first_takeable()
+        };
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 struct Writer {
@@ -279,7 +351,7 @@ impl Writer {
         loop {
             let (last_ticket, closing) = {
                 let mut p = self.shared.pending.lock();
-                while p.ops.is_empty() && !p.closing {
+                while !p.first_takeable() && !p.closing {
                     let deadline = self.wal.as_ref().and_then(Wal::sync_deadline);
                     match deadline {
                         Some(at) => {
@@ -291,13 +363,23 @@ impl Writer {
                     }
                 }
                 let mut bytes = 0;
-                while batch.len() < BATCH_OPS && bytes < BATCH_BYTES {
+                let barrier = p.barrier();
+                loop {
+                    let first = p.first_ticket();
+                    if first >= barrier
+                        || ((batch.len() >= BATCH_OPS || bytes >= BATCH_BYTES)
+                            && p.may_end_before(first))
+                    {
+                        break;
+                    }
                     let Some(op) = p.ops.pop_front() else {
                         break;
                     };
                     bytes += op_bytes(&op);
                     batch.push(op);
                 }
+                let first = p.first_ticket();
+                p.closed_groups.retain(|(_, end)| *end > first);
                 if p.ops.capacity() > 4 * BATCH_OPS && p.ops.len() < BATCH_OPS {
                     // A flood's backlog is written: give its memory back.
                     p.ops.shrink_to(BATCH_OPS);

@@ -211,6 +211,20 @@ pub trait Journal: Send + Sync {
     /// "Durable up to ticket N": the highest ticket whose operation (and every one before
     /// it) is committed under the store's fsync policy.
     fn durable(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Opens a group: the operations recorded from now until [`Journal::end_group`] with
+    /// the returned value (by any thread) must become durable together or not at all, so a
+    /// crash never keeps part of them. The engine groups the routing of an inbound QoS 2
+    /// PUBLISH with its packet id: the queue entries it made without the id would be
+    /// delivered twice after the publisher's resend. Must not block on I/O.
+    fn begin_group(&self) -> u64 {
+        0
+    }
+
+    /// Closes the group `begin_group` returned `start` for.
+    fn end_group(&self, start: u64) {
+        let _ = start;
+    }
 }
 
 /// A retained message read back from the store.

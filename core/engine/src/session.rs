@@ -325,6 +325,10 @@ impl Session {
         }
         let now = self.hub.now();
         let message = Arc::new(message);
+        // The queue entries this routing journals and the packet id are durable together:
+        // entries kept without the id would be routed again by the publisher's resend
+        // after a crash, and delivered twice.
+        let _group = qos2_id.and_then(|_| self.hub.journal_group());
         if message.retain {
             self.hub.store_retained(&message, now)?;
         }

@@ -41,6 +41,18 @@ pub(crate) fn wall_ms(t: SystemTime) -> WallMs {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// An open journal group: the operations recorded while it lives are durable together.
+pub(crate) struct JournalGroup<'a> {
+    journal: &'a dyn crate::journal::Journal,
+    start: u64,
+}
+
+impl Drop for JournalGroup<'_> {
+    fn drop(&mut self) {
+        self.journal.end_group(self.start);
+    }
+}
+
 impl From<SubOptions> for SubscriptionOptions {
     fn from(o: SubOptions) -> Self {
         Self {
@@ -75,6 +87,15 @@ impl Hub {
             let ticket = journal.record(op());
             TICKET.with(|t| t.set(t.get().max(ticket)));
         }
+    }
+
+    /// Opens a journal group (see [`crate::Journal::begin_group`]), closed when the guard
+    /// drops; `None` without a journal.
+    pub(crate) fn journal_group(&self) -> Option<JournalGroup<'_>> {
+        self.journal.as_deref().map(|journal| JournalGroup {
+            journal,
+            start: journal.begin_group(),
+        })
     }
 
     /// The durable-ticket watch of the journal, if any.

@@ -13,6 +13,8 @@ use super::*;
 struct Recorder {
     ops: Mutex<Vec<JournalOp>>,
     next: AtomicU64,
+    /// Groups opened and closed, as the number of ops recorded at the time (true: begin).
+    groups: Mutex<Vec<(bool, usize)>>,
 }
 
 impl Journal for Recorder {
@@ -23,6 +25,18 @@ impl Journal for Recorder {
 
     fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
         tokio::sync::watch::channel(u64::MAX).1
+    }
+
+    fn begin_group(&self) -> u64 {
+        let at = self.ops.lock().len();
+        self.groups.lock().push((true, at));
+        at as u64
+    }
+
+    fn end_group(&self, start: u64) {
+        let at = self.ops.lock().len();
+        assert_eq!(self.groups.lock().last(), Some(&(true, start as usize)));
+        self.groups.lock().push((false, at));
     }
 }
 
@@ -116,6 +130,33 @@ fn only_persistent_state_is_journaled_and_messages_once() {
     drop(q);
     let ops = rec.ops.lock().clone();
     assert_eq!(kinds(&ops), ["inbound", "released", "down"], "{ops:?}");
+}
+
+/// An inbound QoS 2 PUBLISH of a persistent publisher: the queue entries its routing
+/// journals and its packet id are one group (durable together: entries kept without the id
+/// would be routed again by the resend after a crash and delivered twice); QoS 1 is not
+/// grouped.
+#[test]
+fn an_inbound_qos2_publish_is_journaled_as_one_group() {
+    let (fx, rec) = journaled(HubLimits::default());
+    let a = fx.persistent("a", true, 60).session;
+    let b = fx.persistent("b", true, 60).session;
+    subscribe(&a, "t", Q2);
+    subscribe(&b, "t", Q1);
+    let p = fx.persistent("p", true, 60).session;
+    rec.ops.lock().clear();
+    rec.groups.lock().clear();
+    p.publish(msg("t", "m", Q1, false), Some(1)).unwrap();
+    assert!(rec.groups.lock().is_empty(), "QoS 1 is not grouped");
+    rec.ops.lock().clear();
+    p.publish(msg("t", "m", Q2, true), Some(2)).unwrap();
+    let ops = rec.ops.lock().clone();
+    assert_eq!(
+        kinds(&ops),
+        ["message", "retain", "message", "queue", "queue", "inbound"],
+        "{ops:?}"
+    );
+    assert_eq!(*rec.groups.lock(), [(true, 0), (false, ops.len())]);
 }
 
 /// `Session::durable_ticket`: a PUBLISH that wrote durable state, a PUBREL, and an outbound
