@@ -86,7 +86,19 @@ pub async fn open(config: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<
         .finish_interrupted_transitions()
         .await
         .context("completing interrupted hub transitions")?;
-    // Routes last: their taps join hubs that now exist.
+    info!(
+        "registry {shown}: {} hubs, {} devices",
+        hubs.len(),
+        devices.len()
+    );
+    Ok(registry)
+}
+
+/// Starts the stored routes. Called once the durable state is restored (`serve`): a route's
+/// tap is journaled like a persistent session, so it must find its restored session (and
+/// the messages acknowledged to publishers before a crash) rather than open a new one that
+/// would make the restore drop the old.
+pub async fn start_routes(registry: &Registry, runtime: &dyn Runtime) -> anyhow::Result<()> {
     let routes = registry.all_routes().await.context("loading routes")?;
     for route in &routes {
         runtime.route_upserted(route);
@@ -94,12 +106,7 @@ pub async fn open(config: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<
     if !routes.is_empty() {
         info!("{} routes loaded", routes.len());
     }
-    info!(
-        "registry {shown}: {} hubs, {} devices",
-        hubs.len(),
-        devices.len()
-    );
-    Ok(registry)
+    Ok(())
 }
 
 fn create_private_dir(path: &Path) -> std::io::Result<()> {

@@ -165,6 +165,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             elapsed_ms = started.elapsed().as_millis() as u64,
         );
     }
+    // Routes after the restore: their taps resume their journaled sessions.
+    crate::control_plane::start_routes(&registry, runtime.as_ref()).await?;
     // The metrics API's saved series, before any connection adds to them.
     let collector = Collector::start(engine.clone(), registry.clone()).await;
     let tls_context = trust.as_ref().map(|trust| TlsContext {
