@@ -182,8 +182,21 @@ def test_metrics_is_prometheus_text_with_process_and_hub_series(registry_hub: Re
         "POST", "devices", {"hub_id": hub_id, "name": "d", "allow_insecure": True}
     )["device"]["id"]
     packets = device_session(registry_hub.hub, device, mqtt.MQTTv5, 3)
-    status, text = registry_hub.call("GET", "/metrics")
-    assert status == 200
+    # The session's last packet (its DISCONNECT) is counted when the hub reads it, which may
+    # be just after the client has closed: scrape until it is in (or the deadline says not).
+    deadline = time.monotonic() + 10
+    while True:
+        status, text = registry_hub.call("GET", "/metrics")
+        assert status == 200
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(("iothub_hub_packets_received_total{", "iothub_hub_packets_sent_total{"))
+            and f'hub="{hub_id}"' in line
+        )
+        if counted >= packets or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     samples: dict[str, list[tuple[str, float]]] = {}
     for line in text.splitlines():
         if not line or line.startswith("# HELP"):
