@@ -640,6 +640,11 @@ where
         loop {
             let need = est.session.durable_ticket();
             let held = is_held(&durable, need);
+            // Writes held at the end of the last turn may have become durable since: send
+            // them now, or nothing would until the next read or delivery.
+            if !held && !self.wbuf.is_empty() && self.flush().await.is_err() {
+                return Close::Network;
+            }
             self.make_read_room();
             // Set when a read filled the room it had: the client sends faster than we read.
             let mut flooded = false;
