@@ -23,11 +23,11 @@ use iothub_model::{HubId, RouteId, SubscriptionFilter};
 use iothub_plugin_host::{
     BuiltinKind, CallError, CompiledRoute, DbTarget, FailureKind as HostFailure, Grants,
     HostConfig, HttpOrigin, HubPublisher, PluginHost, PublishBack, RouteContext, RouteInstance,
-    RouteMessage as HostMessage, RouteOrigin as HostOrigin, S3Target,
+    S3Target,
 };
 use iothub_routes::{
-    Delivery, DeliveryPolicy, Failure, FailureKind, Outcome, RouteMessage, RouteOrigin, RouteSpec,
-    RouteTarget, Routes, TapPublisher,
+    Delivery, DeliveryPolicy, Failure, FailureKind, RouteMessage, RouteSpec, RouteTarget, Routes,
+    TapPublisher,
 };
 use parking_lot::Mutex;
 use tracing::{info, warn};
@@ -260,25 +260,6 @@ impl HostTarget {
     }
 }
 
-fn to_host(m: RouteMessage) -> HostMessage {
-    HostMessage {
-        topic: m.topic,
-        payload: m.payload,
-        qos: m.qos,
-        retain: m.retain,
-        origin: match m.origin {
-            RouteOrigin::Device(s) => HostOrigin::Device(s),
-            RouteOrigin::Network(s) => HostOrigin::Network(s),
-            RouteOrigin::Anonymous(s) => HostOrigin::Anonymous(s),
-            RouteOrigin::Hub => HostOrigin::Hub,
-            RouteOrigin::Route(s) => HostOrigin::Route(s),
-        },
-        timestamp_ms: m.timestamp_ms,
-        user_properties: m.user_properties,
-        content_type: m.content_type,
-    }
-}
-
 fn failure_kind(kind: HostFailure) -> FailureKind {
     match kind {
         HostFailure::HttpInvalid | HostFailure::HttpConnect | HostFailure::HttpTimeout => {
@@ -299,18 +280,9 @@ impl RouteTarget for HostTarget {
     ) -> Pin<Box<dyn Future<Output = Result<Delivery, String>> + Send + '_>> {
         Box::pin(async move {
             let instance = self.instance().await?;
-            let batch = batch.into_iter().map(to_host).collect();
             match instance.handle(batch).await {
                 Ok(report) => Ok(Delivery {
-                    outcomes: report
-                        .outcomes
-                        .into_iter()
-                        .map(|o| match o {
-                            iothub_plugin_host::Outcome::Delivered => Outcome::Delivered,
-                            iothub_plugin_host::Outcome::Retry(why) => Outcome::Retry(why),
-                            iothub_plugin_host::Outcome::Reject(why) => Outcome::Reject(why),
-                        })
-                        .collect(),
+                    outcomes: report.outcomes,
                     failures: report
                         .failures
                         .into_iter()

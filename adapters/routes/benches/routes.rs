@@ -28,8 +28,7 @@ use iothub_plugin_host::{
     BuiltinKind, DbTarget, Grants, HostConfig, NoPublish, PluginHost, RouteContext, RouteInstance,
 };
 use iothub_routes::{
-    Delivery, DeliveryPolicy, Outcome, RouteMessage, RouteOrigin, RouteSpec, RouteTarget, Routes,
-    TapPublisher,
+    Delivery, DeliveryPolicy, Outcome, RouteMessage, RouteSpec, RouteTarget, Routes, TapPublisher,
 };
 
 const MESSAGES: u64 = 50_000;
@@ -47,36 +46,12 @@ impl RouteTarget for Wasm {
         batch: Vec<RouteMessage>,
     ) -> Pin<Box<dyn Future<Output = Result<Delivery, String>> + Send + '_>> {
         Box::pin(async move {
-            let batch = batch
-                .into_iter()
-                .map(|m| iothub_plugin_host::RouteMessage {
-                    topic: m.topic,
-                    payload: m.payload,
-                    qos: m.qos,
-                    retain: m.retain,
-                    origin: match m.origin {
-                        RouteOrigin::Anonymous(s) => iothub_plugin_host::RouteOrigin::Anonymous(s),
-                        _ => iothub_plugin_host::RouteOrigin::Hub,
-                    },
-                    timestamp_ms: m.timestamp_ms,
-                    user_properties: m.user_properties,
-                    content_type: m.content_type,
-                })
-                .collect();
             let report = self
                 .instance
                 .handle(batch)
                 .await
                 .map_err(|e| e.to_string())?;
-            let outcomes: Vec<Outcome> = report
-                .outcomes
-                .into_iter()
-                .map(|o| match o {
-                    iothub_plugin_host::Outcome::Delivered => Outcome::Delivered,
-                    iothub_plugin_host::Outcome::Retry(w) => Outcome::Retry(w),
-                    iothub_plugin_host::Outcome::Reject(w) => Outcome::Reject(w),
-                })
-                .collect();
+            let outcomes = report.outcomes;
             let ok = outcomes
                 .iter()
                 .filter(|o| **o == Outcome::Delivered)

@@ -3,9 +3,7 @@
 //! does not parse is a [`DecodeError`], counted and skipped by the queue.
 
 use bytes::Bytes;
-use iothub_model::TopicName;
-
-use crate::message::{RouteMessage, RouteOrigin};
+use iothub_model::{RouteMessage, RouteOrigin, TopicName};
 
 /// Why a stored record does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

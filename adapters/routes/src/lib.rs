@@ -43,7 +43,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use codec::DecodeError;
-pub use message::{Delivery, Failure, FailureKind, Outcome, RouteMessage, RouteOrigin};
+pub use iothub_model::{Outcome, RouteMessage, RouteOrigin};
+pub use message::{Delivery, Failure, FailureKind};
 pub use queue::QueueLimits;
 pub use runner::{DeliveryPolicy, RouteSpec, RouteTarget, TapPublisher};
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use iothub_wal::{FsyncPolicy, Options, Seq, Wal, WalError};
 
 use crate::codec;
-use crate::message::RouteMessage;
+use iothub_model::RouteMessage;
 
 const KIND_MESSAGE: u8 = 1;
 const KIND_DONE: u8 = 2;
@@ -239,7 +239,7 @@ mod tests {
     use iothub_model::TopicName;
 
     use super::*;
-    use crate::message::RouteOrigin;
+    use iothub_model::RouteOrigin;
 
     fn m(i: usize) -> RouteMessage {
         RouteMessage {

@@ -25,14 +25,15 @@ use iothub_engine::{
     SubscribeRequest,
 };
 use iothub_model::{
-    HubId, Message, MessageProperties, Origin, QoS, RouteId, SubscriptionFilter, TopicName,
+    HubId, Message, MessageProperties, Origin, Outcome, QoS, RouteId, RouteMessage, RouteOrigin,
+    SubscriptionFilter, TopicName,
 };
 use metrics::{Counter, Gauge, Histogram};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::message::{Delivery, FailureKind, Outcome, RouteMessage, RouteOrigin};
+use crate::message::{Delivery, FailureKind};
 use crate::queue::{DurableQueue, QueueLimits};
 
 /// Where a route's messages go: the binary implements it over the wasm host. `Err` is a

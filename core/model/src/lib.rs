@@ -11,6 +11,7 @@ mod ids;
 mod message;
 mod plan;
 mod qos;
+mod route;
 mod topic;
 
 pub use filters::{
@@ -21,4 +22,5 @@ pub use ids::{AccountId, ApiKeyId, ClientId, DeviceId, HubId, IdError, NetworkId
 pub use message::{Message, MessageProperties, Origin};
 pub use plan::{HubLimits, Plan};
 pub use qos::{InvalidQoS, QoS};
+pub use route::{Outcome, RouteMessage, RouteOrigin};
 pub use topic::{SubscriptionFilter, TopicError, TopicFilter, TopicName, filter_matches};

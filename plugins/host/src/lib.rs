@@ -32,9 +32,8 @@ pub use builtin::BuiltinKind;
 pub use grants::{DbEngine, DbTarget, GrantError, Grants, HttpOrigin, S3Target, Scheme};
 pub use host::{CompiledRoute, ComponentHash, HostConfig, HostError, PluginHost, ValidateError};
 pub use instance::{CallError, InstanceStats, InstantiateError, RouteContext, RouteInstance};
-pub use message::{
-    CapabilityFailure, FailureKind, HandleReport, Outcome, PublishBack, RouteMessage, RouteOrigin,
-};
+pub use iothub_model::{Outcome, RouteMessage, RouteOrigin};
+pub use message::{CapabilityFailure, FailureKind, HandleReport, PublishBack};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,43 +1,8 @@
-//! The messages a route is given and what it answers, as Rust types (the WIT types stay
-//! inside this crate).
+//! What a `handle` reports besides its outcomes, and what a route publishes back, as Rust
+//! types (the WIT types stay inside this crate; the messages and outcomes are iothub-model's).
 
 use bytes::Bytes;
-use iothub_model::TopicName;
-
-/// Where a message came from (the WIT `origin`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteOrigin {
-    Device(String),
-    Network(String),
-    Anonymous(String),
-    Hub,
-    Route(String),
-}
-
-/// One hub message for a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteMessage {
-    pub topic: TopicName,
-    pub payload: Bytes,
-    /// 0, 1 or 2 as published.
-    pub qos: u8,
-    pub retain: bool,
-    pub origin: RouteOrigin,
-    /// When the hub accepted it, milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-    pub user_properties: Vec<(String, String)>,
-    pub content_type: Option<String>,
-}
-
-/// What became of one message of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered,
-    /// Worth retrying later; the reason.
-    Retry(String),
-    /// Never deliverable; the reason.
-    Reject(String),
-}
+use iothub_model::{Outcome, TopicName};
 
 /// The kind of a capability call that failed during a `handle`: what the runtime turns into
 /// hub events (the reference's S3 write and database connect/prepare/execute errors, and the
