@@ -70,7 +70,8 @@ class MosquittoSub:
         self.subscribed = threading.Event()
         self.lines: list[str] = []
         self.messages: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -85,6 +86,8 @@ class MosquittoSub:
 
     def wait(self) -> list[str]:
         self.proc.wait(timeout=30)
+        # The process may exit before the reader thread has taken its last lines from the pipe.
+        self.reader.join(timeout=10)
         return self.messages
 
 
