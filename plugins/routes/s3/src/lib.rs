@@ -2,7 +2,7 @@
 //! object_prefix, strategy}`). The host holds the bucket and its credentials (the route's
 //! grant); this component names the objects:
 //! - `per_topic`: `<object_prefix>/<topic>` (each message replaces the previous one);
-//! - `per_message`: `<object_prefix>/<topic>/<RFC3339Nano time it entered the route's queue (`timestamp-ms`)>`.
+//! - `per_message`: `<object_prefix>/<topic>/<RFC3339Nano time it entered the route's queue>`.
 //!
 //! Without a prefix the key starts at the topic. The body is the payload, the content type
 //! the message's when it has one. Within one instance, `per_message` keys are unique: a
