@@ -122,6 +122,12 @@ impl DurableState {
         self.max_id + 1
     }
 
+    /// Whether message `id` is still known (referenced, or unreferenced since the last
+    /// compaction).
+    pub fn has_message(&self, id: MessageId) -> bool {
+        self.messages.contains_key(&id)
+    }
+
     pub fn counts(&self) -> StateCounts {
         StateCounts {
             retained: self.hubs.values().map(|h| h.retained.len()).sum(),

@@ -10,21 +10,28 @@
 //! more records than the state needs it compacts, on the same thread, keeping the records
 //! [`DurableState::live_seqs`] names.
 //!
+//! Reading messages back ([`Journal::load`], for the queue entries the engine spilled):
+//! every message record's location is kept in an index (message id -> sequence number and
+//! [`Location`], about 50 bytes per stored message) that the writer updates after each
+//! commit and rewrites after a compaction; a message recorded but not yet committed is
+//! served from the pending operations. A load reads one record with a [`WalReader`]
+//! (two `pread`s) on the caller's thread; it waits while a compaction runs, as commits do.
+//!
 //! A failed write poisons the WAL: the writer logs it, stops, and never advances the
 //! durable ticket again, so nothing more is acknowledged as durable (connections hold their
 //! PUBACKs) rather than lying.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use iothub_engine::{Journal, JournalOp, RestoredHub};
-use iothub_model::HubId;
-use iothub_wal::{FsyncPolicy, Options, Wal, WalError};
+use iothub_engine::{Journal, JournalOp, LoadError, MessageId, RestoredHub};
+use iothub_model::{HubId, Message};
+use iothub_wal::{FsyncPolicy, Location, Options, Seq, Wal, WalError, WalReader};
 use metrics::counter;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{error, info, warn};
 
 use crate::codec::{self, DecodeError};
@@ -85,6 +92,9 @@ struct Pending {
     /// Closed groups not yet written, as (first ticket, ticket after the last): a commit
     /// never ends inside one, so a crash keeps all of a group or none of it.
     closed_groups: Vec<(u64, u64)>,
+    /// Messages recorded and not yet in the index: what `load` finds here is not on disk
+    /// yet. The writer removes them once it has indexed them.
+    unwritten: HashMap<MessageId, Arc<Message>>,
 }
 
 impl Pending {
@@ -137,10 +147,17 @@ fn op_bytes(op: &JournalOp) -> usize {
     }
 }
 
+/// Where each committed message record lies (see the module docs).
+type MessageIndex = HashMap<MessageId, (Seq, Location)>;
+
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     durable: tokio::sync::watch::Sender<u64>,
+    /// Written by the writer after each commit and, held for its whole length, by a
+    /// compaction; read by `load`.
+    index: RwLock<MessageIndex>,
+    reader: WalReader,
 }
 
 /// A store just opened: the store, the state to give `Engine::restore`, and what the open
@@ -167,14 +184,20 @@ impl Store {
         let mut state = DurableState::default();
         let mut undecodable = 0u64;
         let mut first_error: Option<(u64, DecodeError)> = None;
-        let (wal, recovery) = Wal::open_with(
+        let mut index = MessageIndex::new();
+        let (wal, recovery) = Wal::open_located(
             dir,
             Options {
                 fsync: options.fsync,
                 ..Options::default()
             },
-            |seq, kind, payload| match codec::decode(kind, payload) {
-                Ok(op) => state.apply(seq.get(), &op),
+            |location, seq, kind, payload| match codec::decode(kind, payload) {
+                Ok(op) => {
+                    if let JournalOp::Message { id, .. } = &op {
+                        index.insert(*id, (seq, location));
+                    }
+                    state.apply(seq.get(), &op);
+                }
                 Err(e) => {
                     undecodable += 1;
                     first_error.get_or_insert((seq.get(), e));
@@ -182,6 +205,7 @@ impl Store {
             },
         )?;
         state.finish_replay();
+        index.retain(|id, _| state.has_message(*id));
         if let Some((seq, e)) = &first_error {
             warn!(message = "store records that do not decode were skipped", count = undecodable, first_seq = seq, error = %e);
         }
@@ -221,9 +245,12 @@ impl Store {
                 closing: false,
                 open_groups: BTreeMap::new(),
                 closed_groups: Vec::new(),
+                unwritten: HashMap::new(),
             }),
             wake: Condvar::new(),
             durable,
+            index: RwLock::new(index),
+            reader: wal.reader(),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -233,6 +260,7 @@ impl Store {
             next_compact_check: 0,
             options,
             buf: Vec::new(),
+            written: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("iothub-store".into())
@@ -283,6 +311,9 @@ impl Journal for Store {
             let mut p = self.shared.pending.lock();
             let ticket = p.next_ticket;
             p.next_ticket += 1;
+            if let JournalOp::Message { id, message, .. } = &op {
+                p.unwritten.insert(*id, message.clone());
+            }
             p.ops.push_back(op);
             (ticket, p.ops.len() == 1)
         };
@@ -301,6 +332,34 @@ impl Journal for Store {
         let start = p.next_ticket;
         *p.open_groups.entry(start).or_default() += 1;
         start
+    }
+
+    fn loads_messages(&self) -> bool {
+        true
+    }
+
+    fn load(&self, id: MessageId) -> Result<Arc<Message>, LoadError> {
+        // The writer indexes a message before it leaves `unwritten`: not there means in the
+        // index, or gone.
+        if let Some(message) = self.shared.pending.lock().unwritten.get(&id) {
+            return Ok(message.clone());
+        }
+        let index = self.shared.index.read();
+        let &(seq, location) = index.get(&id).ok_or(LoadError::NotFound(id))?;
+        let unreadable = |reason: String| LoadError::Unreadable { id, reason };
+        let (kind, payload) = self
+            .shared
+            .reader
+            .read_at(location, seq)
+            .map_err(|e| unreadable(e.to_string()))?;
+        drop(index);
+        match codec::decode(kind, &payload) {
+            Ok(JournalOp::Message {
+                id: got, message, ..
+            }) if got == id => Ok(message),
+            Ok(_) => Err(unreadable(format!("record {seq} is not this message"))),
+            Err(e) => Err(unreadable(e.to_string())),
+        }
     }
 
     fn end_group(&self, start: u64) {
@@ -335,6 +394,8 @@ struct Writer {
     next_compact_check: u64,
     options: StoreOptions,
     buf: Vec<u8>,
+    /// Message records of the batch being written, indexed once it is committed.
+    written: Vec<(MessageId, Seq, Location)>,
 }
 
 impl Writer {
@@ -397,13 +458,17 @@ impl Writer {
                 for op in batch.drain(..) {
                     self.buf.clear();
                     let kind = codec::encode(&op, &mut self.buf);
-                    let seq = wal.append(kind, &self.buf)?;
+                    let (seq, location) = wal.append_located(kind, &self.buf)?;
+                    if let JournalOp::Message { id, .. } = &op {
+                        self.written.push((*id, seq, location));
+                    }
                     self.state.apply(seq.get(), &op);
                     self.log_records += 1;
                     counter!("iothub_store_records_written_total").increment(1);
                 }
                 wal.commit()?;
                 counter!("iothub_store_commits_total").increment(1);
+                self.index_written();
                 self.shared.durable.send_replace(last_ticket);
                 self.maybe_compact()?;
             }
@@ -414,6 +479,23 @@ impl Writer {
                 info!(message = "store closed");
                 return Ok(());
             }
+        }
+    }
+
+    /// Indexes the message records just committed, then lets `unwritten` forget them.
+    fn index_written(&mut self) {
+        if self.written.is_empty() {
+            return;
+        }
+        {
+            let mut index = self.shared.index.write();
+            for &(id, seq, location) in &self.written {
+                index.insert(id, (seq, location));
+            }
+        }
+        let mut p = self.shared.pending.lock();
+        for (id, _, _) in self.written.drain(..) {
+            p.unwritten.remove(&id);
         }
     }
 
@@ -435,7 +517,30 @@ impl Writer {
             return Ok(());
         };
         let started = Instant::now();
-        let stats = wal.compact(|seq, _, _| live.contains(&seq.get()))?;
+        // Loads wait until the index tells the new locations.
+        let mut index = self.shared.index.write();
+        // Every record before it is in a segment the compaction rewrites.
+        let upto = wal.next_seq();
+        let mut moved = HashMap::new();
+        let stats = wal.compact_located(
+            |seq, _, _| live.contains(&seq.get()),
+            |seq, location| {
+                moved.insert(seq, location);
+            },
+        )?;
+        index.retain(|_, (seq, location)| {
+            if *seq >= upto {
+                return true;
+            }
+            match moved.get(seq) {
+                Some(new) => {
+                    *location = *new;
+                    true
+                }
+                None => false,
+            }
+        });
+        drop(index);
         self.log_records = self.log_records.saturating_sub(stats.dropped);
         self.next_compact_check = self.log_records + self.log_records / 8;
         self.state.after_compaction();

@@ -113,6 +113,8 @@ pub struct DroppedCounts {
     pub hub_budget: u64,
     /// The message expiry interval elapsed before delivery started.
     pub expired: u64,
+    /// A message spilled to the store could not be read back.
+    pub unreadable: u64,
 }
 
 /// A snapshot of one hub, for tests, metrics and `$SYS`.

@@ -29,8 +29,8 @@ use crate::retained::{Retained, RetainedStore};
 use crate::route_tap::{Admit, ROUTE_CLIENT_PREFIX};
 use crate::session::{DisconnectKind, KickReason, PublishError, Session};
 use crate::state::{
-    Conn, Inflight, InflightState, Inner, Owner, Queued, SessionFilters, SessionState,
-    SharedOrigin, StoredWill, SubEntry, SubOptions, TimerKey,
+    Body, Conn, Inflight, InflightState, Inner, Owner, Queued, SessionFilters, SessionState,
+    SharedOrigin, SpillMark, Spilled, StoredWill, SubEntry, SubOptions, TimerKey,
 };
 use crate::trie::{SharedGroup, SubTrie, too_deep};
 
@@ -121,7 +121,9 @@ pub(crate) struct Hub {
     timers: Mutex<BTreeMap<TimerKey, TimerKind>>,
     timer_seq: AtomicU64,
     generation: AtomicU64,
-    budget_used: AtomicU64,
+    /// Shared with the stubs of spilled entries ([`SpillMark`]), which give their
+    /// reservation back when dropped.
+    budget_used: Arc<AtomicU64>,
     connected: AtomicUsize,
     pub(crate) metrics: HubMetrics,
     /// Packets of ended connections not yet collected (`activity`).
@@ -132,6 +134,8 @@ pub(crate) struct Hub {
     pub(crate) sys: crate::sys::SysTopics,
     /// Where durable changes are reported (`crate::journal`); `None`: nothing is.
     journal: Option<Arc<dyn crate::journal::Journal>>,
+    /// Whether the journal reads messages back, so queue entries may be spilled.
+    spills: bool,
     /// Engine-wide source of journal message and entry ids.
     ids: Arc<AtomicU64>,
 }
@@ -147,6 +151,7 @@ impl Hub {
         ids: Arc<AtomicU64>,
     ) -> Self {
         let hub = Self {
+            spills: journal.as_ref().is_some_and(|j| j.loads_messages()),
             journal,
             ids,
             metrics: HubMetrics::new(id),
@@ -163,7 +168,7 @@ impl Hub {
             timers: Mutex::new(BTreeMap::new()),
             timer_seq: AtomicU64::new(0),
             generation: AtomicU64::new(0),
-            budget_used: AtomicU64::new(0),
+            budget_used: Arc::new(AtomicU64::new(0)),
             connected: AtomicUsize::new(0),
             activity: activity::ActivityLog::default(),
             events: crate::events::HubEvents::new(id),
@@ -210,6 +215,21 @@ impl Hub {
             return false;
         }
         true
+    }
+
+    /// Reserves `weight` whatever the budget says: for a spilled message loaded back
+    /// before it is sent (a batch at a time, so the overshoot is bounded).
+    pub(crate) fn reserve(&self, weight: u64) {
+        self.budget_used.fetch_add(weight, Ordering::AcqRel);
+    }
+
+    /// A spilled entry's stub reservation (`None`: the budget is used up).
+    pub(crate) fn reserve_stub(&self) -> Option<SpillMark> {
+        SpillMark::reserve(
+            &self.budget_used,
+            self.budget_bytes.load(Ordering::Relaxed),
+            &self.metrics.spilled,
+        )
     }
 
     pub(crate) fn release(&self, weight: u64) {
@@ -780,8 +800,11 @@ impl Hub {
         // already be unreferenced (its entry left the other member first).
         q.message_id = None;
         q.entry = None;
-        q.qos = q.message.qos.min(opts.qos);
-        q.retain = q.message.retain && opts.retain_as_published;
+        // Shared-subscription entries are never spilled; a stub would keep what it had.
+        if let Some((qos, retain)) = q.message().map(|m| (m.qos, m.retain)) {
+            q.qos = qos.min(opts.qos);
+            q.retain = retain && opts.retain_as_published;
+        }
         q.subscription_ids = opts.subscription_id.into_iter().collect();
         q
     }
@@ -793,7 +816,7 @@ impl Hub {
             let target = q.shared.as_ref().and_then(|origin| {
                 let subs = self.subs.read();
                 let group = subs.shared_group(&origin.group, &origin.filter)?;
-                Self::pick_member(group, None, false, Some(q.message.topic.as_str()))
+                Self::pick_member(group, None, false, Some(q.topic().as_str()))
                     .map(|m| (m.session.clone(), m.opts))
             });
             match target {
@@ -860,7 +883,7 @@ impl Hub {
                 .is_some_and(|(_, _, guard)| {
                     guard
                         .as_ref()
-                        .is_none_or(|g| g.allows_topic(q.message.topic.as_str()))
+                        .is_none_or(|g| g.allows_topic(q.topic().as_str()))
                 })
         };
         let moved: Vec<Queued> = {
@@ -1073,7 +1096,7 @@ impl Hub {
                 }
             }
             let entry = Queued {
-                message: message.clone(),
+                body: Body::Loaded(message.clone()),
                 qos: qos.min(message.qos),
                 retain: message.retain && retain_as_published,
                 subscription_ids,
@@ -1143,27 +1166,49 @@ impl Hub {
                         conn.kick(KickReason::QuotaExceeded);
                     }
                     Some(DropReason::QueueFull)
-                } else if !reserved && !self.try_reserve(weight) {
-                    if entry.qos != QoS::AtMostOnce
-                        && over(&inner)
-                        && let Some(conn) = &inner.conn
-                    {
-                        // A persistent session past its bound has used up the hub budget.
-                        conn.kick(KickReason::QuotaExceeded);
-                    }
-                    drop(inner);
-                    self.metrics.dropped(DropReason::QueueFull, evicted);
-                    self.metrics.dropped(DropReason::HubBudget, 1);
-                    return entry.message_id;
                 } else {
+                    // Beyond the bound, an entry the store can give back is spilled: only a
+                    // stub stays in memory, and only the stub is reserved in the budget. Not
+                    // a shared subscription's (it may move to another member, which needs
+                    // the message itself), so never a `reserved` one.
+                    let spill = over(&inner)
+                        && self.spills
+                        && inner.journaled
+                        && entry.shared.is_none()
+                        && !reserved;
+                    let (fits, mark) = if spill {
+                        let mark = self.reserve_stub();
+                        (mark.is_some(), mark)
+                    } else {
+                        (reserved || self.try_reserve(weight), None)
+                    };
+                    if !fits {
+                        if entry.qos != QoS::AtMostOnce
+                            && over(&inner)
+                            && let Some(conn) = &inner.conn
+                        {
+                            // A persistent session past its bound has used up the hub budget.
+                            conn.kick(KickReason::QuotaExceeded);
+                        }
+                        drop(inner);
+                        self.metrics.dropped(DropReason::QueueFull, evicted);
+                        self.metrics.dropped(DropReason::HubBudget, 1);
+                        return entry.message_id;
+                    }
                     let expires_at = entry.expires_at;
                     entry.entry = None;
                     if inner.journaled {
                         self.journal_entry(&session.client_id, &mut entry, now);
                     }
+                    if let Some(mark) = mark {
+                        let topic = entry.topic().clone();
+                        entry.body = Body::Spilled(Spilled { topic, _mark: mark });
+                        entry.weight = 0;
+                        self.metrics.spilled_total.increment(1);
+                    }
                     let message_id = entry.message_id;
+                    inner.bytes += entry.weight;
                     inner.queue.push_back(entry);
-                    inner.bytes += weight;
                     match &inner.conn {
                         Some(conn) => conn.notify.notify_one(),
                         None => {

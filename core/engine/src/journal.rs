@@ -225,6 +225,32 @@ pub trait Journal: Send + Sync {
     fn end_group(&self, start: u64) {
         let _ = start;
     }
+
+    /// Whether [`Journal::load`] reads messages back. Only then does the engine spill
+    /// queue entries beyond a persistent session's in-memory bound (crate docs, "Queue
+    /// policy").
+    fn loads_messages(&self) -> bool {
+        false
+    }
+
+    /// Reads back the message recorded as [`JournalOp::Message`] `id`, recorded earlier
+    /// and still referenced by a queue entry. Called outside engine locks, from the task of
+    /// the connection that is about to send it; it may read from disk.
+    fn load(&self, id: MessageId) -> Result<Arc<Message>, LoadError> {
+        Err(LoadError::Unsupported(id))
+    }
+}
+
+/// Why [`Journal::load`] gave no message: the engine drops the entry (counted as
+/// `reason="unreadable"`) rather than block its queue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("the journal does not read messages back (message {})", .0.0)]
+    Unsupported(MessageId),
+    #[error("message {} is not in the store", .0.0)]
+    NotFound(MessageId),
+    #[error("message {} cannot be read back: {reason}", id.0)]
+    Unreadable { id: MessageId, reason: String },
 }
 
 /// A retained message read back from the store.

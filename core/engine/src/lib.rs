@@ -139,8 +139,21 @@
 //!    learns it instead of silently losing messages (DESIGN.md, memory).
 //!
 //! Every drop is counted (`iothub_messages_dropped_total{reason="queue_full"|"hub_budget"}`).
-//! A slow subscriber never blocks the publisher or other subscribers. Messages beyond the
-//! bound stay in memory (counted in the budget): spilling them to the store is not built.
+//! A slow subscriber never blocks the publisher or other subscribers.
+//!
+//! Spilling: with a journal that reads messages back ([`Journal::loads_messages`], the
+//! store), a persistent session's QoS 1/2 entry beyond the bound is *spilled*: its message
+//! is in the journal already, so the queue keeps only a stub (the entry without the message,
+//! under 200 bytes, reserved in the hub budget instead of the message's weight). Once a
+//! stub exists, every later entry over the bound becomes one too, so what is in memory is
+//! the front of the queue. When a stub reaches the front, [`Session::poll_outgoing`] reads
+//! the messages back ([`Journal::load`], a batch at a time, outside the session's lock) and
+//! sends them in order. A message the journal cannot give back is dropped, unqueued and
+//! counted (`reason="unreadable"`). Restored sessions come back the same way: entries beyond
+//! the bound are restored as stubs. Shared-subscription entries are never spilled (they may
+//! move to another member, which needs the message). `iothub_messages_spilled_total` counts
+//! spills, `iothub_spilled_messages` the stubs that exist now. The hub budget still bounds a
+//! session that never reads: at the budget, stubs are refused like messages (step 3).
 //!
 //! A disconnected session with an expiry interval keeps its subscriptions and queues QoS 1
 //! and 2 messages for its return; QoS 0 messages are not kept for an offline session (they
@@ -281,7 +294,7 @@ pub use events::{
 };
 pub use hub::{HubActivity, Traffic};
 pub use journal::{
-    EntryId, Journal, JournalOp, MessageId, RestoreStats, RestoredEntry, RestoredHub,
+    EntryId, Journal, JournalOp, LoadError, MessageId, RestoreStats, RestoredEntry, RestoredHub,
     RestoredInflight, RestoredRetained, RestoredSession, SessionOwner, SubscriptionOptions,
     WILL_ON_CLOSE, WallMs,
 };

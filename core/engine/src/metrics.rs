@@ -21,6 +21,8 @@ pub(crate) enum DropReason {
     QueueFull,
     HubBudget,
     Expired,
+    /// A spilled message the store could not give back (`Journal::load`).
+    Unreadable,
 }
 
 /// Every `PublishError`, in the order of `publish_refusals`.
@@ -76,6 +78,11 @@ pub(crate) struct HubMetrics {
     dropped_queue_full: Counter,
     dropped_hub_budget: Counter,
     dropped_expired: Counter,
+    dropped_unreadable: Counter,
+    /// Queue entries spilled to the store (crate docs, "Queue policy"), and how many are
+    /// spilled now (kept by the stubs' `SpillMark`s).
+    pub(crate) spilled_total: Counter,
+    pub(crate) spilled: Gauge,
     pub(crate) sessions: Gauge,
     pub(crate) connected: Gauge,
     pub(crate) subscriptions: Gauge,
@@ -95,7 +102,7 @@ pub(crate) struct HubMetrics {
     publish_refusals: [Counter; PUBLISH_REFUSALS.len()],
     subscribe_refusals: [Counter; SUBSCRIBE_REFUSALS.len()],
     /// The same drops as plain numbers, for `HubStats` (the facade cannot be read back).
-    counts: [AtomicU64; 3],
+    counts: [AtomicU64; 4],
 }
 
 impl HubMetrics {
@@ -110,6 +117,9 @@ impl HubMetrics {
             dropped_queue_full: dropped("queue_full"),
             dropped_hub_budget: dropped("hub_budget"),
             dropped_expired: dropped("expired"),
+            dropped_unreadable: dropped("unreadable"),
+            spilled_total: hub_counter("iothub_messages_spilled_total"),
+            spilled: hub_gauge("iothub_spilled_messages"),
             sessions: hub_gauge("iothub_sessions"),
             connected: hub_gauge("iothub_sessions_connected"),
             subscriptions: hub_gauge("iothub_subscriptions"),
@@ -134,6 +144,7 @@ impl HubMetrics {
             DropReason::QueueFull => (&self.dropped_queue_full, 0),
             DropReason::HubBudget => (&self.dropped_hub_budget, 1),
             DropReason::Expired => (&self.dropped_expired, 2),
+            DropReason::Unreadable => (&self.dropped_unreadable, 3),
         };
         counter.increment(n);
         self.counts[slot].fetch_add(n, Ordering::Relaxed);
@@ -160,6 +171,7 @@ impl HubMetrics {
             queue_full: get(0),
             hub_budget: get(1),
             expired: get(2),
+            unreadable: get(3),
         }
     }
 }

@@ -10,12 +10,16 @@ use parking_lot::MutexGuard;
 use crate::engine::HubCaps;
 use crate::events::{EventOutcome, HubEvent};
 use crate::hub::{Hub, HubConfig, Traffic, take_ticket};
-use crate::journal::JournalOp;
+use crate::journal::{EntryId, JournalOp, LoadError, MessageId};
 use crate::metrics::DropReason;
 use crate::state::{
-    Conn, Inflight, InflightState, Inner, Queued, SessionState, SubEntry, SubOptions,
+    Body, Conn, Inflight, InflightState, Inner, Queued, SessionState, SubEntry, SubOptions,
 };
+
+/// Most spilled entries read back from the store per call (see `Session::load_spilled`).
+const LOAD_BATCH: usize = 64;
 use crate::trie::too_deep;
+use tracing::warn;
 
 /// The result of an accepted PUBLISH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -463,7 +467,7 @@ impl Session {
                     return;
                 }
                 let entry = Queued {
-                    message: r.message.clone(),
+                    body: Body::Loaded(r.message.clone()),
                     qos: r.message.qos.min(opts.qos),
                     retain: true,
                     subscription_ids: opts.subscription_id.into_iter().collect(),
@@ -485,7 +489,7 @@ impl Session {
                     return;
                 }
                 let entry = Queued {
-                    message: m.clone(),
+                    body: Body::Loaded(m.clone()),
                     qos: m.qos.min(opts.qos),
                     retain: true,
                     subscription_ids: opts.subscription_id.into_iter().collect(),
@@ -595,26 +599,47 @@ impl Session {
     /// Pushes at most `max` items; if more is ready, `ready()` resolves at once.
     /// When the connection was kicked, pushes `Outgoing::Disconnect(reason)` once and
     /// nothing after it.
+    ///
+    /// A spilled entry (crate docs, "Queue policy") is read back from the store when it
+    /// reaches the front of the queue, a batch at a time, outside the session's lock.
     pub fn poll_outgoing(&self, out: &mut Vec<Outgoing>, max: usize) {
+        let mut left = max;
+        loop {
+            let before = out.len();
+            let spilled_front = self.poll_loaded(out, left);
+            left -= out.len() - before;
+            if !spilled_front || left == 0 || self.load_spilled(left) == 0 {
+                return;
+            }
+        }
+    }
+
+    /// [`Session::poll_outgoing`] up to the first spilled entry; true when it stopped at
+    /// one that may be sent once loaded.
+    fn poll_loaded(&self, out: &mut Vec<Outgoing>, max: usize) -> bool {
         if let Some(reason) = self.conn.kicked() {
             if max > 0 && self.conn.take_kick_report() {
                 out.push(Outgoing::Disconnect(reason));
             }
-            return;
+            return false;
         }
         let Some(mut inner) = self.live() else {
-            return;
+            return false;
         };
         let now = self.hub.now();
         let (mut pushed, mut delivered, mut expired, mut freed) = (0, 0, 0, 0);
         take_ticket();
         let mut qos2_sent = false;
+        let mut spilled_front = false;
         while pushed < max {
             if let Some(id) = inner.resend.pop_front() {
                 match inner.inflight.get(&id).map(|f| &f.state) {
+                    // Inflight entries are loaded: only loaded ones are sent.
                     Some(InflightState::Sent(q)) => {
-                        out.push(Outgoing::Publish(outgoing(q, Some(id), true, now)));
-                        pushed += 1;
+                        if let Some(p) = outgoing(q, Some(id), true, now) {
+                            out.push(Outgoing::Publish(p));
+                            pushed += 1;
+                        }
                     }
                     Some(InflightState::AwaitingComp) => {
                         out.push(Outgoing::PubRel(id));
@@ -636,14 +661,22 @@ impl Session {
                 continue;
             }
             if front.qos == QoS::AtMostOnce {
+                // QoS 0 entries are never spilled.
                 if let Some(q) = inner.queue.pop_front() {
                     freed += q.weight;
-                    out.push(Outgoing::Publish(outgoing(&q, None, false, now)));
+                    if let Some(p) = outgoing(&q, None, false, now) {
+                        out.push(Outgoing::Publish(p));
+                    }
                 }
             } else {
                 if inner.inflight.len() >= usize::from(inner.window) {
                     break;
                 }
+                let Some(p) = outgoing(front, None, false, now) else {
+                    // Spilled: loaded by `poll_outgoing`, then sent.
+                    spilled_front = true;
+                    break;
+                };
                 let Some(q) = inner.queue.pop_front() else {
                     break;
                 };
@@ -658,7 +691,10 @@ impl Session {
                     });
                     qos2_sent |= q.qos == QoS::ExactlyOnce;
                 }
-                out.push(Outgoing::Publish(outgoing(&q, Some(id), false, now)));
+                out.push(Outgoing::Publish(OutgoingPublish {
+                    packet_id: Some(id),
+                    ..p
+                }));
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
                 inner.inflight.insert(
@@ -691,9 +727,78 @@ impl Session {
         if delivered > 0 {
             self.hub.metrics.delivered.increment(delivered);
         }
-        if more {
+        if more && !spilled_front {
             self.conn.notify.notify_one();
         }
+        spilled_front
+    }
+
+    /// Reads back up to `max` (at most [`LOAD_BATCH`]) spilled entries from the front of the
+    /// queue, outside the session's lock, and puts them back loaded and reserved in the
+    /// budget. An entry the store cannot give back is dropped (unqueued in the journal,
+    /// counted as `reason="unreadable"`, logged). Returns how many entries it settled.
+    fn load_spilled(&self, max: usize) -> usize {
+        let wanted: Vec<(Option<EntryId>, Option<MessageId>)> = {
+            let Some(inner) = self.live() else {
+                return 0;
+            };
+            inner
+                .queue
+                .iter()
+                .take_while(|q| q.is_spilled())
+                .take(max.clamp(1, LOAD_BATCH))
+                .map(|q| (q.entry, q.message_id))
+                .collect()
+        };
+        let loaded: Vec<_> = wanted
+            .into_iter()
+            .map(|(entry, id)| {
+                let result = match id {
+                    Some(id) => self.hub.load_message(id),
+                    None => Err(LoadError::NotFound(MessageId(0))),
+                };
+                (entry, result)
+            })
+            .collect();
+        let Some(mut inner) = self.live() else {
+            return 0;
+        };
+        let (mut settled, mut reserved, mut unreadable) = (0, 0, 0);
+        let mut at = 0;
+        for (entry, result) in loaded {
+            // In queue order, as collected; an entry that left meanwhile is skipped.
+            let Some(i) = (at..inner.queue.len())
+                .find(|&i| inner.queue[i].is_spilled() && inner.queue[i].entry == entry)
+            else {
+                continue;
+            };
+            at = i;
+            settled += 1;
+            match result {
+                Ok(message) => {
+                    let weight = message.weight() as u64;
+                    let q = &mut inner.queue[i];
+                    // Dropping the stub gives its own reservation back.
+                    q.body = Body::Loaded(message);
+                    q.weight = weight;
+                    inner.bytes += weight;
+                    reserved += weight;
+                }
+                Err(e) => {
+                    if let Some(q) = inner.queue.remove(i) {
+                        self.hub.journal_unqueue(&self.client_id, &q);
+                    }
+                    unreadable += 1;
+                    warn!(message = "a spilled message could not be read back; dropped", hub = %self.hub.id, client_id = %self.client_id, error = %e);
+                }
+            }
+        }
+        drop(inner);
+        self.hub.reserve(reserved);
+        if unreadable > 0 {
+            self.hub.metrics.dropped(DropReason::Unreadable, unreadable);
+        }
+        settled
     }
 
     /// Resolves when `poll_outgoing` has something new: a message, a freed window slot
@@ -723,19 +828,25 @@ impl Drop for Session {
 
 /// The PUBLISH to send for `q`, with the expiry interval left [MQTT-3.3.2-6], rounded up
 /// so a message never claims to have expired early.
-fn outgoing(q: &Queued, packet_id: Option<u16>, dup: bool, now: Instant) -> OutgoingPublish {
+/// `None` for a spilled entry (load it first).
+fn outgoing(
+    q: &Queued,
+    packet_id: Option<u16>,
+    dup: bool,
+    now: Instant,
+) -> Option<OutgoingPublish> {
     let message_expiry_remaining = q.expires_at.map(|at| {
         let left = at.saturating_duration_since(now);
         let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
         u32::try_from(secs).unwrap_or(u32::MAX)
     });
-    OutgoingPublish {
+    Some(OutgoingPublish {
         packet_id,
         dup,
         qos: q.qos,
         retain: q.retain,
-        message: q.message.clone(),
+        message: q.message()?.clone(),
         subscription_ids: q.subscription_ids.clone(),
         message_expiry_remaining,
-    }
+    })
 }

@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use iothub_model::{
     ClientId, CompiledFilters, CompiledRule, DeviceId, Message, QoS, SubscriptionCheck,
-    SubscriptionFilter, TopicFilter,
+    SubscriptionFilter, TopicFilter, TopicName,
 };
+use metrics::Gauge;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -114,11 +115,82 @@ pub(crate) struct SharedOrigin {
     pub(crate) filter: TopicFilter,
 }
 
+/// What a queue entry holds of its message.
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    Loaded(Arc<Message>),
+    /// Spilled (crate docs, "Queue policy"): the message is only in the store, under the
+    /// entry's `message_id`; it is loaded back when it reaches the front of the queue.
+    Spilled(Spilled),
+}
+
+/// The part of a spilled message the queue still needs: its topic (filters re-check it)
+/// and what the stub itself costs in memory.
+#[derive(Debug, Clone)]
+pub(crate) struct Spilled {
+    pub(crate) topic: TopicName,
+    /// Held for its `Drop`, which gives the reservation back.
+    pub(crate) _mark: SpillMark,
+}
+
+/// A stub's reservation in its hub: it holds `weight` bytes of the hub budget and one in
+/// `iothub_spilled_messages`, both given back when the stub is dropped, wherever that
+/// happens (loaded, expired, acknowledged, the session ended), so the accounting stays
+/// exact without every path that frees entries knowing about stubs.
+#[derive(Debug)]
+pub(crate) struct SpillMark {
+    budget: Arc<AtomicU64>,
+    gauge: Gauge,
+    weight: u64,
+}
+
+impl SpillMark {
+    /// Memory a stub costs: the entry itself (its message's topic is shared with other
+    /// stubs of the same message, counted once per entry anyway).
+    pub(crate) const WEIGHT: u64 = std::mem::size_of::<Queued>() as u64;
+
+    /// Reserves a stub's weight in `budget` (limit `limit`); `None` when it is used up.
+    pub(crate) fn reserve(budget: &Arc<AtomicU64>, limit: u64, gauge: &Gauge) -> Option<Self> {
+        let weight = Self::WEIGHT;
+        let before = budget.fetch_add(weight, Ordering::AcqRel);
+        if before + weight > limit {
+            budget.fetch_sub(weight, Ordering::AcqRel);
+            return None;
+        }
+        gauge.increment(1.0);
+        Some(Self {
+            budget: budget.clone(),
+            gauge: gauge.clone(),
+            weight,
+        })
+    }
+}
+
+impl Clone for SpillMark {
+    fn clone(&self) -> Self {
+        self.budget.fetch_add(self.weight, Ordering::AcqRel);
+        self.gauge.increment(1.0);
+        Self {
+            budget: self.budget.clone(),
+            gauge: self.gauge.clone(),
+            weight: self.weight,
+        }
+    }
+}
+
+impl Drop for SpillMark {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.weight, Ordering::AcqRel);
+        self.gauge.decrement(1.0);
+    }
+}
+
 /// One message waiting in (or sent from) a session's queue. Its `weight` is reserved in
-/// the hub budget and in the session's byte count until the entry is freed.
+/// the hub budget and in the session's byte count until the entry is freed (0 for a
+/// spilled entry, whose [`SpillMark`] holds its reservation).
 #[derive(Debug, Clone)]
 pub(crate) struct Queued {
-    pub(crate) message: Arc<Message>,
+    pub(crate) body: Body,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
     pub(crate) subscription_ids: Vec<u32>,
@@ -136,6 +208,25 @@ pub(crate) struct Queued {
 impl Queued {
     pub(crate) fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The message, unless it is spilled.
+    pub(crate) fn message(&self) -> Option<&Arc<Message>> {
+        match &self.body {
+            Body::Loaded(m) => Some(m),
+            Body::Spilled(_) => None,
+        }
+    }
+
+    pub(crate) fn topic(&self) -> &TopicName {
+        match &self.body {
+            Body::Loaded(m) => &m.topic,
+            Body::Spilled(s) => &s.topic,
+        }
+    }
+
+    pub(crate) fn is_spilled(&self) -> bool {
+        matches!(self.body, Body::Spilled(_))
     }
 }
 

@@ -13,17 +13,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use iothub_model::QoS;
+use iothub_model::{Message, QoS};
 
 use super::{Hub, TimerKind};
 use crate::journal::{
-    EntryId, JournalOp, MessageId, RestoreStats, RestoredEntry, RestoredHub, RestoredInflight,
-    SessionOwner, SubscriptionOptions, WILL_ON_CLOSE, WallMs,
+    EntryId, JournalOp, LoadError, MessageId, RestoreStats, RestoredEntry, RestoredHub,
+    RestoredInflight, SessionOwner, SubscriptionOptions, WILL_ON_CLOSE, WallMs,
 };
 use crate::route_tap::ROUTE_CLIENT_PREFIX;
 use crate::state::{
-    Conn, Inflight, InflightState, Inner, Owner, Queued, SessionFilters, SessionState, StoredWill,
-    SubEntry, SubOptions,
+    Body, Conn, Inflight, InflightState, Inner, Owner, Queued, SessionFilters, SessionState,
+    Spilled, StoredWill, SubEntry, SubOptions,
 };
 
 thread_local! {
@@ -76,6 +76,14 @@ impl From<SubscriptionOptions> for SubOptions {
 }
 
 impl Hub {
+    /// Reads a spilled entry's message back from the journal.
+    pub(crate) fn load_message(&self, id: MessageId) -> Result<Arc<Message>, LoadError> {
+        match &self.journal {
+            Some(journal) => journal.load(id),
+            None => Err(LoadError::Unsupported(id)),
+        }
+    }
+
     /// Whether a journal is attached.
     pub(crate) fn journaling(&self) -> bool {
         self.journal.is_some()
@@ -250,14 +258,19 @@ impl Hub {
             return;
         }
         let hub = self.id;
-        let message_id = match q.message_id {
-            Some(id) => id,
-            None => {
+        let message_id = match (q.message_id, q.message()) {
+            (Some(id), _) => id,
+            // A spilled entry always has its message's id; without one it is not journaled.
+            (None, None) => {
+                q.entry = None;
+                return;
+            }
+            (None, Some(message)) => {
                 let id = MessageId(self.next_journal_id());
                 self.record(|| JournalOp::Message {
                     id,
                     hub,
-                    message: q.message.clone(),
+                    message: message.clone(),
                 });
                 q.message_id = Some(id);
                 id
@@ -301,6 +314,8 @@ impl Hub {
         let now = self.now();
         let hub = self.id;
         let config = self.config();
+        let max_messages = self.queue_max_messages.load(Ordering::Relaxed);
+        let max_bytes = self.queue_max_bytes.load(Ordering::Relaxed);
         {
             let mut store = self.retained.write();
             for r in restored.retained {
@@ -455,7 +470,7 @@ impl Hub {
                 }
                 let entry_of = |e: RestoredEntry| Queued {
                     weight: e.message.weight() as u64,
-                    message: e.message,
+                    body: Body::Loaded(e.message),
                     qos: e.qos,
                     retain: e.retain,
                     subscription_ids: e.subscription_ids,
@@ -466,7 +481,18 @@ impl Hub {
                 };
                 let mut queue = VecDeque::with_capacity(s.queue.len());
                 for e in s.queue {
-                    let q = entry_of(e);
+                    let mut q = entry_of(e);
+                    // Beyond the session's bound, what the store can give back again stays
+                    // there (crate docs, "Queue policy").
+                    if self.spills
+                        && (queue.len() >= max_messages || inner.bytes + q.weight > max_bytes)
+                        && let Some(mark) = self.reserve_stub()
+                    {
+                        let topic = q.topic().clone();
+                        q.body = Body::Spilled(Spilled { topic, _mark: mark });
+                        q.weight = 0;
+                        self.metrics.spilled_total.increment(1);
+                    }
                     inner.bytes += q.weight;
                     self.budget_used.fetch_add(q.weight, Ordering::AcqRel);
                     queue.push_back(q);

@@ -155,7 +155,7 @@ impl Hub {
         if let Some(rule) = &filters.subscribe {
             let mut freed = 0;
             inner.queue.retain(|q| {
-                let keep = rule.allows_topic(q.message.topic.as_str());
+                let keep = rule.allows_topic(q.topic().as_str());
                 if !keep {
                     freed += q.weight;
                     self.journal_unqueue(&state.client_id, q);

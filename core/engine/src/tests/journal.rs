@@ -248,3 +248,168 @@ fn queue_policy_drops_oldest_qos0_then_keeps_qos12_up_to_the_budget() {
         [Outgoing::Disconnect(KickReason::QuotaExceeded)]
     );
 }
+
+/// A journal that also reads messages back, as a store that spills does; ids in `broken`
+/// cannot be read.
+#[derive(Default)]
+struct Spilling {
+    recorder: Recorder,
+    messages: Mutex<std::collections::HashMap<MessageId, Arc<Message>>>,
+    broken: Mutex<Vec<MessageId>>,
+    loads: AtomicU64,
+}
+
+impl Journal for Spilling {
+    fn record(&self, op: JournalOp) -> u64 {
+        if let JournalOp::Message { id, message, .. } = &op {
+            self.messages.lock().insert(*id, message.clone());
+        }
+        self.recorder.record(op)
+    }
+
+    fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recorder.durable()
+    }
+
+    fn loads_messages(&self) -> bool {
+        true
+    }
+
+    fn load(&self, id: MessageId) -> Result<Arc<Message>, LoadError> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        if self.broken.lock().contains(&id) {
+            return Err(LoadError::Unreadable {
+                id,
+                reason: "damaged".into(),
+            });
+        }
+        self.messages
+            .lock()
+            .get(&id)
+            .cloned()
+            .ok_or(LoadError::NotFound(id))
+    }
+}
+
+fn spilling(limits: HubLimits) -> (Fx, Arc<Spilling>) {
+    let journal = Arc::new(Spilling::default());
+    let clock = ManualClock::new();
+    let engine = Engine::new(EngineConfig {
+        clock: Arc::new(clock.clone()),
+        journal: Some(journal.clone()),
+    });
+    let hub = HubId::new_random();
+    engine
+        .create_hub(hub_spec(hub, "s", Plan::Dedicated, limits, true))
+        .unwrap();
+    (Fx { engine, clock, hub }, journal)
+}
+
+/// Sends and acknowledges everything `s` has, returning the payloads in delivery order.
+fn drain_acked(s: &Session) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let out = drain(s);
+        if out.is_empty() {
+            return got;
+        }
+        for p in publishes(&out) {
+            got.push(String::from_utf8_lossy(&p.message.payload).into_owned());
+            if let Some(id) = p.packet_id {
+                assert!(s.acknowledge(id));
+            }
+        }
+    }
+}
+
+/// Queue policy with a store that reads messages back: beyond the session's bound a
+/// persistent session's QoS 1/2 entries are spilled (only a stub stays in memory and in
+/// the budget), read back when they reach the front, and delivered in order; the budget
+/// is exact afterwards.
+#[test]
+fn a_persistent_sessions_queue_beyond_its_bound_is_spilled_and_read_back_in_order() {
+    let (fx, journal) = spilling(HubLimits {
+        max_session_queue_messages: 4,
+        ..HubLimits::default()
+    });
+    let slow = fx.persistent("slow", true, 600).session;
+    subscribe(&slow, "t", Q1);
+    let p = fx.client("p");
+    let big = "x".repeat(2000);
+    let sent: Vec<String> = (0..40).map(|i| format!("{i:02}{big}")).collect();
+    for m in &sent {
+        publish(&p, "t", m, Q1);
+    }
+    let stats = fx.stats();
+    assert_eq!(stats.queued_messages, 40, "{stats:?}");
+    // 4 messages of ~2 KB in memory, 36 stubs: far less than 40 messages.
+    let weight = msg("t", &sent[0], Q1, false).weight() as u64;
+    assert!(stats.budget_used_bytes < 4 * weight + 36 * 256, "{stats:?}");
+    assert!(stats.budget_used_bytes >= 4 * weight, "{stats:?}");
+    assert_eq!(journal.loads.load(Ordering::Relaxed), 0);
+
+    assert_eq!(drain_acked(&slow), sent);
+    assert_eq!(journal.loads.load(Ordering::Relaxed), 36);
+    let stats = fx.stats();
+    assert_eq!(
+        (
+            stats.queued_messages,
+            stats.budget_used_bytes,
+            stats.dropped.unreadable
+        ),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+}
+
+/// A spilled entry the store cannot give back is dropped, counted, unqueued in the journal,
+/// and the rest of the queue goes on in order. Stubs of a session that ends give their
+/// reservation back.
+#[test]
+fn an_unreadable_spilled_message_is_dropped_and_counted_and_stubs_free_their_budget() {
+    let (fx, journal) = spilling(HubLimits {
+        max_session_queue_messages: 2,
+        ..HubLimits::default()
+    });
+    let slow = fx.persistent("slow", true, 600).session;
+    subscribe(&slow, "t", Q1);
+    let p = fx.client("p");
+    for i in 0..6 {
+        publish(&p, "t", &format!("m{i}"), Q1);
+    }
+    let ids: Vec<MessageId> = journal
+        .recorder
+        .ops
+        .lock()
+        .iter()
+        .filter_map(|op| match op {
+            JournalOp::Message { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 6);
+    journal.broken.lock().push(ids[3]);
+    journal.recorder.ops.lock().clear();
+    assert_eq!(drain_acked(&slow), ["m0", "m1", "m2", "m4", "m5"]);
+    assert_eq!(fx.stats().dropped.unreadable, 1);
+    assert!(
+        kinds(&journal.recorder.ops.lock()).contains(&"unqueue"),
+        "the dropped entry leaves the journal too"
+    );
+
+    // Stubs of an offline session, then the session ends (clean start): budget back to 0.
+    drop(slow);
+    for i in 0..6 {
+        publish(&p, "t", &format!("n{i}"), Q1);
+    }
+    let stats = fx.stats();
+    assert_eq!(stats.queued_messages, 6, "{stats:?}");
+    assert!(stats.budget_used_bytes > 0);
+    drop(fx.persistent("slow", true, 0));
+    let stats = fx.stats();
+    assert_eq!(
+        (stats.queued_messages, stats.budget_used_bytes),
+        (0, 0),
+        "{stats:?}"
+    );
+}
