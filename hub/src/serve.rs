@@ -159,6 +159,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             retained = stats.retained,
             sessions = stats.sessions,
             queued = stats.queued,
+            spilled = stats.spilled,
             inflight = stats.inflight,
             sessions_dropped = stats.sessions_dropped,
             hubs_dropped = stats.hubs_dropped,

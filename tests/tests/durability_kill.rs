@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use iothub_e2e::frames::{self, Connect, PropValue, Publish, kind, prop};
 use iothub_e2e::raw::{QUIET, RawClient, WAIT};
 use iothub_e2e::stateful::{Closed, Rng, StatefulClient};
+use iothub_e2e::tools::{http_get, metric_sum};
 use iothub_e2e::{Hub, config, skip_unless_iothub, unique};
 
 /// Kill/restart cycles per fsync policy.
@@ -29,9 +30,14 @@ const RETAINED: usize = 20;
 /// A session expiry long enough for the whole test (MQTT 5 clients).
 const EXPIRY: u32 = 3600;
 
-/// The test configuration with this `persistence:` section body.
+/// The test configuration with this `persistence:` section body. The sessions' queue bound is
+/// small (4), so that subscribers' backlogs are spilled to the store (issue 6 item 3) and the
+/// kills also hit spilled queues and their restore.
 fn yaml(persistence: &str) -> String {
-    format!("{}persistence:\n{persistence}", config(&[], &[]))
+    format!(
+        "{}persistence:\n{persistence}",
+        config(&[], &[("max_session_queue_messages", 4)])
+    )
 }
 
 fn v5_persistent(id: &str) -> Connect {
@@ -57,6 +63,8 @@ struct Run<'a> {
     /// Retained topic -> payload, for every retained publish.
     retained: BTreeMap<String, Vec<u8>>,
     failures: Vec<String>,
+    /// `iothub_messages_spilled_total` of the hubs killed so far.
+    spilled: f64,
 }
 
 impl<'a> Run<'a> {
@@ -77,6 +85,7 @@ impl<'a> Run<'a> {
             published: BTreeMap::new(),
             retained: BTreeMap::new(),
             failures: Vec::new(),
+            spilled: 0.0,
         };
         let addr = run.hub.mqtt_addr();
         let filter = format!("{}/m/#", run.prefix);
@@ -177,6 +186,7 @@ impl<'a> Run<'a> {
     /// (new ports), reconnect every client with its session.
     fn kill_and_restart(&mut self, cycle: usize) {
         let inflight = self.publisher.inflight();
+        self.spilled += spilled(&self.hub);
         self.hub.kill();
         for (name, c) in [
             ("publisher", &mut self.publisher),
@@ -357,9 +367,10 @@ impl<'a> Run<'a> {
         self.failures
     }
 
-    /// A fresh clean client subscribes to the retained topics and reads what it is sent.
+    /// A fresh client subscribes to the retained topics and reads what it is sent.
     fn read_retained(&mut self) -> BTreeMap<String, Vec<u8>> {
-        let mut reader = StatefulClient::new(Connect::v5(&unique("dkr"), true));
+        // Persistent: a clean session past its queue bound of 4 would lose retained messages.
+        let mut reader = StatefulClient::new(v5_persistent(&unique("dkr")));
         let addr = self.hub.mqtt_addr();
         if let Err(e) = reader.connect(addr) {
             self.failures.push(format!("retained reader: {e:?}"));
@@ -424,8 +435,16 @@ fn has_all(
         .all(|p| got.contains(p.as_slice()))
 }
 
-/// Runs `cycles` kill/restart cycles under this `persistence:` section; returns the violations.
-fn kill_cycles(persistence: &str, cycles: usize) -> Vec<String> {
+/// Queue entries the hub spilled to its store so far.
+fn spilled(hub: &Hub) -> f64 {
+    let (status, text) = http_get(hub.api_addr().expect("iothub mode"), "/metrics");
+    assert_eq!(status, 200);
+    metric_sum(&text, "iothub_messages_spilled_total", &[]).unwrap_or(0.0)
+}
+
+/// Runs `cycles` kill/restart cycles under this `persistence:` section; returns the violations
+/// and how many queue entries were spilled meanwhile.
+fn kill_cycles(persistence: &str, cycles: usize) -> (Vec<String>, f64) {
     let seed = Rng::seed_from_env_or_clock();
     let rng = Rng::new(seed);
     eprintln!(
@@ -442,6 +461,7 @@ fn kill_cycles(persistence: &str, cycles: usize) -> Vec<String> {
         }
         run.kill_and_restart(cycle);
     }
+    let spilled = run.spilled + spilled(&run.hub);
     let failures = run.verdict();
     if !failures.is_empty() {
         eprintln!(
@@ -450,15 +470,20 @@ fn kill_cycles(persistence: &str, cycles: usize) -> Vec<String> {
             failures.join("\n")
         );
     }
-    failures
+    (failures, spilled)
 }
 
 fn assert_durable(persistence: &str) {
-    let failures = kill_cycles(persistence, CYCLES);
+    let (failures, spilled) = kill_cycles(persistence, CYCLES);
     assert!(
         failures.is_empty(),
         "after {CYCLES} kill -9 cycles with persistence\n{persistence}the hub broke its promises:\n{}",
         failures.join("\n")
+    );
+    eprintln!("durability_kill: {spilled} queue entries spilled");
+    assert!(
+        spilled > 0.0,
+        "no queue entry was spilled: the run did not test spilling"
     );
 }
 
@@ -491,7 +516,7 @@ fn kill_9_without_persistence_is_caught() {
     if skip_unless_iothub("kill_9_without_persistence_is_caught") {
         return;
     }
-    let failures = kill_cycles("  enabled: false\n", 2);
+    let (failures, _) = kill_cycles("  enabled: false\n", 2);
     assert!(
         failures
             .iter()

@@ -34,6 +34,8 @@ const KEY_METRICS: &[&str] = &[
     "iothub_messages_received_total",
     "iothub_messages_delivered_total",
     "iothub_messages_dropped_total",
+    "iothub_messages_spilled_total",
+    "iothub_spilled_messages",
     "iothub_sessions",
     "iothub_sessions_connected",
     "iothub_subscriptions",

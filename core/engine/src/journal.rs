@@ -311,6 +311,8 @@ pub struct RestoreStats {
     pub retained: usize,
     pub sessions: usize,
     pub queued: usize,
+    /// Of `queued`, restored spilled (beyond their session's bound; see the crate docs).
+    pub spilled: usize,
     pub inflight: usize,
     /// Sessions of a hub the engine does not serve, or whose owner is gone.
     pub sessions_dropped: usize,

@@ -492,6 +492,7 @@ impl Hub {
                         q.body = Body::Spilled(Spilled { topic, _mark: mark });
                         q.weight = 0;
                         self.metrics.spilled_total.increment(1);
+                        stats.spilled += 1;
                     }
                     inner.bytes += q.weight;
                     self.budget_used.fetch_add(q.weight, Ordering::AcqRel);

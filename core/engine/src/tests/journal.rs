@@ -347,6 +347,9 @@ fn a_persistent_sessions_queue_beyond_its_bound_is_spilled_and_read_back_in_orde
     assert!(stats.budget_used_bytes < 4 * weight + 36 * 256, "{stats:?}");
     assert!(stats.budget_used_bytes >= 4 * weight, "{stats:?}");
     assert_eq!(journal.loads.load(Ordering::Relaxed), 0);
+    // What the README and the crate docs promise a stub costs.
+    let stub = crate::state::SpillMark::WEIGHT;
+    assert!(stub < 200, "a stub is {stub} bytes");
 
     assert_eq!(drain_acked(&slow), sent);
     assert_eq!(journal.loads.load(Ordering::Relaxed), 36);
