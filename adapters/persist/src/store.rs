@@ -7,15 +7,19 @@
 //! "durable up to ticket N" on a `tokio::sync::watch`: group commit, so durability costs one
 //! commit per batch, not per message, and the more load the bigger the batches. Under
 //! `FsyncPolicy::Grouped` it also fsyncs at the WAL's deadline. When the log holds many
-//! more records than the state needs it compacts, on the same thread, keeping the records
-//! [`DurableState::live_seqs`] names.
+//! more records than the state needs it compacts, keeping the records
+//! [`DurableState::live_seqs`] names: the writer starts the compaction (a fresh segment, the
+//! live set), an `iothub-compact` thread rewrites the closed segments while commits go on, and
+//! the writer finishes it (old segments deleted, index moved) when that thread reports. The
+//! pause commits see is collecting the live set, which walks the state once.
 //!
 //! Reading messages back ([`Journal::load`], for the queue entries the engine spilled):
 //! every message record's location is kept in an index (message id -> sequence number and
 //! [`Location`], about 50 bytes per stored message) that the writer updates after each
-//! commit and rewrites after a compaction; a message recorded but not yet committed is
-//! served from the pending operations. A load reads one record with a [`WalReader`]
-//! (two `pread`s) on the caller's thread; it waits while a compaction runs, as commits do.
+//! commit and moves when a compaction finishes (under its write lock, so a load never reads
+//! a segment being deleted); a message recorded but not yet committed is served from the
+//! pending operations. A load reads one record with a [`WalReader`] (two `pread`s) on the
+//! caller's thread.
 //!
 //! A failed write poisons the WAL: the writer logs it, stops, and never advances the
 //! durable ticket again, so nothing more is acknowledged as durable (connections hold their
@@ -29,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use iothub_engine::{Journal, JournalOp, LoadError, MessageId, RestoredHub};
 use iothub_model::{HubId, Message};
-use iothub_wal::{FsyncPolicy, Location, Options, Seq, Wal, WalError, WalReader};
+use iothub_wal::{
+    CompactStats, Compaction, FsyncPolicy, Location, Options, Seq, Wal, WalError, WalReader,
+};
 use metrics::counter;
 use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{error, info, warn};
@@ -64,6 +70,8 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("the store's writer thread panicked")]
     WriterPanicked,
+    #[error("the store's compaction thread panicked")]
+    CompactionPanicked,
     #[error("the store stopped after a write error; acknowledged state is intact up to it")]
     Failed,
 }
@@ -95,6 +103,8 @@ struct Pending {
     /// Messages recorded and not yet in the index: what `load` finds here is not on disk
     /// yet. The writer removes them once it has indexed them.
     unwritten: HashMap<MessageId, Arc<Message>>,
+    /// Set by the compaction thread when it is done: wakes the writer to finish it.
+    compacted: bool,
 }
 
 impl Pending {
@@ -246,6 +256,7 @@ impl Store {
                 open_groups: BTreeMap::new(),
                 closed_groups: Vec::new(),
                 unwritten: HashMap::new(),
+                compacted: false,
             }),
             wake: Condvar::new(),
             durable,
@@ -261,6 +272,7 @@ impl Store {
             options,
             buf: Vec::new(),
             written: Vec::new(),
+            compaction: None,
         };
         let handle = std::thread::Builder::new()
             .name("iothub-store".into())
@@ -396,6 +408,14 @@ struct Writer {
     buf: Vec<u8>,
     /// Message records of the batch being written, indexed once it is committed.
     written: Vec<(MessageId, Seq, Location)>,
+    /// The compaction being written on its own thread, if one is.
+    compaction: Option<RunningCompaction>,
+}
+
+/// A compaction whose [`Compaction::write`] runs on the `iothub-compact` thread.
+struct RunningCompaction {
+    thread: JoinHandle<(Compaction, Result<CompactStats, WalError>)>,
+    started: Instant,
 }
 
 impl Writer {
@@ -412,7 +432,7 @@ impl Writer {
         loop {
             let (last_ticket, closing) = {
                 let mut p = self.shared.pending.lock();
-                while !p.first_takeable() && !p.closing {
+                while !p.first_takeable() && !p.closing && !p.compacted {
                     let deadline = self.wal.as_ref().and_then(Wal::sync_deadline);
                     match deadline {
                         Some(at) => {
@@ -449,6 +469,9 @@ impl Writer {
                 let last = p.next_ticket - 1 - p.ops.len() as u64;
                 (last, p.closing && p.ops.is_empty())
             };
+            if std::mem::take(&mut self.shared.pending.lock().compacted) {
+                self.finish_compaction()?;
+            }
             let Some(wal) = self.wal.as_mut() else {
                 return Err(StoreError::Failed);
             };
@@ -473,6 +496,10 @@ impl Writer {
                 self.maybe_compact()?;
             }
             if closing {
+                if self.compaction.is_some() {
+                    // Finished now rather than by the next open.
+                    self.finish_compaction()?;
+                }
                 if let Some(wal) = self.wal.take() {
                     wal.close()?;
                 }
@@ -499,9 +526,16 @@ impl Writer {
         }
     }
 
+    /// Starts a compaction when the log holds more than twice the records the live state
+    /// needs. Only step 1 (a fresh active segment) and collecting the live set run here; the
+    /// rewrite runs on the `iothub-compact` thread while commits go on, and
+    /// [`Writer::finish_compaction`] ends it when that thread reports.
     fn maybe_compact(&mut self) -> Result<(), StoreError> {
         let min = self.options.compact_min_records;
-        if self.log_records <= min || self.log_records < self.next_compact_check {
+        if self.compaction.is_some()
+            || self.log_records <= min
+            || self.log_records < self.next_compact_check
+        {
             return Ok(());
         }
         let live = self.state.live_seqs();
@@ -516,18 +550,50 @@ impl Writer {
         let Some(wal) = self.wal.as_mut() else {
             return Ok(());
         };
-        let started = Instant::now();
-        // Loads wait until the index tells the new locations.
-        let mut index = self.shared.index.write();
-        // Every record before it is in a segment the compaction rewrites.
-        let upto = wal.next_seq();
+        let Some(mut compaction) = wal.start_compaction()? else {
+            return Ok(());
+        };
+        // The state forgets now what the live set just left out, so that it matches the
+        // compacted log whatever is applied while the rewrite runs.
+        self.state.after_compaction();
+        let shared = self.shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("iothub-compact".into())
+            .spawn(move || {
+                let result = compaction.write(|seq, _, _| live.contains(&seq.get()));
+                shared.pending.lock().compacted = true;
+                shared.wake.notify_one();
+                (compaction, result)
+            })
+            .map_err(StoreError::Thread)?;
+        self.compaction = Some(RunningCompaction {
+            thread,
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Waits for the running compaction's rewrite (at once when its thread reported), then
+    /// puts the compacted file in place of the old segments and moves the index to the new
+    /// locations, under the index's write lock: a load never reads a deleted segment.
+    fn finish_compaction(&mut self) -> Result<(), StoreError> {
+        let Some(running) = self.compaction.take() else {
+            return Ok(());
+        };
+        let (compaction, written) = running
+            .thread
+            .join()
+            .map_err(|_| StoreError::CompactionPanicked)?;
+        let stats = written?;
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(());
+        };
+        let upto = compaction.upto();
         let mut moved = HashMap::new();
-        let stats = wal.compact_located(
-            |seq, _, _| live.contains(&seq.get()),
-            |seq, location| {
-                moved.insert(seq, location);
-            },
-        )?;
+        let mut index = self.shared.index.write();
+        wal.finish_compaction(compaction, |seq, location| {
+            moved.insert(seq, location);
+        })?;
         index.retain(|_, (seq, location)| {
             if *seq >= upto {
                 return true;
@@ -543,14 +609,13 @@ impl Writer {
         drop(index);
         self.log_records = self.log_records.saturating_sub(stats.dropped);
         self.next_compact_check = self.log_records + self.log_records / 8;
-        self.state.after_compaction();
         counter!("iothub_store_compactions_total").increment(1);
         info!(
             message = "store compacted",
             kept = stats.kept,
             dropped = stats.dropped,
             segments_removed = stats.segments_removed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = running.started.elapsed().as_millis() as u64,
         );
         Ok(())
     }

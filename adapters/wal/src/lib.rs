@@ -54,7 +54,9 @@
 //! intact) and finishes a leftover `.done` (deletes the segments it replaced, renames it to a
 //! segment). A crash at any step therefore leaves either the old log or the compacted one.
 //! The compacted file is not split to [`Options::segment_bytes`]: its size is that of the live state.
-//! Compaction runs on the caller's thread and holds `&mut self`; a background variant is future work.
+//! [`Wal::compact`] runs on the caller's thread; to keep writing meanwhile, split it:
+//! [`Wal::start_compaction`] (step 1), [`Compaction::write`] on any thread (steps 2 and 3: reads
+//! the closed segments, writes the compacted file), [`Wal::finish_compaction`] (step 4).
 //!
 //! # Reading one record back
 //!
@@ -76,7 +78,7 @@ mod wal;
 
 pub use record::MAX_PAYLOAD;
 pub use wal::{
-    CompactStats, FsyncPolicy, Options, Recovery, ReplayStats, Wal, WalError, WalReader,
+    CompactStats, Compaction, FsyncPolicy, Options, Recovery, ReplayStats, Wal, WalError, WalReader,
 };
 
 /// Where a record lies: the segment (named by its first sequence number) and the byte offset of the

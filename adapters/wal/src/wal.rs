@@ -260,7 +260,7 @@ impl Wal {
         // `upto` order is still right if there were more, as a later one covers the earlier ones.
         for (upto, done) in std::mem::take(&mut listing.compaction_done) {
             warn!(message = "finishing a compaction interrupted by a crash", path = %done.display());
-            finish_compaction(&dir, &listing.segments, upto, &done)?;
+            finish_compaction(&dir, &listing.segments, upto, &done, None)?;
             recovery.compaction_finished = true;
             listing = list(&dir)?;
         }
@@ -524,7 +524,7 @@ impl Wal {
         &mut self,
         live: impl FnMut(Seq, u8, &[u8]) -> bool,
     ) -> Result<CompactStats, WalError> {
-        self.compact_inner(live, None)
+        self.compact_located(live, |_, _| {})
     }
 
     /// [`Wal::compact`] that, once the compaction is committed, calls `moved` with the new
@@ -535,50 +535,24 @@ impl Wal {
     pub fn compact_located(
         &mut self,
         live: impl FnMut(Seq, u8, &[u8]) -> bool,
-        mut moved: impl FnMut(Seq, Location),
+        moved: impl FnMut(Seq, Location),
     ) -> Result<CompactStats, WalError> {
-        let mut kept = Vec::new();
-        let stats = self.compact_inner(live, Some(&mut kept))?;
-        if let Some(&(first, _)) = kept.first() {
-            for (seq, offset) in kept {
-                moved(
-                    Seq::new(seq),
-                    Location {
-                        segment: Seq::new(first),
-                        offset,
-                    },
-                );
-            }
-        }
-        Ok(stats)
-    }
-
-    fn compact_inner(
-        &mut self,
-        live: impl FnMut(Seq, u8, &[u8]) -> bool,
-        kept: Option<&mut Vec<(u64, u64)>>,
-    ) -> Result<CompactStats, WalError> {
-        let Some((upto, stats)) = self.write_compaction(live, kept)? else {
+        let Some(mut compaction) = self.start_compaction()? else {
             return Ok(CompactStats::default());
         };
-        let tmp = compaction_tmp(&self.dir, upto);
-        let done = compaction_done(&self.dir, upto);
-        fs::rename(&tmp, &done).map_err(io("rename", &tmp))?;
-        sync_dir(&self.dir)?;
-        finish_compaction(&self.dir, &self.segments, upto, &done)?;
-        self.segments = list(&self.dir)?.segments;
-        Ok(stats)
+        compaction.write(live)?;
+        self.finish_compaction(compaction, moved)
     }
 
-    /// Steps (1) and (2) of [`Wal::compact`]: returns `upto` and the counts, or `None` when there
-    /// is nothing before the active segment to compact.
-    /// `kept`, if given, receives the sequence number and the offset in the compacted file of every
-    /// record kept.
-    fn write_compaction(
-        &mut self,
-        mut live: impl FnMut(Seq, u8, &[u8]) -> bool,
-        mut kept: Option<&mut Vec<(u64, u64)>>,
-    ) -> Result<Option<(u64, CompactStats)>, WalError> {
+    /// Step (1) of [`Wal::compact`], for a compaction whose expensive part runs on another thread
+    /// while this log goes on: fsyncs and starts a fresh active segment, and returns the
+    /// [`Compaction`] of every segment before it (`None`: there is none). Run
+    /// [`Compaction::write`] anywhere, then [`Wal::finish_compaction`] here. Appends, commits
+    /// and reads go on meanwhile (they touch only the new segments, or read the old ones, which
+    /// stay until the finish); only one compaction may be open at a time, and nothing else
+    /// may compact the log until it is finished.
+    pub fn start_compaction(&mut self) -> Result<Option<Compaction>, WalError> {
+        self.check_poisoned()?;
         self.sync()?;
         if self.active_len > 0 || self.active_first != self.next_seq {
             self.rotate()?;
@@ -593,50 +567,53 @@ impl Wal {
         if old.is_empty() {
             return Ok(None);
         }
-        let tmp = compaction_tmp(&self.dir, upto);
-        let file = File::create(&tmp).map_err(io("create", &tmp))?;
-        let mut out = BufWriter::new(file);
-        let mut stats = CompactStats {
-            segments_removed: old.len() as u64,
-            ..CompactStats::default()
-        };
-        let mut encoded = Vec::new();
-        let mut written: u64 = 0;
-        let mut last_seq = 0;
-        for &first in &old {
-            let data = read(&segment_path(&self.dir, first))?;
-            let mut write_err = None;
-            let scan = record::scan(&data, first.max(last_seq + 1), |seq, kind, payload| {
-                if write_err.is_some() {
-                    return;
-                }
-                if !live(seq, kind, payload) {
-                    stats.dropped += 1;
-                    return;
-                }
-                stats.kept += 1;
-                encoded.clear();
-                // The payload came out of a valid record, so its length fits a u32.
-                let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-                record::encode(&mut encoded, seq, kind, payload, len);
-                if let Some(kept) = kept.as_deref_mut() {
-                    kept.push((seq.get(), written));
-                }
-                written += encoded.len() as u64;
-                if let Err(e) = out.write_all(&encoded) {
-                    write_err = Some(e);
-                }
-            });
-            if let Some(e) = write_err {
-                return Err(io("write", &tmp)(e));
+        Ok(Some(Compaction {
+            dir: self.dir.clone(),
+            upto,
+            old,
+            kept: Vec::new(),
+            stats: None,
+        }))
+    }
+
+    /// Step (4) of [`Wal::compact`], on the log that started `compaction`, once
+    /// [`Compaction::write`] succeeded: deletes the segments it replaced and puts the compacted
+    /// file in their place, then calls `moved` with the new [`Location`] of every record kept.
+    /// A compaction whose write failed or never ran changes nothing (its temporary file is
+    /// removed). Errors as for [`Wal::compact_located`].
+    pub fn finish_compaction(
+        &mut self,
+        compaction: Compaction,
+        mut moved: impl FnMut(Seq, Location),
+    ) -> Result<CompactStats, WalError> {
+        let Compaction {
+            upto, kept, stats, ..
+        } = compaction;
+        let done = compaction_done(&self.dir, upto);
+        let Some(stats) = stats else {
+            let tmp = compaction_tmp(&self.dir, upto);
+            match fs::remove_file(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("remove", &tmp)(e)),
             }
-            last_seq = last_seq.max(scan.last_seq);
+            return Ok(CompactStats::default());
+        };
+        let first = kept.first().map(|&(seq, _)| seq);
+        finish_compaction(&self.dir, &self.segments, upto, &done, Some(first))?;
+        self.segments = list(&self.dir)?.segments;
+        if let Some(first) = first {
+            for (seq, offset) in kept {
+                moved(
+                    Seq::new(seq),
+                    Location {
+                        segment: Seq::new(first),
+                        offset,
+                    },
+                );
+            }
         }
-        let file = out
-            .into_inner()
-            .map_err(|e| io("write", &tmp)(e.into_error()))?;
-        file.sync_all().map_err(io("fsync", &tmp))?;
-        Ok(Some((upto, stats)))
+        Ok(stats)
     }
 
     fn check_poisoned(&self) -> Result<(), WalError> {
@@ -747,6 +724,85 @@ impl Wal {
     }
 }
 
+/// A compaction between [`Wal::start_compaction`] and [`Wal::finish_compaction`]: the segments
+/// it rewrites are closed, so [`Compaction::write`] (steps 2 and 3 of [`Wal::compact`], the part
+/// that grows with the log) needs nothing of the [`Wal`] and can run on any thread.
+#[derive(Debug)]
+pub struct Compaction {
+    dir: PathBuf,
+    upto: u64,
+    old: Vec<u64>,
+    /// Sequence number and offset in the compacted file of every record kept.
+    kept: Vec<(u64, u64)>,
+    /// Set once `write` reached the commit point.
+    stats: Option<CompactStats>,
+}
+
+impl Compaction {
+    /// The first sequence number it does not cover: every record before it is in a segment it
+    /// rewrites, every one from it on is untouched.
+    pub fn upto(&self) -> Seq {
+        Seq::new(self.upto)
+    }
+
+    /// Writes the records `live` keeps to `compact-<upto>.tmp`, fsyncs it and renames it to
+    /// `compact-<upto>.done` (the commit point: from here a crash, or [`Wal::open`], finishes
+    /// it). The old segments are only read.
+    pub fn write(
+        &mut self,
+        mut live: impl FnMut(Seq, u8, &[u8]) -> bool,
+    ) -> Result<CompactStats, WalError> {
+        let tmp = compaction_tmp(&self.dir, self.upto);
+        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let mut out = BufWriter::new(file);
+        let mut stats = CompactStats {
+            segments_removed: self.old.len() as u64,
+            ..CompactStats::default()
+        };
+        let mut encoded = Vec::new();
+        let mut written: u64 = 0;
+        let mut last_seq = 0;
+        self.kept.clear();
+        for &first in &self.old {
+            let data = read(&segment_path(&self.dir, first))?;
+            let mut write_err = None;
+            let kept = &mut self.kept;
+            let scan = record::scan(&data, first.max(last_seq + 1), |seq, kind, payload| {
+                if write_err.is_some() {
+                    return;
+                }
+                if !live(seq, kind, payload) {
+                    stats.dropped += 1;
+                    return;
+                }
+                stats.kept += 1;
+                encoded.clear();
+                // The payload came out of a valid record, so its length fits a u32.
+                let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+                record::encode(&mut encoded, seq, kind, payload, len);
+                kept.push((seq.get(), written));
+                written += encoded.len() as u64;
+                if let Err(e) = out.write_all(&encoded) {
+                    write_err = Some(e);
+                }
+            });
+            if let Some(e) = write_err {
+                return Err(io("write", &tmp)(e));
+            }
+            last_seq = last_seq.max(scan.last_seq);
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| io("write", &tmp)(e.into_error()))?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        let done = compaction_done(&self.dir, self.upto);
+        fs::rename(&tmp, &done).map_err(io("rename", &tmp))?;
+        sync_dir(&self.dir)?;
+        self.stats = Some(stats);
+        Ok(stats)
+    }
+}
+
 /// Reads the committed records of a log by [`Location`] from any thread, without the [`Wal`]
 /// (which its single writer owns). It sees only records whose [`Wal::commit`] has returned: a
 /// record being written at the same moment may read as [`WalError::RecordCorrupt`]. A record a
@@ -821,7 +877,16 @@ fn located(segment: u64, offset: usize) -> Location {
 
 /// Step (4) of a compaction: delete the segments it replaced, then give its file a segment name.
 /// Idempotent, so open can repeat it after a crash part way through.
-fn finish_compaction(dir: &Path, segments: &[u64], upto: u64, done: &Path) -> Result<(), WalError> {
+/// Step (4) of a compaction. `first_kept`: the first record of the compacted file when the
+/// caller knows it (`Some(None)`: it is empty); `None` reads the file to find it (open, after a
+/// crash).
+fn finish_compaction(
+    dir: &Path,
+    segments: &[u64],
+    upto: u64,
+    done: &Path,
+    first_kept: Option<Option<u64>>,
+) -> Result<(), WalError> {
     for &first in segments.iter().filter(|&&s| s < upto) {
         let path = segment_path(dir, first);
         match fs::remove_file(&path) {
@@ -831,11 +896,17 @@ fn finish_compaction(dir: &Path, segments: &[u64], upto: u64, done: &Path) -> Re
         }
     }
     sync_dir(dir)?;
-    let data = read(done)?;
-    let mut first_live = None;
-    record::scan(&data, 1, |seq, _, _| {
-        first_live.get_or_insert(seq.get());
-    });
+    let first_live = match first_kept {
+        Some(first) => first,
+        None => {
+            let data = read(done)?;
+            let mut first = None;
+            record::scan(&data, 1, |seq, _, _| {
+                first.get_or_insert(seq.get());
+            });
+            first
+        }
+    };
     match first_live {
         Some(first) => {
             let path = segment_path(dir, first);
@@ -891,17 +962,16 @@ mod tests {
                 all.push((seq.get(), i % 3, payload));
             }
             wal.commit().unwrap();
-            let (upto, _) = wal
-                .write_compaction(|_, kind, _| kind == 0, None)
-                .unwrap()
-                .unwrap();
+            let mut compaction = wal.start_compaction().unwrap().unwrap();
+            compaction.write(|_, kind, _| kind == 0).unwrap();
+            let upto = compaction.upto().get();
             let tmp = compaction_tmp(dir.path(), upto);
             let done = compaction_done(dir.path(), upto);
             match crash {
-                CrashAt::TmpWritten => {}
-                CrashAt::DoneRenamed => fs::rename(&tmp, &done).unwrap(),
+                // The crash came before the rename.
+                CrashAt::TmpWritten => fs::rename(&done, &tmp).unwrap(),
+                CrashAt::DoneRenamed => {}
                 CrashAt::HalfDeleted => {
-                    fs::rename(&tmp, &done).unwrap();
                     let old: Vec<u64> =
                         wal.segments.iter().copied().filter(|&s| s < upto).collect();
                     assert!(old.len() > 2, "the test needs several segments");

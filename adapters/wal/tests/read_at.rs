@@ -1,6 +1,7 @@
 //! Reading one record back by its location ([`Wal::read_at`]): from the append buffer, from closed
 //! and active segments, after a reopen, after compaction moved it, and the errors for a stale
-//! location, a damaged record and a location that points nowhere.
+//! location, a damaged record and a location that points nowhere; a compaction written on another
+//! thread while the log goes on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -263,4 +264,66 @@ fn a_reader_on_another_thread_reads_committed_records_while_the_writer_goes_on()
         reader.read_at(gone_at, gone),
         Err(WalError::RecordNotFound { .. })
     ));
+}
+
+/// A compaction split in three ([`Wal::start_compaction`], [`Compaction::write`] on another
+/// thread, [`Wal::finish_compaction`]) while the log goes on: records appended and committed
+/// meanwhile are untouched and readable, the old ones stay readable at their old locations
+/// until the finish, kept ones are readable at the locations the finish reports, and a replay
+/// (also after a reopen) holds exactly the kept records and the new ones, in order.
+#[test]
+fn a_compaction_written_on_another_thread_while_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), opts()).unwrap();
+    let old = fill(&mut wal);
+    wal.commit().unwrap();
+    let mut compaction = wal.start_compaction().unwrap().expect("closed segments");
+    assert!(old.iter().all(|r| r.0 < compaction.upto()));
+    let writer = std::thread::spawn(move || {
+        let stats = compaction.write(|_, kind, _| kind == 1).unwrap();
+        (compaction, stats)
+    });
+    let mut new = Vec::new();
+    for i in 100..120u8 {
+        let p = payload(i);
+        let (seq, loc) = wal.append_located(i % 4, &p).unwrap();
+        new.push((seq, loc, i % 4, p));
+        wal.commit().unwrap();
+    }
+    let (compaction, stats) = writer.join().unwrap();
+    let kept_count = old.iter().filter(|r| r.2 == 1).count() as u64;
+    assert_eq!((stats.kept, stats.dropped), (kept_count, 30 - kept_count));
+    // Not finished: every old record still reads where it was.
+    for (seq, loc, kind, p) in &old {
+        assert_eq!(wal.read_at(*loc, *seq).unwrap(), (*kind, p.clone()));
+    }
+    let mut moved = HashMap::new();
+    wal.finish_compaction(compaction, |seq, loc| {
+        moved.insert(seq, loc);
+    })
+    .unwrap();
+    assert_eq!(moved.len() as u64, kept_count);
+    for (seq, _, kind, p) in old.iter().filter(|r| r.2 == 1) {
+        assert_eq!(wal.read_at(moved[seq], *seq).unwrap(), (*kind, p.clone()));
+    }
+    for (seq, loc, kind, p) in &new {
+        assert_eq!(wal.read_at(*loc, *seq).unwrap(), (*kind, p.clone()));
+    }
+    let expected: Vec<(Seq, u8, Vec<u8>)> = old
+        .iter()
+        .filter(|r| r.2 == 1)
+        .chain(&new)
+        .map(|(seq, _, kind, p)| (*seq, *kind, p.clone()))
+        .collect();
+    let mut seen = Vec::new();
+    wal.replay(|seq, kind, p| seen.push((seq, kind, p.to_vec())))
+        .unwrap();
+    assert_eq!(seen, expected);
+    drop(wal);
+    let mut seen = Vec::new();
+    let (mut wal, recovery) = Wal::open(dir.path(), opts()).unwrap();
+    assert!(!recovery.compaction_finished);
+    wal.replay(|seq, kind, p| seen.push((seq, kind, p.to_vec())))
+        .unwrap();
+    assert_eq!(seen, expected);
 }
