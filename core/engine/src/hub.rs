@@ -390,6 +390,9 @@ impl Hub {
             return Err(ConnectError::HubDisabled);
         }
         let now = self.now();
+        // What the CONNECT records (a persistent session, its will, a takeover's effects)
+        // must be durable before the CONNACK: a crash right after it would lose the will.
+        take_ticket();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let conn = Arc::new(Conn::default());
         let mut wills: Vec<(StoredWill, Arc<SessionState>)> = Vec::new();
@@ -523,15 +526,17 @@ impl Hub {
         }
         self.hand_over_shared(moved, now);
         let client_id = admission.client_id;
+        let session = Session::new(
+            self.clone(),
+            state,
+            conn,
+            generation,
+            client_id.clone(),
+            config.clone(),
+        );
+        session.note_ticket();
         Ok(Connected {
-            session: Session::new(
-                self.clone(),
-                state,
-                conn,
-                generation,
-                client_id.clone(),
-                config.clone(),
-            ),
+            session,
             session_present,
             client_id,
             assigned: admission.assigned,

@@ -210,7 +210,9 @@ impl Session {
     /// produced since the last call that recorded durable state: the PUBACK/PUBREC of a
     /// PUBLISH (retained message, queue entries of persistent subscribers, inbound QoS 2
     /// id), the PUBCOMP of a PUBREL, and an outbound QoS 2 PUBLISH whose packet id was just
-    /// assigned, and the PUBREL that answers a PUBREC. 0 when nothing was ever recorded. Compare with [`Session::durability`].
+    /// assigned, and the PUBREL that answers a PUBREC; from the start, the CONNACK (a
+    /// persistent session's record and will). 0 when nothing was ever recorded. Compare with
+    /// [`Session::durability`].
     pub fn durable_ticket(&self) -> u64 {
         self.ticket.load(Ordering::Acquire)
     }
@@ -222,7 +224,7 @@ impl Session {
     }
 
     /// Keeps the highest ticket recorded on this thread since `take_ticket` was last called.
-    fn note_ticket(&self) {
+    pub(crate) fn note_ticket(&self) {
         let t = take_ticket();
         if t > 0 {
             self.ticket.fetch_max(t, Ordering::AcqRel);

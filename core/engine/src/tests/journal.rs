@@ -159,29 +159,46 @@ fn an_inbound_qos2_publish_is_journaled_as_one_group() {
     assert_eq!(*rec.groups.lock(), [(true, 0), (false, ops.len())]);
 }
 
-/// `Session::durable_ticket`: a PUBLISH that wrote durable state, a PUBREL, and an outbound
-/// QoS 2 packet id raise it; a clean subscriber's traffic and QoS 1 sends do not.
+/// `Session::durable_ticket`: the CONNECT of a persistent session (its record, its will), a
+/// PUBLISH that wrote durable state, a PUBREL, and an outbound QoS 2 packet id raise it; a
+/// clean session's CONNECT and traffic and QoS 1 sends do not.
 #[test]
 fn durable_tickets_follow_what_must_wait() {
-    let (fx, _rec) = journaled(HubLimits::default());
+    let (fx, rec) = journaled(HubLimits::default());
     let p = fx.persistent("p", true, 60).session;
+    let connected = p.durable_ticket();
+    assert!(connected > 0, "the CONNACK waits for the session's record");
+    // A will: written at CONNECT, so that a crash right after the CONNACK does not lose it.
+    let mut req = fx.req("w", true, 60);
+    req.will = Some(Will {
+        message: msg("gone", "w", Q1, false),
+        delay_secs: 0,
+    });
+    let w = fx.connect_full(req).session;
+    assert_eq!(
+        w.durable_ticket(),
+        rec.next.load(Ordering::Relaxed),
+        "the CONNACK waits for the will"
+    );
+    assert!(kinds(&rec.ops.lock()).ends_with(&["up", "will"]));
+    assert_eq!(fx.client("clean").durable_ticket(), 0);
     let s1 = fx.persistent("s1", true, 60).session;
     subscribe(&s1, "one", Q1);
     let s2 = fx.persistent("s2", true, 60).session;
     subscribe(&s2, "two", Q2);
-    assert_eq!(p.durable_ticket(), 0);
     p.publish(msg("nobody", "m", Q1, false), Some(1)).unwrap();
-    assert_eq!(p.durable_ticket(), 0, "routed nowhere durable");
+    assert_eq!(p.durable_ticket(), connected, "routed nowhere durable");
     p.publish(msg("one", "m", Q1, false), Some(2)).unwrap();
     let t = p.durable_ticket();
-    assert!(t > 0);
+    assert!(t > connected);
     p.publish(msg("one", "m", Q2, false), Some(3)).unwrap();
     assert!(p.durable_ticket() > t, "inbound QoS 2 id");
     let t = p.durable_ticket();
     assert!(p.release(3));
     assert!(p.durable_ticket() > t, "PUBCOMP waits for the release");
+    let before = s1.durable_ticket();
     drain(&s1);
-    assert_eq!(s1.durable_ticket(), 0, "a QoS 1 send need not wait");
+    assert_eq!(s1.durable_ticket(), before, "a QoS 1 send need not wait");
     p.publish(msg("two", "m", Q2, false), Some(4)).unwrap();
     let out = drain(&s2);
     let t = s2.durable_ticket();
