@@ -538,6 +538,7 @@ impl Writer {
         {
             return Ok(());
         }
+        let paused = Instant::now();
         let live = self.state.live_seqs();
         // Collecting the live set walks the whole state: doing it after every commit made a
         // growing state quadratic (issue 6: 1M retained messages took 170x the time of 100k).
@@ -556,6 +557,7 @@ impl Writer {
         // The state forgets now what the live set just left out, so that it matches the
         // compacted log whatever is applied while the rewrite runs.
         self.state.after_compaction();
+        let live_records = live.len();
         let shared = self.shared.clone();
         let thread = std::thread::Builder::new()
             .name("iothub-compact".into())
@@ -566,6 +568,13 @@ impl Writer {
                 (compaction, result)
             })
             .map_err(StoreError::Thread)?;
+        info!(
+            message = "store compaction started",
+            log_records = self.log_records,
+            live_records,
+            // What commits waited for: the live set, the fresh segment.
+            pause_ms = paused.elapsed().as_millis() as u64,
+        );
         self.compaction = Some(RunningCompaction {
             thread,
             started: Instant::now(),
