@@ -330,7 +330,9 @@ impl HubProcess {
                 if let Some(addr) = mqtt_addr(&line) {
                     let _ = tx.send(Ok(addr));
                 }
-                if line.contains("WARN") || line.contains("ERROR") {
+                // Problems, and compactions (with the pause commits saw): part of the figures.
+                if line.contains("WARN") || line.contains("ERROR") || line.contains("store compact")
+                {
                     eprintln!("iothub: {line}");
                 }
                 tail.push(line);
