@@ -42,16 +42,21 @@ impl Journal for Recorder {
 
 fn journaled(limits: HubLimits) -> (Fx, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
+    (with_journal(recorder.clone(), limits), recorder)
+}
+
+/// An engine writing to `journal`, with one dedicated hub.
+fn with_journal(journal: Arc<dyn Journal>, limits: HubLimits) -> Fx {
     let clock = ManualClock::new();
     let engine = Engine::new(EngineConfig {
         clock: Arc::new(clock.clone()),
-        journal: Some(recorder.clone()),
+        journal: Some(journal),
     });
     let hub = HubId::new_random();
     engine
         .create_hub(hub_spec(hub, "j", Plan::Dedicated, limits, true))
         .unwrap();
-    (Fx { engine, clock, hub }, recorder)
+    Fx { engine, clock, hub }
 }
 
 fn kinds(ops: &[JournalOp]) -> Vec<&'static str> {
@@ -310,16 +315,7 @@ impl Journal for Spilling {
 
 fn spilling(limits: HubLimits) -> (Fx, Arc<Spilling>) {
     let journal = Arc::new(Spilling::default());
-    let clock = ManualClock::new();
-    let engine = Engine::new(EngineConfig {
-        clock: Arc::new(clock.clone()),
-        journal: Some(journal.clone()),
-    });
-    let hub = HubId::new_random();
-    engine
-        .create_hub(hub_spec(hub, "s", Plan::Dedicated, limits, true))
-        .unwrap();
-    (Fx { engine, clock, hub }, journal)
+    (with_journal(journal.clone(), limits), journal)
 }
 
 /// Sends and acknowledges everything `s` has, returning the payloads in delivery order.
