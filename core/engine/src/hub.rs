@@ -1147,8 +1147,11 @@ impl Hub {
             } else {
                 // Over the session's bound, the oldest QoS 0 messages go first.
                 let mut freed = 0;
-                while over(&inner) {
+                while over(&inner) && inner.maybe_qos0 {
                     let Some(at) = inner.queue.iter().position(|q| q.qos == QoS::AtMostOnce) else {
+                        // Not again until a QoS 0 entry is queued: a persistent session's
+                        // queue beyond its bound would be walked for every message.
+                        inner.maybe_qos0 = false;
                         break;
                     };
                     if let Some(q) = inner.queue.remove(at) {
@@ -1213,6 +1216,7 @@ impl Hub {
                     }
                     let message_id = entry.message_id;
                     inner.bytes += entry.weight;
+                    inner.maybe_qos0 |= entry.qos == QoS::AtMostOnce;
                     inner.queue.push_back(entry);
                     match &inner.conn {
                         Some(conn) => conn.notify.notify_one(),

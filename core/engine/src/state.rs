@@ -339,6 +339,10 @@ pub(crate) struct Inner {
     /// Outbound QoS 1/2 window of the current connection.
     pub(crate) window: u16,
     pub(crate) queue: VecDeque<Queued>,
+    /// False when the queue surely holds no QoS 0 entry: the queue policy's search for the
+    /// oldest one (a walk of the queue) is skipped. Set by every QoS 0 entry queued, cleared
+    /// by a search that found none.
+    pub(crate) maybe_qos0: bool,
     /// Weight of queued and inflight messages (the session's byte bound).
     pub(crate) bytes: u64,
     pub(crate) inflight: HashMap<u16, Inflight>,
@@ -386,6 +390,7 @@ impl SessionState {
                 expires_at: None,
                 window: 1,
                 queue: VecDeque::new(),
+                maybe_qos0: false,
                 bytes: 0,
                 inflight: HashMap::new(),
                 next_seq: 0,

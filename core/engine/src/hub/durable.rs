@@ -150,7 +150,9 @@ impl Hub {
 
     /// Records that `inner` (of `state`) is connected, and switches its journaling on or
     /// off to match `persistent`. A session that becomes journaled while it holds state
-    /// (a connection with another expiry took it over) writes that state too.
+    /// (a connection with another expiry took it over) writes that state too. One that holds
+    /// spilled entries stays journaled (with its new expiry) until it ends: the store must
+    /// keep their messages until they are read back.
     pub(crate) fn journal_session_up(
         &self,
         state: &SessionState,
@@ -159,7 +161,8 @@ impl Hub {
     ) {
         let hub = self.id;
         let client = &state.client_id;
-        if !persistent {
+        let holds_spilled = inner.journaled && inner.queue.iter().any(Queued::is_spilled);
+        if !persistent && !holds_spilled {
             if inner.journaled {
                 inner.journaled = false;
                 self.record(|| JournalOp::SessionEnd {

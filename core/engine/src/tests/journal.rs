@@ -429,3 +429,37 @@ fn an_unreadable_spilled_message_is_dropped_and_counted_and_stubs_free_their_bud
         "{stats:?}"
     );
 }
+
+/// A session holding spilled entries that reconnects without an expiry stays journaled
+/// until it ends (the store must keep the messages its stubs name), gets them all, and
+/// ends at its DISCONNECT.
+#[test]
+fn a_session_with_spilled_entries_stays_journaled_until_it_ends() {
+    let (fx, journal) = spilling(HubLimits {
+        max_session_queue_messages: 2,
+        ..HubLimits::default()
+    });
+    let slow = fx.persistent("slow", true, 600).session;
+    subscribe(&slow, "t", Q1);
+    drop(slow);
+    let p = fx.client("p");
+    for i in 0..6 {
+        publish(&p, "t", &format!("m{i}"), Q1);
+    }
+    journal.recorder.ops.lock().clear();
+    let back = fx.persistent("slow", false, 0);
+    assert!(back.session_present);
+    let ops = journal.recorder.ops.lock().clone();
+    assert!(
+        matches!(&ops[..], [JournalOp::SessionUp { expiry_secs: 0, .. }]),
+        "{ops:?}"
+    );
+    assert_eq!(
+        drain_acked(&back.session),
+        ["m0", "m1", "m2", "m3", "m4", "m5"]
+    );
+    back.session.disconnect(DisconnectKind::Normal {
+        session_expiry_secs: None,
+    });
+    assert_eq!(kinds(&journal.recorder.ops.lock()).last(), Some(&"end"));
+}
