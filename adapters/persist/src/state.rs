@@ -26,10 +26,11 @@ struct MessageRec {
     /// state drops it ([`DurableState::drop_payloads`]): the engine holds what is live.
     message: Option<Arc<Message>>,
     refs: u32,
-    /// Unreferenced at the last compaction: gone at the next one. An unreferenced message
-    /// is kept that long because a message routed to several sessions is referenced by
-    /// queue records written one after the other, and the first may be acknowledged before
-    /// the next is written.
+    /// Unreferenced at the writer's last look at the live state
+    /// ([`DurableState::mark_unreferenced`]): out of the live set from the next look on,
+    /// unless referenced again meanwhile. An unreferenced message gets that grace because a
+    /// message routed to several sessions is referenced by queue records written one after
+    /// the other, and the first may be acknowledged before the next is written.
     marked: bool,
 }
 
@@ -145,10 +146,18 @@ impl DurableState {
         }
     }
 
-    /// After a compaction kept [`DurableState::live_seqs`]: forgets the messages that
-    /// were already unreferenced at the previous one, marks the ones unreferenced now.
-    pub fn after_compaction(&mut self) {
+    /// When a compaction keeps [`DurableState::live_seqs`]: forgets the messages it leaves
+    /// out (unreferenced and marked), so that the state matches the compacted log.
+    pub fn forget_unreferenced(&mut self) {
         self.messages.retain(|_, m| m.refs > 0 || !m.marked);
+    }
+
+    /// Marks the messages unreferenced now: the next [`DurableState::live_seqs`] leaves out
+    /// those still unreferenced then. Called at each look at the live state, whether it
+    /// compacts or not: a message replaced or acknowledged must not count as live until
+    /// a compaction happens (retained messages replaced over and over then kept the log from
+    /// ever reaching twice the live records, and from compacting).
+    pub fn mark_unreferenced(&mut self) {
         for m in self.messages.values_mut() {
             m.marked = m.refs == 0;
         }

@@ -545,18 +545,20 @@ impl Writer {
         // Look again once the log has grown by an eighth: amortized O(1) per record, and the
         // log outgrows the compaction threshold by at most an eighth.
         self.next_compact_check = self.log_records + self.log_records / 8;
-        if self.log_records <= 2 * live.len() as u64 {
-            return Ok(());
+        let started = match self.wal.as_mut() {
+            Some(wal) if self.log_records > 2 * live.len() as u64 => wal.start_compaction()?,
+            _ => None,
+        };
+        if started.is_some() {
+            // The state forgets now what the live set just left out, so that it matches the
+            // compacted log whatever is applied while the rewrite runs.
+            self.state.forget_unreferenced();
         }
-        let Some(wal) = self.wal.as_mut() else {
+        // What is unreferenced now leaves the live set at the next look.
+        self.state.mark_unreferenced();
+        let Some(mut compaction) = started else {
             return Ok(());
         };
-        let Some(mut compaction) = wal.start_compaction()? else {
-            return Ok(());
-        };
-        // The state forgets now what the live set just left out, so that it matches the
-        // compacted log whatever is applied while the rewrite runs.
-        self.state.after_compaction();
         let live_records = live.len();
         let shared = self.shared.clone();
         let thread = std::thread::Builder::new()

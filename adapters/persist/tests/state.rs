@@ -22,9 +22,9 @@ fn queue(hub: HubId, client: &str, entry: u64, message: u64) -> JournalOp {
 }
 
 /// A message routed to two persistent sessions is written once; the first session's entry
-/// may be acknowledged (and a compaction run) before the second's queue record is written.
-/// An unreferenced message is kept through the next compaction and dropped at the one
-/// after.
+/// may be acknowledged (and the writer look at the live state) before the second's queue
+/// record is written. An unreferenced message stays live until the writer's next look,
+/// leaves the live set at the one after, and is forgotten by the compaction that drops it.
 #[test]
 fn an_unreferenced_message_outlives_one_compaction() {
     let hub = HubId::new_random();
@@ -71,13 +71,9 @@ fn an_unreferenced_message_outlives_one_compaction() {
             entry: EntryId(2),
         },
     );
-    assert!(
-        state.live_seqs().contains(&m),
-        "kept through the next compaction"
-    );
-    state.after_compaction();
-    // Marked: the compaction after this one drops it, unless something references it
-    // again before.
+    assert!(state.live_seqs().contains(&m), "live until the next look");
+    state.mark_unreferenced();
+    // Marked: the next look leaves it out, unless something references it again before.
     assert!(!state.live_seqs().contains(&m));
     let q = apply(&mut state, queue(hub, "b", 3, 1));
     let live = state.live_seqs();
@@ -92,7 +88,8 @@ fn an_unreferenced_message_outlives_one_compaction() {
     assert_eq!(b.queue.len(), 1);
     assert_eq!(state.next_id(), 4);
 
-    // Unreferenced at two compactions in a row: forgotten; a late reference finds nothing.
+    // Unreferenced at two looks in a row: out of the live set; the compaction forgets it,
+    // and a late reference finds nothing.
     apply(
         &mut state,
         JournalOp::SessionEnd {
@@ -101,9 +98,10 @@ fn an_unreferenced_message_outlives_one_compaction() {
         },
     );
     assert!(state.live_seqs().contains(&m));
-    state.after_compaction();
+    state.mark_unreferenced();
     assert!(!state.live_seqs().contains(&m));
-    state.after_compaction();
+    state.forget_unreferenced();
+    state.mark_unreferenced();
     let late = apply(&mut state, queue(hub, "a", 4, 1));
     assert!(!state.live_seqs().contains(&late));
 }
