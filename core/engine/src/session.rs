@@ -610,7 +610,12 @@ impl Session {
             let before = out.len();
             let spilled_front = self.poll_loaded(out, left);
             left -= out.len() - before;
-            if !spilled_front || left == 0 || self.load_spilled(left) == 0 {
+            if !spilled_front {
+                return;
+            }
+            if left == 0 || self.load_spilled(left) == 0 {
+                // The queue changed meanwhile, or the batch is full: look again soon.
+                self.conn.notify.notify_one();
                 return;
             }
         }
