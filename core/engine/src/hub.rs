@@ -1208,11 +1208,21 @@ impl Hub {
                     if inner.journaled {
                         self.journal_entry(&session.client_id, &mut entry, now);
                     }
-                    if let Some(mark) = mark {
-                        let topic = entry.topic().clone();
-                        entry.body = Body::Spilled(Spilled { topic, _mark: mark });
-                        entry.weight = 0;
-                        self.metrics.spilled_total.increment(1);
+                    match (mark, entry.message_id) {
+                        (Some(mark), Some(id)) => {
+                            let topic = entry.topic().clone();
+                            entry.body = Body::Spilled(Spilled {
+                                topic,
+                                id,
+                                _mark: mark,
+                            });
+                            entry.weight = 0;
+                            self.metrics.spilled_total.increment(1);
+                        }
+                        // A journaled entry always has its message's id; should one not, it
+                        // stays in memory, reserved as such.
+                        (Some(_), None) => self.reserve(weight),
+                        (None, _) => {}
                     }
                     let message_id = entry.message_id;
                     inner.bytes += entry.weight;

@@ -10,16 +10,16 @@ use parking_lot::MutexGuard;
 use crate::engine::HubCaps;
 use crate::events::{EventOutcome, HubEvent};
 use crate::hub::{Hub, HubConfig, Traffic, take_ticket};
-use crate::journal::{EntryId, JournalOp, LoadError, MessageId};
+use crate::journal::{EntryId, JournalOp, MessageId};
 use crate::metrics::DropReason;
 use crate::state::{
     Body, Conn, Inflight, InflightState, Inner, Queued, SessionState, SubEntry, SubOptions,
 };
+use crate::trie::too_deep;
+use tracing::warn;
 
 /// Most spilled entries read back from the store per call (see `Session::load_spilled`).
 const LOAD_BATCH: usize = 64;
-use crate::trie::too_deep;
-use tracing::warn;
 
 /// The result of an accepted PUBLISH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -745,27 +745,20 @@ impl Session {
     /// budget. An entry the store cannot give back is dropped (unqueued in the journal,
     /// counted as `reason="unreadable"`, logged). Returns how many entries it settled.
     fn load_spilled(&self, max: usize) -> usize {
-        let wanted: Vec<(Option<EntryId>, Option<MessageId>)> = {
+        let wanted: Vec<(Option<EntryId>, MessageId)> = {
             let Some(inner) = self.live() else {
                 return 0;
             };
             inner
                 .queue
                 .iter()
-                .take_while(|q| q.is_spilled())
+                .map_while(|q| q.spilled().map(|id| (q.entry, id)))
                 .take(max.clamp(1, LOAD_BATCH))
-                .map(|q| (q.entry, q.message_id))
                 .collect()
         };
         let loaded: Vec<_> = wanted
             .into_iter()
-            .map(|(entry, id)| {
-                let result = match id {
-                    Some(id) => self.hub.load_message(id),
-                    None => Err(LoadError::NotFound(MessageId(0))),
-                };
-                (entry, result)
-            })
+            .map(|(entry, id)| (entry, self.hub.load_message(id)))
             .collect();
         let Some(mut inner) = self.live() else {
             return 0;

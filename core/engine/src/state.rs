@@ -129,6 +129,8 @@ pub(crate) enum Body {
 #[derive(Debug, Clone)]
 pub(crate) struct Spilled {
     pub(crate) topic: TopicName,
+    /// The message's record in the journal.
+    pub(crate) id: MessageId,
     /// Held for its `Drop`, which gives the reservation back.
     pub(crate) _mark: SpillMark,
 }
@@ -227,6 +229,14 @@ impl Queued {
 
     pub(crate) fn is_spilled(&self) -> bool {
         matches!(self.body, Body::Spilled(_))
+    }
+
+    /// The journal id of a spilled entry's message.
+    pub(crate) fn spilled(&self) -> Option<MessageId> {
+        match &self.body {
+            Body::Loaded(_) => None,
+            Body::Spilled(s) => Some(s.id),
+        }
     }
 }
 

@@ -489,10 +489,15 @@ impl Hub {
                     // there (crate docs, "Queue policy").
                     if self.spills
                         && (queue.len() >= max_messages || inner.bytes + q.weight > max_bytes)
+                        && let Some(id) = q.message_id
                         && let Some(mark) = self.reserve_stub()
                     {
                         let topic = q.topic().clone();
-                        q.body = Body::Spilled(Spilled { topic, _mark: mark });
+                        q.body = Body::Spilled(Spilled {
+                            topic,
+                            id,
+                            _mark: mark,
+                        });
                         q.weight = 0;
                         self.metrics.spilled_total.increment(1);
                         stats.spilled += 1;
