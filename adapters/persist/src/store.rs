@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -168,6 +169,7 @@ struct Shared {
     /// compaction; read by `load`.
     index: RwLock<MessageIndex>,
     reader: WalReader,
+    compactions: AtomicU64,
 }
 
 /// A store just opened: the store, the state to give `Engine::restore`, and what the open
@@ -262,6 +264,7 @@ impl Store {
             durable,
             index: RwLock::new(index),
             reader: wal.reader(),
+            compactions: AtomicU64::new(0),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -306,6 +309,11 @@ impl Store {
     /// The highest ticket durable so far.
     pub fn durable_ticket(&self) -> u64 {
         *self.shared.durable.borrow()
+    }
+
+    /// Compactions finished since the store opened.
+    pub fn compactions(&self) -> u64 {
+        self.shared.compactions.load(Ordering::Relaxed)
     }
 }
 
@@ -621,6 +629,7 @@ impl Writer {
         self.log_records = self.log_records.saturating_sub(stats.dropped);
         self.next_compact_check = self.log_records + self.log_records / 8;
         counter!("iothub_store_compactions_total").increment(1);
+        self.shared.compactions.fetch_add(1, Ordering::Relaxed);
         info!(
             message = "store compacted",
             kept = stats.kept,

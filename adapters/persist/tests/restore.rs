@@ -270,8 +270,12 @@ fn compaction_keeps_exactly_the_live_state() {
     let (s, _) = a.connect("sub", false, 3600, 5, None);
     s.subscribe(&[sub("t", Q1, None)]);
     let (p, _) = a.connect("pub", true, 0, 10, None);
-    for i in 0..300u16 {
-        p.publish(msg("t", &format!("m{i}"), Q1, false), Some(i + 1))
+    // At least 300 messages, and until a compaction finished (it runs on its own thread).
+    let mut i = 0u16;
+    while i < 300 || a.store.compactions() == 0 {
+        assert!(i < 20_000, "no compaction after {i} acknowledged messages");
+        i += 1;
+        p.publish(msg("t", &format!("m{i}"), Q1, false), Some(i))
             .unwrap();
         // Each message delivered and acknowledged: nothing of it stays live.
         for o in a.drain(&s) {
@@ -279,7 +283,7 @@ fn compaction_keeps_exactly_the_live_state() {
                 assert!(s.acknowledge(m.packet_id.unwrap()));
             }
         }
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             a.settle();
         }
     }
@@ -289,8 +293,9 @@ fn compaction_keeps_exactly_the_live_state() {
     a.store.close().unwrap();
 
     let (b, opened) = start(dir.path(), hub, options(200));
-    // Over 1,500 records were written; far fewer are left.
-    assert!(opened.records < 600, "{opened:?}");
+    // Four records per message were written (message, queue, sent, acked); what is left
+    // depends on when the compaction ran, but some went.
+    assert!(opened.records < 4 * u64::from(i), "{opened:?}");
     assert_eq!(opened.state.sessions, 1);
     assert_eq!(opened.state.retained, 1);
     let (s_b, present) = b.connect("sub", false, 3600, 5, None);
@@ -486,16 +491,20 @@ fn spilled_messages_are_read_back_through_compactions_and_restarts() {
         "100 queued, most spilled: {used} bytes in use"
     );
 
-    // Traffic of another session whose records die, so the log compacts (threshold 200).
+    // Traffic of another session whose records die, so the log compacts (threshold 200),
+    // until a compaction has moved the spilled messages' records (it runs on its own thread).
     let (busy, _) = a.connect("busy", false, 3600, 10, None);
     busy.subscribe(&[sub("n", Q1, None)]);
-    for i in 0..400 {
+    let mut i = 0;
+    while a.store.compactions() == 0 {
+        assert!(i < 20_000, "no compaction after {i} acknowledged messages");
         p.publish(msg("n", &format!("n{i}"), Q1, false), None)
             .unwrap();
         take_acked(&a, &busy, 1);
         if i % 50 == 0 {
             a.settle();
         }
+        i += 1;
     }
     a.settle();
 
@@ -507,8 +516,7 @@ fn spilled_messages_are_read_back_through_compactions_and_restarts() {
     a.settle();
     a.store.close().unwrap();
 
-    let (b, opened) = start_with(dir.path(), hub, options(200), limits);
-    assert!(opened.records < 1000, "the log was compacted: {opened:?}");
+    let (b, _) = start_with(dir.path(), hub, options(200), limits);
     let used = b.engine.hub_stats(hub).unwrap().budget_used_bytes;
     assert!(
         used < 20 * weight,
@@ -537,22 +545,28 @@ fn replaced_retained_messages_let_the_log_compact() {
     let hub = HubId::new_random();
     let (a, _) = start(dir.path(), hub, options(100));
     let (p, _) = a.connect("pub", true, 0, 10, None);
-    for round in 0..300 {
+    // Until a compaction finished (it runs on its own thread). Without the fix none came:
+    // 300 rounds left 6,003 records in the log.
+    let mut round: u64 = 0;
+    while round < 300 || a.store.compactions() == 0 {
+        assert!(round < 1000, "no compaction after {round} rounds");
+        round += 1;
         for t in 0..10 {
             p.publish(msg(&format!("r/{t}"), &format!("v{round}"), Q1, true), None)
                 .unwrap();
         }
         // Rarely: `settle` writes a record of its own, which would help the log past twice
         // the live records without the fix.
-        if round % 100 == 99 {
+        if round.is_multiple_of(100) {
             a.settle();
         }
     }
+    a.settle();
     a.store.close().unwrap();
     let (b, opened) = start(dir.path(), hub, options(100));
-    // 6,003 records written (message + retain for each publish); 20 live. Counting the
-    // replaced messages as live, the log never reached twice the live records.
-    assert!(opened.records < 2000, "{opened:?}");
+    // Two records per publish written (message, retain); 20 live. What is left depends on
+    // when the compaction ran, but some went.
+    assert!(opened.records < 20 * round, "{opened:?}");
     assert_eq!(opened.state.retained, 10);
     let (s, _) = b.connect("s", true, 0, 100, None);
     s.subscribe(&[sub("r/#", Q1, None)]);
@@ -564,5 +578,5 @@ fn replaced_retained_messages_let_the_log_compact() {
             _ => None,
         })
         .collect();
-    assert_eq!(got, vec!["v299"; 10]);
+    assert_eq!(got, vec![format!("v{round}"); 10]);
 }
