@@ -193,7 +193,8 @@ fn round_trips(addr: SocketAddr, done: &AtomicBool) -> (u64, Duration) {
 
 /// Issue 5 flood: 200k retained messages of 1 KiB into one hub. The budget refuses what
 /// does not fit with QUOTA_EXCEEDED (counted), the other hub keeps delivering during the
-/// flood, and the process's resident memory stays under the budget plus 128 MiB.
+/// flood, and what the flood adds to the process's resident memory stays under the budget
+/// plus 1 KiB of bookkeeping per stored message ([`BOOKKEEPING`]).
 #[test]
 fn a_flood_of_retained_messages_is_held_by_the_budget() {
     let Some(hub) = Hub::start_with(&config()) else {

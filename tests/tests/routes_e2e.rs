@@ -916,3 +916,141 @@ fn the_guides_template_built_fresh_and_uploaded_delivers() {
     assert_eq!(json["topic"], "sensors/t", "{json}");
     assert_eq!(json["payload"], "hello", "{json}");
 }
+
+/// The hub event `sub` receives about `route` within `timeout`, checked like every hub event:
+/// topic `$SCW/events/<severity>/route/<route id>`, the reference's fields.
+fn route_event(sub: &mut V4, route: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let Some(rumqttc::Packet::Publish(p)) = sub.inbox.wait(Duration::from_millis(200), |p| {
+            matches!(p, rumqttc::Packet::Publish(_))
+        }) else {
+            continue;
+        };
+        if !p.topic.ends_with(&format!("/route/{route}")) {
+            continue;
+        }
+        let event: Value = serde_json::from_slice(&p.payload).unwrap();
+        let severity = event["severity"].as_str().unwrap_or_default().to_string();
+        assert_eq!(
+            p.topic,
+            format!("$SCW/events/{severity}/route/{route}"),
+            "{event}"
+        );
+        assert_eq!(event["object-type"], "route", "{event}");
+        assert_eq!(event["object-id"], route, "{event}");
+        assert!(
+            event["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{event}"
+        );
+        return event;
+    }
+    panic!("no hub event about route {route} within {timeout:?}");
+}
+
+/// Issue 5's route failure events, end to end: routes whose targets fail (an HTTP target
+/// nobody listens on, a database that refuses the connection, a query naming a missing
+/// table, a row the table's check refuses, a bucket that does not exist) each raise their
+/// hub event, received over MQTT on `$SCW/events/...` with the reference's message; the
+/// database ones carry the message's payload.
+#[test]
+fn route_failures_raise_hub_events_over_mqtt() {
+    let s3 = moto();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start(dir.path());
+    let api = Api::admin(&hub);
+    let hub_id = create_hub(&api);
+    let mut events = client(&hub, &hub_id, "events");
+    events.subscribe("$SCW/events/#", rumqttc::QoS::AtLeastOnce);
+    let checked = table("chk");
+    psql(&format!(
+        "CREATE TABLE {checked} (topic TEXT NOT NULL, payload BYTEA NOT NULL CHECK (length(payload) < 3))"
+    ));
+    let pg = |name: &str, port: u16, query: String| {
+        json!({"hub_id": hub_id, "name": name, "topic": format!("{name}/#"),
+               "db_config": {"engine": "postgresql", "host": "127.0.0.1", "port": port, "dbname": "test",
+                             "username": "postgres", "password": "", "query": query}})
+    };
+    let cases = [
+        (
+            create_route(
+                &api,
+                &json!({"hub_id": hub_id, "name": "http", "topic": "http/#",
+                        "rest_config": {"verb": "post", "uri": format!("http://127.0.0.1:{}/x", free_port())}}),
+            ),
+            "http",
+            "HTTP request failed",
+            false,
+        ),
+        (
+            create_route(
+                &api,
+                &pg(
+                    "connect",
+                    free_port(),
+                    format!("INSERT INTO {checked} (topic, payload) VALUES ($TOPIC, $PAYLOAD)"),
+                ),
+            ),
+            "connect",
+            "failed to connect to database",
+            true,
+        ),
+        (
+            create_route(
+                &api,
+                &pg(
+                    "prepare",
+                    5432,
+                    "INSERT INTO no_such_table_iothub (t, p) VALUES ($TOPIC, $PAYLOAD)".into(),
+                ),
+            ),
+            "prepare",
+            "failed to prepare database query",
+            true,
+        ),
+        (
+            create_route(
+                &api,
+                &pg(
+                    "execute",
+                    5432,
+                    format!("INSERT INTO {checked} (topic, payload) VALUES ($TOPIC, $PAYLOAD)"),
+                ),
+            ),
+            "execute",
+            "failed to execute database query",
+            true,
+        ),
+        (
+            create_route(
+                &api,
+                &json!({"hub_id": hub_id, "name": "s3", "topic": "s3/#",
+                        "s3_config": {"bucket_region": "us-east-1", "bucket_name": "no-such-bucket-iothub",
+                                      "object_prefix": "hub", "strategy": "per_topic",
+                                      "endpoint": format!("http://{}", s3.addr),
+                                      "access_key_id": "test", "secret_access_key": "test"}}),
+            ),
+            "s3",
+            "failed to write object to S3",
+            false,
+        ),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    let mut p = client(&hub, &hub_id, "pub");
+    for (route, prefix, text, carries_payload) in &cases {
+        let payload = format!("{prefix}-payload");
+        p.publish(
+            &format!("{prefix}/m"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload.as_bytes(),
+        );
+        let event = route_event(&mut events, route, Duration::from_secs(30));
+        let msg = event["msg"].as_str().unwrap_or_default();
+        assert!(msg.starts_with(text), "{prefix}: {event}");
+        if *carries_payload {
+            assert_eq!(event["payload"], payload, "{prefix}: {event}");
+        }
+    }
+    psql(&format!("DROP TABLE {checked}"));
+}
