@@ -200,6 +200,9 @@ fn restored_engine_shows_clients_the_same_state() {
     });
     a.settle();
     a.store.close().unwrap();
+    // Issue 5: the budget's accounting is exact through a restart.
+    let budget_a = a.engine.hub_stats(hub).unwrap().budget_used_bytes;
+    assert!(budget_a > 0);
 
     // What the original engine shows a returning client (its records now go nowhere).
     let (s_a, present_a) = a.connect("sub", false, 3600, 2, None);
@@ -214,6 +217,7 @@ fn restored_engine_shows_clients_the_same_state() {
     assert_eq!(opened.corrupt_records, 0);
     assert_eq!(opened.torn_tail_bytes, 0);
     assert_eq!(opened.state.sessions, 2);
+    assert_eq!(b.engine.hub_stats(hub).unwrap().budget_used_bytes, budget_a);
     assert_eq!(opened.state.retained, 1);
     let stats = b.engine.hub_stats(hub).unwrap();
     assert_eq!(stats.sessions, 2);
