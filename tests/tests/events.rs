@@ -750,7 +750,8 @@ fn the_rate_limit_holds_under_a_flood() {
 // ---- $SYS ---------------------------------------------------------------------------------------
 
 /// A dedicated hub publishes its `$SYS/broker/...` figures (retained: a new subscriber gets
-/// them at once); a shared hub has none; clients cannot publish under `$SYS`.
+/// them at once), so does an HA hub; a shared hub has none; clients cannot publish under
+/// `$SYS`.
 #[test]
 fn sys_topics_exist_on_dedicated_hubs_only() {
     let Some(fx) = Fx::start() else { return };
@@ -809,4 +810,10 @@ fn sys_topics_exist_on_dedicated_hubs_only() {
         shared_sub.publishes_for(Duration::from_secs(1)).is_empty(),
         "a shared hub has no $SYS"
     );
+
+    let ha = fx.hub(json!({ "product_plan": "plan_ha" }));
+    let mut ha_sub = fx.connect(5, &fx.device(&ha, json!({})));
+    ha_sub.subscribe(1, &[("$SYS/#", 0)]);
+    let got = ha_sub.next_publish(WAIT).expect("an HA hub's $SYS figures");
+    assert!(got.topic.starts_with("$SYS/broker/"), "{got:?}");
 }
