@@ -1,6 +1,7 @@
-//! Frames recorded from real clients (mosquitto_pub/mosquitto_sub 2.0.11, paho-mqtt 2.2) and a
-//! real broker (Mosquitto 2.0.11), see tests/fixtures/README.md. Independent implementations
-//! wrote these bytes, so a misreading shared by our encoder and decoder would show here.
+//! Frames recorded from real clients (mosquitto_pub/mosquitto_sub 2.0.11, paho-mqtt 2.2,
+//! rumqttc 0.25) and a real broker (Mosquitto 2.0.11), see tests/fixtures/README.md.
+//! Independent implementations wrote these bytes, so a misreading shared by our encoder and
+//! decoder would show here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -119,6 +120,8 @@ const PROPERTY_ORDER_DIFFERS: &[(&str, usize, usize)] = &[
     ("paho-5", 1, 7),
     ("paho-5", 1, 10),
     ("paho-5", 1, 13),
+    ("rumqttc-5", 1, 1),
+    ("rumqttc-5", 1, 5),
 ];
 
 #[test]
@@ -278,6 +281,61 @@ fn expected_frames() -> Vec<(&'static str, usize, usize, Packet)> {
     let m5 = "iothub-capture/mosq5";
     let p5 = "iothub-capture/paho5";
     vec![
+        // rumqttc 0.25.1 (tests/examples/rumqttc_session.rs), 3.1.1 and 5.0
+        (
+            "rumqttc-311",
+            1,
+            0,
+            Packet::Connect(Box::new(Connect {
+                clean_start: false,
+                username: Some("rumq-user".into()),
+                password: Some(text("rumq-pass")),
+                will: Some(LastWill {
+                    topic: "iothub-capture/rumq311/will".into(),
+                    payload: text("gone"),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: WillProperties::default(),
+                }),
+                ..connect(V311, "cap-rumqttc311", 20)
+            })),
+        ),
+        (
+            "rumqttc-311",
+            1,
+            6,
+            Packet::Publish(Publish {
+                retain: true,
+                ..publish(
+                    QoS::AtLeastOnce,
+                    "iothub-capture/rumq311/retained",
+                    Some(2),
+                    "one",
+                )
+            }),
+        ),
+        (
+            "rumqttc-5",
+            1,
+            0,
+            Packet::Connect(Box::new(Connect {
+                clean_start: false,
+                username: Some("rumq-user".into()),
+                password: Some(text("rumq-pass")),
+                properties: ConnectProperties {
+                    session_expiry_interval: Some(60),
+                    ..ConnectProperties::default()
+                },
+                will: Some(LastWill {
+                    topic: "iothub-capture/rumq5/will".into(),
+                    payload: text("gone"),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: WillProperties::default(),
+                }),
+                ..connect(V5, "cap-rumqttc5", 20)
+            })),
+        ),
         // mosquitto_pub, 3.1.1
         (
             "mosquitto_pub-311-qos0",
