@@ -32,7 +32,12 @@ fn v4(addr: SocketAddr) {
     o.set_keep_alive(Duration::from_secs(20));
     o.set_clean_session(false);
     o.set_credentials("rumq-user", "rumq-pass");
-    o.set_last_will(LastWill::new(format!("{base}/will"), "gone", QoS::AtLeastOnce, false));
+    o.set_last_will(LastWill::new(
+        format!("{base}/will"),
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
     let mut c = V4::connect(o);
     c.subscribe(&format!("{base}/#"), QoS::ExactlyOnce);
     c.publish(&format!("{base}/q0"), QoS::AtMostOnce, false, b"zero");
@@ -41,9 +46,13 @@ fn v4(addr: SocketAddr) {
     for _ in 0..3 {
         c.expect_publish();
     }
-    c.client.unsubscribe(format!("{base}/#")).expect("unsubscribe");
+    c.client
+        .unsubscribe(format!("{base}/#"))
+        .expect("unsubscribe");
     c.inbox
-        .wait(Duration::from_secs(5), |p| matches!(p, rumqttc::Packet::UnsubAck(_)))
+        .wait(Duration::from_secs(5), |p| {
+            matches!(p, rumqttc::Packet::UnsubAck(_))
+        })
         .expect("UNSUBACK");
     c.disconnect();
 }
@@ -74,13 +83,21 @@ fn v5(addr: SocketAddr) {
         message_expiry_interval: Some(30),
         ..PublishProperties::default()
     };
-    c.publish_with(&format!("{base}/q0"), QoS::AtMostOnce, false, b"zero", Some(props));
+    c.publish_with(
+        &format!("{base}/q0"),
+        QoS::AtMostOnce,
+        false,
+        b"zero",
+        Some(props),
+    );
     c.publish(&format!("{base}/retained"), QoS::AtLeastOnce, true, b"one");
     c.publish(&format!("{base}/q2"), QoS::ExactlyOnce, false, b"two");
     for _ in 0..3 {
         c.expect_publish();
     }
-    c.client.unsubscribe(format!("{base}/#")).expect("unsubscribe");
+    c.client
+        .unsubscribe(format!("{base}/#"))
+        .expect("unsubscribe");
     c.inbox
         .wait(Duration::from_secs(5), |p| matches!(p, Packet::UnsubAck(_)))
         .expect("UNSUBACK");
