@@ -503,6 +503,10 @@ async fn reload_server_certificate(
     }
 }
 
+/// What the binary itself serves on the API port besides the management API and the network
+/// endpoints, as (method, path); documented in `control/openapi.json` (`x-served-by: hub`).
+const HUB_ROUTES: [(&str, &str); 2] = [("get", "/healthz"), ("get", "/metrics")];
+
 /// The management API with `/metrics` and `/healthz` beside it (the API router brings the
 /// JSON fallback for unknown paths).
 fn api_router(
@@ -520,11 +524,12 @@ fn api_router(
             upkeep.run_upkeep();
         }
     });
+    let [(_, healthz), (_, metrics)] = HUB_ROUTES;
     iothub_control::api::router_with(registry, ApiExtras { server_ca })
         .merge(networks.router())
-        .route("/healthz", get(|| async { "ok" }))
+        .route(healthz, get(|| async { "ok" }))
         .route(
-            "/metrics",
+            metrics,
             get(move || {
                 let handle = prometheus.clone();
                 async move {
@@ -546,6 +551,35 @@ fn api_router(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The operations of the OpenAPI document that the control plane's router does not serve
+    /// (`x-served-by`) are exactly the network endpoints and the binary's own: with the control
+    /// crate's test, every route the API port answers is documented and the reverse.
+    #[test]
+    fn the_api_ports_other_routes_are_documented() {
+        let doc: serde_json::Value =
+            serde_json::from_str(iothub_control::api::OPENAPI_JSON).expect("openapi.json");
+        let mut documented: Vec<(String, String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                if let Some(by) = op.get("x-served-by").and_then(serde_json::Value::as_str) {
+                    documented.push((by.to_owned(), method.clone(), path.clone()));
+                }
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String, String)> = iothub_networks::ROUTES
+            .iter()
+            .map(|(m, p)| ("networks".to_owned(), (*m).to_owned(), (*p).to_owned()))
+            .chain(
+                HUB_ROUTES
+                    .iter()
+                    .map(|(m, p)| ("hub".to_owned(), (*m).to_owned(), (*p).to_owned())),
+            )
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
+    }
 
     #[test]
     fn server_ca_defaults_to_the_chains_last_certificate() {

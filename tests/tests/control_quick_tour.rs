@@ -200,3 +200,49 @@ fn readme_quick_tour_with_curl() {
         ("thermo/state", &b"ok"[..])
     );
 }
+
+/// README "Quick tour", the curl block run as written with bash from the hub's directory: only
+/// the ports change (8080 and 1883 to the test hub's), mosquitto_sub's output is line-buffered
+/// (`stdbuf -oL`: a pipe is not a terminal) and the script waits a second before `kill %1` (a
+/// reader of the terminal waits for the line by eye). The subscriber prints the message.
+#[test]
+fn readme_quick_tour_curl_block_runs_as_written() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let at = readme
+        .find("The same with curl")
+        .expect("README has the curl tour");
+    let rest = &readme[at..];
+    let start = rest.find("```sh\n").expect("a ```sh block") + "```sh\n".len();
+    let end = rest[start..].find("```").expect("the block's end");
+    let block = &rest[start..start + end];
+    assert!(
+        block.contains("mosquitto_sub") && block.contains("mosquitto_pub"),
+        "{block}"
+    );
+    let hub = Hub::start_with(&embedded_default()).expect("iothub mode");
+    check_first_start(&hub);
+    let script = block
+        .replace("127.0.0.1:8080", &hub.api_addr().unwrap().to_string())
+        .replace("-p 1883", &format!("-p {}", hub.mqtt_addr().port()))
+        .replace("mosquitto_sub ", "stdbuf -oL mosquitto_sub ")
+        .replace("kill %1", "sleep 1; kill %1");
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(hub.workdir().unwrap())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the curl tour failed: {out:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.lines().any(|l| l.ends_with("thermo/state ok")),
+        "the subscriber did not print the message:\n{stdout}"
+    );
+}

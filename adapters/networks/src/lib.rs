@@ -189,6 +189,16 @@ struct Inner {
     pushers: push::Pushers,
 }
 
+/// The endpoints [`Networks::router`] serves, as (method, path): the binary's test compares
+/// them with the OpenAPI document (`control/openapi.json`, `x-served-by: networks`).
+pub const ROUTES: [(&str, &str); 5] = [
+    ("post", "/networks/{network_id}"),
+    ("post", "/networks/{network_id}/chirpstack"),
+    ("post", "/networks/{network_id}/tts"),
+    ("post", "/networks/{network_id}/phy"),
+    ("get", "/networks/{network_id}/downlinks"),
+];
+
 impl Networks {
     pub fn new(engine: Engine, counters: Arc<dyn FrameCounterStore>) -> Self {
         Self {
@@ -203,17 +213,15 @@ impl Networks {
         }
     }
 
-    /// The HTTP endpoints of every network, to merge into the API router.
+    /// The HTTP endpoints of every network, to merge into the API router ([`ROUTES`]).
     pub fn router(&self) -> Router {
+        let [ingress, chirpstack, tts, phy, downlinks] = ROUTES.map(|(_, path)| path);
         Router::new()
-            .route("/networks/{network_id}", post(rest::rest_or_sigfox))
-            .route(
-                "/networks/{network_id}/chirpstack",
-                post(lorawan::chirpstack),
-            )
-            .route("/networks/{network_id}/tts", post(lorawan::tts))
-            .route("/networks/{network_id}/phy", post(lorawan::phy))
-            .route("/networks/{network_id}/downlinks", get(lorawan::downlinks))
+            .route(ingress, post(rest::rest_or_sigfox))
+            .route(chirpstack, post(lorawan::chirpstack))
+            .route(tts, post(lorawan::tts))
+            .route(phy, post(lorawan::phy))
+            .route(downlinks, get(lorawan::downlinks))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
     }
