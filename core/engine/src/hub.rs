@@ -232,6 +232,19 @@ impl Hub {
         )
     }
 
+    /// Makes `q` a stub of its message `id` in the journal, holding `mark`'s reservation
+    /// instead of its weight (which the caller gives back or never took).
+    pub(crate) fn spill(&self, q: &mut Queued, id: MessageId, mark: SpillMark) {
+        let topic = q.topic().clone();
+        q.body = Body::Spilled(Spilled {
+            topic,
+            id,
+            _mark: mark,
+        });
+        q.weight = 0;
+        self.metrics.spilled_total.increment(1);
+    }
+
     pub(crate) fn release(&self, weight: u64) {
         if weight > 0 {
             self.budget_used.fetch_sub(weight, Ordering::AcqRel);
@@ -1209,16 +1222,7 @@ impl Hub {
                         self.journal_entry(&session.client_id, &mut entry, now);
                     }
                     match (mark, entry.message_id) {
-                        (Some(mark), Some(id)) => {
-                            let topic = entry.topic().clone();
-                            entry.body = Body::Spilled(Spilled {
-                                topic,
-                                id,
-                                _mark: mark,
-                            });
-                            entry.weight = 0;
-                            self.metrics.spilled_total.increment(1);
-                        }
+                        (Some(mark), Some(id)) => self.spill(&mut entry, id, mark),
                         // A journaled entry always has its message's id; should one not, it
                         // stays in memory, reserved as such.
                         (Some(_), None) => self.reserve(weight),

@@ -23,7 +23,7 @@ use crate::journal::{
 use crate::route_tap::ROUTE_CLIENT_PREFIX;
 use crate::state::{
     Body, Conn, Inflight, InflightState, Inner, Owner, Queued, SessionFilters, SessionState,
-    Spilled, StoredWill, SubEntry, SubOptions,
+    StoredWill, SubEntry, SubOptions,
 };
 
 thread_local! {
@@ -492,14 +492,7 @@ impl Hub {
                         && let Some(id) = q.message_id
                         && let Some(mark) = self.reserve_stub()
                     {
-                        let topic = q.topic().clone();
-                        q.body = Body::Spilled(Spilled {
-                            topic,
-                            id,
-                            _mark: mark,
-                        });
-                        q.weight = 0;
-                        self.metrics.spilled_total.increment(1);
+                        self.spill(&mut q, id, mark);
                         stats.spilled += 1;
                     }
                     inner.bytes += q.weight;
