@@ -165,8 +165,8 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     durable: tokio::sync::watch::Sender<u64>,
-    /// Written by the writer after each commit and, held for its whole length, by a
-    /// compaction; read by `load`.
+    /// Written by the writer after each commit and when a compaction finishes (held while
+    /// the old segments are deleted); read by `load`.
     index: RwLock<MessageIndex>,
     reader: WalReader,
     compactions: AtomicU64,
