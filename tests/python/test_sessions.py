@@ -61,6 +61,9 @@ def test_v5_session_expiry_zero_ends_session_with_the_connection(hub, peer, ns):
     sub = peer(hub, "sub", clean=False, session_expiry=0)
     sub.subscribe(topic, qos=1)
     sub.disconnect()
+    # Reconnecting before the hub has read the DISCONNECT takes the live session over
+    # (session present, [MQTT-3.1.2-4]): wait for the old connection to end first.
+    _wait_for_no_connections(hub)
     back = peer(hub, "sub", connect=False, clean=False)
     assert back.connect().session_present is False
 
