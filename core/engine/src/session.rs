@@ -613,8 +613,9 @@ impl Session {
             if !spilled_front {
                 return;
             }
-            if left == 0 || self.load_spilled(left) == 0 {
-                // The queue changed meanwhile, or the batch is full: look again soon.
+            // `poll_loaded` stops at a spilled front only with room left in the batch.
+            if self.load_spilled(left) == 0 {
+                // The queue changed meanwhile: look again soon.
                 self.conn.notify.notify_one();
                 return;
             }
